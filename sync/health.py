@@ -1,0 +1,46 @@
+"""Is each outside system answering? Used by /healthz, the home page and `sync_status`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from sync.stores import graph_store, vector_store
+from sync.stores.base import StoreError
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    name: str  # "graph" or "vector_store"
+    kind: str  # what it is, e.g. "Neo4j" or "LanceDB"
+    target: str  # where it is (never a secret)
+    ok: bool
+    detail: str
+    millis: float
+
+
+def _probe(name: str, kind: str, target: str, ping) -> ServiceHealth:
+    started = time.monotonic()
+    try:
+        detail, ok = ping(), True
+    except StoreError as exc:
+        detail, ok = str(exc), False
+    except Exception as exc:  # noqa: BLE001 — a health probe reports every failure
+        detail, ok = f"{type(exc).__name__}: {exc}", False
+    return ServiceHealth(name, kind, target, ok, detail, (time.monotonic() - started) * 1000)
+
+
+def vector_target() -> tuple[str, str]:
+    if settings.VECTOR_STORE == "pinecone":
+        return "Pinecone", settings.PINECONE_HOST
+    return "LanceDB", str(settings.LANCEDB_DIR)
+
+
+def check_services() -> list[ServiceHealth]:
+    kind, target = vector_target()
+    return [
+        _probe("graph", "Neo4j", settings.NEO4J_URI, lambda: graph_store().ping()),
+        _probe("vector_store", kind, target, lambda: vector_store().ping()),
+    ]

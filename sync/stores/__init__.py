@@ -1,0 +1,69 @@
+"""Process-wide access to the graph and vector stores configured in settings.
+
+Drivers are built once per process on first use (never at import time) and can be replaced in
+tests through `use_vector_store` / `reset_stores`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from django.conf import settings
+
+from sync.stores.base import GraphStore, VectorStore
+
+_lock = threading.Lock()
+_graph: GraphStore | None = None
+_vector: VectorStore | None = None
+
+
+def graph_store() -> GraphStore:
+    global _graph
+    with _lock:
+        if _graph is None:
+            from sync.stores.neo4j_graph import Neo4jGraphStore
+
+            _graph = Neo4jGraphStore(
+                settings.NEO4J_URI, settings.NEO4J_USER, settings.NEO4J_PASSWORD,
+                database=settings.NEO4J_DATABASE,
+            )
+        return _graph
+
+
+def vector_store() -> VectorStore:
+    global _vector
+    with _lock:
+        if _vector is None:
+            _vector = build_vector_store()
+        return _vector
+
+
+def build_vector_store() -> VectorStore:
+    from sync.embedding import DIMENSION
+
+    if settings.VECTOR_STORE == "pinecone":
+        from sync.stores.pinecone_store import PineconeVectorStore
+
+        return PineconeVectorStore(
+            api_key=settings.PINECONE_API_KEY, host=settings.PINECONE_HOST,
+            namespace=settings.PINECONE_NAMESPACE, dimension=DIMENSION,
+        )
+    from sync.stores.local_store import LanceVectorStore
+
+    return LanceVectorStore(settings.LANCEDB_DIR, table=settings.VECTOR_INDEX, dimension=DIMENSION)
+
+
+def use_vector_store(store: VectorStore | None) -> None:
+    """Swap the process's vector store (tests, fault injection)."""
+    global _vector
+    with _lock:
+        _vector = store
+
+
+def reset_stores() -> None:
+    global _graph, _vector
+    with _lock:
+        if _graph is not None:
+            _graph.close()
+        _graph = None
+        _vector = None

@@ -1,0 +1,32 @@
+"""Shared fixtures: the real test Neo4j (started by bin/test), a clean graph per test."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+
+from sync.stores import graph_store, reset_stores
+
+
+@pytest.fixture(scope="session")
+def neo4j_driver():
+    """The test Neo4j's driver. Fails (never skips) when the server does not answer."""
+    store = graph_store()
+    try:
+        store.ping()
+    except Exception as exc:
+        pytest.fail(
+            f"the test Neo4j at {settings.NEO4J_URI} does not answer ({exc}); "
+            "run the suite with bin/test, which starts it"
+        )
+    yield store.driver
+    reset_stores()
+
+
+@pytest.fixture
+def graph(neo4j_driver):
+    """The graph store on an empty database (Community has one user database: clean, don't create)."""
+    with neo4j_driver.session(database=settings.NEO4J_DATABASE) as session:
+        # CALL ... IN TRANSACTIONS needs an auto-commit transaction, hence session.run.
+        session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
+    yield graph_store()

@@ -1,0 +1,19 @@
+"""Test settings: the production settings module, read with test defaults in the environment.
+
+The test Neo4j runs on its own port and data directory so a test run never touches the graph
+that `bin/run` serves.
+"""
+
+import os
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("DATA_DIR", str(_ROOT / "var" / "test"))
+os.environ.setdefault("NEO4J_URI", "bolt://127.0.0.1:7688")
+os.environ.setdefault("NEO4J_PASSWORD", "nightingale-test")
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key-0123456789abcdefghijklmnop")
+
+from nightingale.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
