@@ -60,6 +60,13 @@ def use_vector_store(store: VectorStore | None) -> None:
         _vector = store
 
 
+def use_graph_store(store: GraphStore | None) -> None:
+    """Swap the process's graph store (tests, fault injection)."""
+    global _graph
+    with _lock:
+        _graph = store
+
+
 def reset_stores() -> None:
     global _graph, _vector
     with _lock:

@@ -1,0 +1,40 @@
+import pytest
+from django.contrib.auth.models import User
+
+from sync.stores import use_vector_store
+
+
+@pytest.fixture
+def analyst(db):
+    return User.objects.create_user("analyst", password="correct horse battery")
+
+
+@pytest.fixture
+def local_vectors(tmp_path):
+    from sync.stores.local_store import LanceVectorStore
+
+    use_vector_store(LanceVectorStore(tmp_path / "lancedb", table="home", dimension=384))
+    yield
+    use_vector_store(None)
+
+
+def test_it_requires_login(client, db):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")
+
+
+def test_it_shows_the_connected_services(client, analyst, neo4j_driver, local_vectors, settings):
+    client.force_login(analyst)
+    response = client.get("/")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert settings.NEO4J_URI in page
+    assert "Neo4j 5.26" in page
+    assert "LanceDB" in page
+    assert page.count("answers") == 2
+
+
+def test_the_login_page_logs_in(client, analyst):
+    response = client.post("/accounts/login/", {"username": "analyst", "password": "correct horse battery"})
+    assert response.status_code == 302

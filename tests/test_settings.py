@@ -1,0 +1,74 @@
+"""Settings come from the environment; a bad value stops start-up naming the variable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_check(tmp_path, **env):
+    environment = {
+        key: value for key, value in os.environ.items()
+        if not key.startswith(("VECTOR_", "PINECONE_", "DATABASE_", "SECURE_", "DEBUG"))
+    }
+    environment.update(DJANGO_SETTINGS_MODULE="nightingale.settings", DATA_DIR=str(tmp_path), **env)
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=environment,
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_it_stops_on_an_unknown_vector_store(tmp_path):
+    result = run_check(tmp_path, VECTOR_STORE="elasticsearch")
+    assert result.returncode != 0
+    assert "VECTOR_STORE must be one of local, pinecone, got 'elasticsearch'" in result.stderr
+
+
+def test_it_requires_pinecone_credentials_without_printing_them(tmp_path):
+    result = run_check(tmp_path, VECTOR_STORE="pinecone", PINECONE_HOST="http://127.0.0.1:9")
+    assert result.returncode != 0
+    assert "PINECONE_API_KEY must be set when VECTOR_STORE=pinecone" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SYNC_BATCH_SIZE", "lots", "SYNC_BATCH_SIZE must be an integer, got 'lots'"),
+        ("SYNC_BATCH_SIZE", "0", "SYNC_BATCH_SIZE must be at least 1"),
+        ("DEBUG", "maybe", "DEBUG must be one of true/false"),
+        ("NEO4J_URI", "http://127.0.0.1:7474", "NEO4J_URI must start with bolt://"),
+        ("DATABASE_URL", "mysql://u:p@h/db", "DATABASE_URL must be a sqlite:// or postgres:// URL"),
+        ("SECRET_KEY", "short", "SECRET_KEY must be at least 32 characters long"),
+    ],
+)
+def test_it_names_the_bad_variable(tmp_path, variable, value, message):
+    result = run_check(tmp_path, **{variable: value})
+    assert result.returncode != 0
+    assert message in result.stderr
+    if variable == "DATABASE_URL":
+        assert "u:p" not in result.stderr  # credentials never echoed
+
+
+def test_it_starts_with_the_embedded_defaults(tmp_path):
+    result = run_check(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_deploy_settings_follow_the_environment(tmp_path):
+    environment = dict(
+        SECURE_SSL_REDIRECT="true", SECURE_HSTS_SECONDS="31536000", SECURE_HSTS_INCLUDE_SUBDOMAINS="true",
+        SECURE_HSTS_PRELOAD="true", ALLOWED_HOSTS="sync.example.org",
+        SECRET_KEY="x" * 20 + "a-long-random-deploy-key-9f8e7d6c5b4a",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "nightingale.settings", "DATA_DIR": str(tmp_path),
+             **environment},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
