@@ -1,0 +1,184 @@
+"""What the sync engine records: per-entity sync records, the durable event queue (outbox), the
+change cursor, saga logs of dual-writes and the audit trail of human actions.
+
+None of these is trusted alone: reconciliation checks them against both live stores.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Priority(models.IntegerChoices):
+    # Lower sorts first: workers claim HIGH before MEDIUM before LOW.
+    HIGH = 0, "high"
+    MEDIUM = 1, "medium"
+    LOW = 2, "low"
+
+
+class SyncRecord(models.Model):
+    """Our record of one entity: which graph version we know and which vector version we wrote."""
+
+    class Status(models.TextChoices):
+        IN_SYNC = "in_sync"
+        PENDING = "pending"
+        FAILED = "failed"
+        CONFLICT = "conflict"
+        EXCLUDED = "excluded"
+        DELETED = "deleted"
+
+    label = models.CharField(max_length=64)
+    uid = models.CharField(max_length=1024)
+    graph_version = models.BigIntegerField(null=True, blank=True)
+    vector_version = models.BigIntegerField(null=True, blank=True)
+    content_hash = models.CharField(max_length=64, blank=True)
+    chunk_count = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    changed_at = models.DateTimeField(null=True, blank=True)  # graph updated_at of graph_version
+    synced_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["label", "uid"], name="sync_record_entity")]
+        indexes = [
+            models.Index(fields=["status", "label"], name="sync_record_status"),
+            models.Index(fields=["-synced_at"], name="sync_record_synced"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label}:{self.uid} ({self.status})"
+
+
+class SyncEvent(models.Model):
+    """A durable unit of queued work for one entity. `dead` is the dead-letter queue."""
+
+    class Operation(models.TextChoices):
+        UPSERT = "upsert"
+        DELETE = "delete"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        IN_FLIGHT = "in_flight"
+        DONE = "done"
+        DEAD = "dead"
+
+    label = models.CharField(max_length=64)
+    uid = models.CharField(max_length=1024)
+    operation = models.CharField(max_length=8, choices=Operation.choices, default=Operation.UPSERT)
+    version = models.BigIntegerField(null=True, blank=True)  # newest graph version seen
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.MEDIUM)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    source = models.CharField(max_length=32, default="capture")  # capture, write, resync, reconcile, retry
+    attempts = models.PositiveIntegerField(default=0)
+    coalesced = models.PositiveIntegerField(default=0)  # later changes folded into this event
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claim_token = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    changed_at = models.DateTimeField(null=True, blank=True)  # earliest unsynced graph change
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=32, blank=True)  # upserted, deleted, unchanged, stale, ...
+    last_error = models.TextField(blank=True)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [
+            # Coalescing: at most one queued event per entity (an in-flight one may exist beside it).
+            models.UniqueConstraint(fields=["label", "uid"], condition=Q(status="queued"),
+                                    name="sync_event_one_queued_per_entity"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "priority", "next_attempt_at"], name="sync_event_claim"),
+            models.Index(fields=["status", "created_at"], name="sync_event_age"),
+            models.Index(fields=["status", "lease_expires_at"], name="sync_event_lease"),
+            models.Index(fields=["label", "uid"], name="sync_event_entity"),
+            models.Index(fields=["status", "-finished_at"], name="sync_event_finished"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.label}:{self.uid} v{self.version} ({self.status})"
+
+
+class ChangeCursor(models.Model):
+    """How far change capture has read Neo4j, and which poller holds the lease to read further."""
+
+    name = models.CharField(max_length=64, unique=True, default="neo4j")
+    updated_at = models.DateTimeField(null=True, blank=True)
+    key = models.CharField(max_length=1200, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    polled_at = models.DateTimeField(null=True, blank=True)
+    changes_seen = models.BigIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.updated_at} {self.key}"
+
+
+class SagaLog(models.Model):
+    """One synchronous dual-write: its steps and how it ended."""
+
+    class Status(models.TextChoices):
+        STARTED = "started"
+        COMMITTED = "committed"
+        DEFERRED = "deferred"  # graph kept, vector left to the queue (policy says so)
+        COMPENSATED = "compensated"
+        COMPENSATION_FAILED = "compensation_failed"
+
+    label = models.CharField(max_length=64)
+    uid = models.CharField(max_length=1024)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.STARTED)
+    previous_version = models.BigIntegerField(null=True, blank=True)
+    new_version = models.BigIntegerField(null=True, blank=True)
+    steps = models.JSONField(default=list)
+    error = models.TextField(blank=True)
+    actor = models.CharField(max_length=150, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "-started_at"], name="saga_status"),
+            models.Index(fields=["label", "uid"], name="saga_entity"),
+        ]
+
+    def __str__(self) -> str:
+        return f"saga {self.label}:{self.uid} {self.status}"
+
+    def step(self, name: str, ok: bool, detail: str = "") -> None:
+        self.steps.append({"step": name, "ok": ok, "detail": detail[:2000],
+                           "at": timezone.now().isoformat()})
+
+
+class AuditEntry(models.Model):
+    """Who did what to which entity or record, with the state before and after."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                              on_delete=models.SET_NULL, related_name="+")
+    actor_name = models.CharField(max_length=150, blank=True)  # kept if the user is deleted
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=1200, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["action", "-at"], name="audit_action")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.action} {self.target}"
+
+    @classmethod
+    def record(cls, actor, action: str, target: str = "", *, before=None, after=None,
+               note: str = "") -> AuditEntry:
+        user = actor if getattr(actor, "pk", None) else None
+        name = actor.get_username() if user else (actor if isinstance(actor, str) else "system")
+        return cls.objects.create(actor=user, actor_name=name, action=action, target=target,
+                                  before=before, after=after, note=note)

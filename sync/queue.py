@@ -1,0 +1,324 @@
+"""The durable priority queue (outbox) of sync events.
+
+- Enqueue coalesces: one queued event per entity; the newest version, the highest priority and
+  the earliest change time win, so a burst of 50 updates to one node costs one embedding.
+- Claims take a batch by priority (HIGH first) with a share reserved for the oldest events, so
+  LOW still progresses under constant HIGH load. On PostgreSQL rows are locked with
+  `FOR UPDATE SKIP LOCKED`; on SQLite the IMMEDIATE write transaction serializes claims. Either
+  way the claim is a conditional update whose count is checked.
+- A claim is a lease: an in-flight event whose lease expired (its worker crashed) is claimed again.
+- Failures back off exponentially with jitter; after SYNC_MAX_ATTEMPTS an event is dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F, Min, Q
+from django.utils import timezone
+
+from sync.models import AuditEntry, Priority, SyncEvent
+
+log = logging.getLogger(__name__)
+
+Status = SyncEvent.Status
+Operation = SyncEvent.Operation
+STARVATION_SHARE = 0.25  # of each batch, for the oldest events whatever their priority
+
+
+@dataclass(frozen=True)
+class Work:
+    """A request to bring one entity's vectors in line with the graph."""
+
+    label: str
+    uid: str
+    operation: str = Operation.UPSERT
+    version: int | None = None
+    priority: int = Priority.MEDIUM
+    changed_at: datetime | None = None
+    source: str = "capture"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.label, self.uid)
+
+
+@dataclass
+class EnqueueResult:
+    created: int = 0
+    coalesced: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.created + self.coalesced
+
+
+def _fold(current: Work, newer: Work) -> Work:
+    """Two requests for one entity become one: newest version, highest priority, earliest change."""
+    take_newer = (newer.version or 0) >= (current.version or 0)
+    changed = [t for t in (current.changed_at, newer.changed_at) if t is not None]
+    return Work(
+        label=current.label, uid=current.uid,
+        operation=newer.operation if take_newer else current.operation,
+        version=max(current.version or 0, newer.version or 0) or None,
+        priority=min(current.priority, newer.priority),
+        changed_at=min(changed) if changed else None,
+        source=newer.source if take_newer else current.source,
+    )
+
+
+def enqueue(work: Work) -> EnqueueResult:
+    return enqueue_many([work])
+
+
+def enqueue_many(items: Iterable[Work]) -> EnqueueResult:
+    """Store work durably, coalescing with queued events for the same entities."""
+    folded: dict[tuple[str, str], Work] = {}
+    arrivals = 0
+    for work in items:
+        arrivals += 1
+        folded[work.key] = _fold(folded[work.key], work) if work.key in folded else work
+    if not folded:
+        return EnqueueResult()
+    for attempt in range(5):
+        try:
+            with transaction.atomic():
+                result = _enqueue_folded(folded)
+            result.coalesced += arrivals - len(folded)
+            return result
+        except IntegrityError:
+            # Another process inserted a queued event for one of these entities between our read
+            # and our insert; the next round sees it and coalesces into it.
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _enqueue_folded(folded: dict[tuple[str, str], Work]) -> EnqueueResult:
+    result = EnqueueResult()
+    existing = {ev.key: ev for ev in _queued_events(list(folded))}
+    changed: list[SyncEvent] = []
+    new: list[SyncEvent] = []
+    now = timezone.now()
+    for key, work in folded.items():
+        event = existing.get(key)
+        if event is None:
+            new.append(SyncEvent(
+                label=work.label, uid=work.uid, operation=work.operation, version=work.version,
+                priority=work.priority, source=work.source, changed_at=work.changed_at or now,
+                next_attempt_at=now, created_at=now,
+            ))
+            continue
+        merged = _fold(Work(event.label, event.uid, event.operation, event.version, event.priority,
+                            event.changed_at, event.source), work)
+        event.operation, event.version, event.priority = merged.operation, merged.version, merged.priority
+        event.changed_at, event.source = merged.changed_at, merged.source
+        event.coalesced += 1
+        # New work is worth trying now even if the event was backing off after a failure.
+        event.next_attempt_at = min(event.next_attempt_at, now)
+        changed.append(event)
+    if changed:
+        SyncEvent.objects.bulk_update(
+            changed, ["operation", "version", "priority", "changed_at", "source", "coalesced",
+                      "next_attempt_at"], batch_size=500)
+        result.coalesced += len(changed)
+    if new:
+        SyncEvent.objects.bulk_create(new, batch_size=500)
+        result.created += len(new)
+    return result
+
+
+def _queued_events(keys: Sequence[tuple[str, str]]) -> list[SyncEvent]:
+    by_label: dict[str, list[str]] = {}
+    for label, uid in keys:
+        by_label.setdefault(label, []).append(uid)
+    events: list[SyncEvent] = []
+    for label, uids in by_label.items():
+        for start in range(0, len(uids), 500):
+            events.extend(SyncEvent.objects.filter(
+                status=Status.QUEUED, label=label, uid__in=uids[start:start + 500]))
+    for event in events:
+        event.key = (event.label, event.uid)
+    return events
+
+
+def _claimable(now: datetime) -> Q:
+    return (Q(status=Status.QUEUED, next_attempt_at__lte=now)
+            | Q(status=Status.IN_FLIGHT, lease_expires_at__lt=now))
+
+
+def _locked(queryset):
+    if connection.features.has_select_for_update_skip_locked:
+        return queryset.select_for_update(skip_locked=True)
+    return queryset
+
+
+def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = None,
+                starvation_seconds: float | None = None) -> list[SyncEvent]:
+    """Lease up to `limit` ready events to `worker`; returns only the events this call won."""
+    timeout = visibility_timeout if visibility_timeout is not None else settings.SYNC_VISIBILITY_TIMEOUT
+    starvation = starvation_seconds if starvation_seconds is not None else settings.SYNC_STARVATION_SECONDS
+    token = f"{worker[:40]}:{uuid.uuid4().hex[:16]}"
+    now = timezone.now()
+    with transaction.atomic():
+        _bury_lost_leases(now)
+        ready = SyncEvent.objects.filter(_claimable(now))
+        aged_slots = max(1, int(limit * STARVATION_SHARE))
+        aged = [ev.id for ev in _locked(ready.filter(created_at__lte=now - timedelta(seconds=starvation))
+                                        .order_by("created_at", "id").only("id"))[:aged_slots]]
+        rest = [ev.id for ev in _locked(ready.exclude(id__in=aged)
+                                        .order_by("priority", "next_attempt_at", "id").only("id"))
+                [:limit - len(aged)]]
+        ids = aged + rest
+        if not ids:
+            return []
+        won = SyncEvent.objects.filter(_claimable(now), id__in=ids).update(
+            status=Status.IN_FLIGHT, claim_token=token, lease_expires_at=now + timedelta(seconds=timeout),
+            attempts=F("attempts") + 1,
+        )
+    if won < len(ids):
+        log.debug("claim %s won %d of %d events; another worker took the rest", token, won, len(ids))
+    return list(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT)
+                .order_by("priority", "id"))
+
+
+def _bury_lost_leases(now: datetime) -> None:
+    """An event whose worker died on it every attempt is poison: dead-letter it, don't loop."""
+    SyncEvent.objects.filter(
+        status=Status.IN_FLIGHT, lease_expires_at__lt=now, attempts__gte=settings.SYNC_MAX_ATTEMPTS,
+    ).update(status=Status.DEAD, finished_at=now, lease_expires_at=None,
+             last_error="the worker holding this event stopped before finishing it, on every attempt")
+
+
+def extend_lease(events: Sequence[SyncEvent], seconds: float | None = None) -> int:
+    if not events:
+        return 0
+    timeout = seconds if seconds is not None else settings.SYNC_VISIBILITY_TIMEOUT
+    return SyncEvent.objects.filter(
+        id__in=[e.id for e in events], claim_token=events[0].claim_token, status=Status.IN_FLIGHT,
+    ).update(lease_expires_at=timezone.now() + timedelta(seconds=timeout))
+
+
+def ack(events: Sequence[SyncEvent], outcome: str) -> int:
+    """Mark claimed events done. Returns how many were still ours (a lost lease is not acked)."""
+    done = 0
+    now = timezone.now()
+    by_token: dict[str, list[int]] = {}
+    for event in events:
+        by_token.setdefault(event.claim_token, []).append(event.id)
+    for token, ids in by_token.items():
+        for start in range(0, len(ids), 500):
+            done += SyncEvent.objects.filter(
+                id__in=ids[start:start + 500], claim_token=token, status=Status.IN_FLIGHT,
+            ).update(status=Status.DONE, finished_at=now, outcome=outcome, lease_expires_at=None,
+                     last_error="")
+    if done < len(events):
+        log.warning("acked %d of %d events: the rest lost their lease to another worker",
+                    done, len(events))
+    return done
+
+
+def backoff_delay(attempts: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with equal jitter, never shorter than the store's Retry-After."""
+    ceiling = min(settings.SYNC_BACKOFF_MAX, settings.SYNC_BACKOFF_BASE * (2 ** max(attempts - 1, 0)))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    return max(delay, retry_after or 0.0)
+
+
+def fail(event: SyncEvent, error: str, *, permanent: bool = False,
+         retry_after: float | None = None) -> str:
+    """Record a failed attempt: back off and requeue, or dead-letter. Returns the new status."""
+    now = timezone.now()
+    mine = SyncEvent.objects.filter(id=event.id, claim_token=event.claim_token, status=Status.IN_FLIGHT)
+    if permanent or event.attempts >= settings.SYNC_MAX_ATTEMPTS:
+        mine.update(status=Status.DEAD, finished_at=now, lease_expires_at=None, last_error=error[:5000])
+        return Status.DEAD
+    retry_at = now + timedelta(seconds=backoff_delay(event.attempts, retry_after))
+    try:
+        with transaction.atomic():
+            updated = mine.update(status=Status.QUEUED, next_attempt_at=retry_at, lease_expires_at=None,
+                                  last_error=error[:5000])
+    except IntegrityError:
+        # A newer change to this entity is already queued: that event covers this one.
+        mine.update(status=Status.DONE, finished_at=now, outcome="superseded", lease_expires_at=None,
+                    last_error=error[:5000])
+        _fold_into_queued(event)
+        return Status.DONE
+    return Status.QUEUED if updated else event.status
+
+
+def _fold_into_queued(event: SyncEvent) -> None:
+    """Carry a retired event's urgency (priority, first change time) into the queued one."""
+    queued = SyncEvent.objects.filter(status=Status.QUEUED, label=event.label, uid=event.uid)
+    queued.filter(priority__gt=event.priority).update(priority=event.priority)
+    if event.changed_at:
+        queued.filter(changed_at__gt=event.changed_at).update(changed_at=event.changed_at)
+    queued.update(next_attempt_at=timezone.now())
+
+
+def retry_dead(ids: Iterable[int], actor) -> int:
+    """Put dead letters back in the queue (merged into a queued event for the same entity)."""
+    retried = 0
+    now = timezone.now()
+    with transaction.atomic():
+        for event in SyncEvent.objects.select_for_update().filter(id__in=list(ids), status=Status.DEAD):
+            before = {"status": event.status, "attempts": event.attempts, "last_error": event.last_error}
+            if SyncEvent.objects.filter(status=Status.QUEUED, label=event.label, uid=event.uid).exists():
+                _fold_into_queued(event)
+                event.status, event.outcome = Status.DONE, "retried_into_queued"
+                event.finished_at = now
+            else:
+                event.status, event.attempts, event.next_attempt_at = Status.QUEUED, 0, now
+                event.outcome, event.claim_token, event.finished_at = "", "", None
+                event.source = "retry"
+            event.resolved_by = actor if getattr(actor, "pk", None) else None
+            event.save()
+            AuditEntry.record(actor, "dead_letter.retry", f"{event.label}:{event.uid}", before=before,
+                              after={"status": event.status, "event": event.id})
+            retried += 1
+    return retried
+
+
+def discard_dead(ids: Iterable[int], actor, note: str = "") -> int:
+    """Drop dead letters on purpose; the entity stays out of sync until it changes or is resynced."""
+    discarded = 0
+    now = timezone.now()
+    with transaction.atomic():
+        for event in SyncEvent.objects.select_for_update().filter(id__in=list(ids), status=Status.DEAD):
+            AuditEntry.record(actor, "dead_letter.discard", f"{event.label}:{event.uid}",
+                              before={"status": event.status, "last_error": event.last_error},
+                              after={"status": Status.DONE, "outcome": "discarded"}, note=note)
+            event.status, event.outcome, event.finished_at = Status.DONE, "discarded", now
+            event.resolved_by = actor if getattr(actor, "pk", None) else None
+            event.save(update_fields=["status", "outcome", "finished_at", "resolved_by"])
+            discarded += 1
+    return discarded
+
+
+def depth_by_priority() -> dict[str, int]:
+    """Queued + in-flight events per priority name (the queue depth the dashboard shows)."""
+    rows = (SyncEvent.objects.filter(status__in=[Status.QUEUED, Status.IN_FLIGHT])
+            .values("priority").annotate(n=Count("id")))
+    depth = {p.label: 0 for p in Priority}
+    for row in rows:
+        depth[Priority(row["priority"]).label] = row["n"]
+    return depth
+
+
+def oldest_pending_change() -> datetime | None:
+    return (SyncEvent.objects.filter(status__in=[Status.QUEUED, Status.IN_FLIGHT])
+            .aggregate(oldest=Min("changed_at"))["oldest"])
+
+
+def purge_finished(older_than: timedelta) -> int:
+    """Done events are history, kept a while for the dashboard; dead letters stay until handled."""
+    cutoff = timezone.now() - older_than
+    deleted, _ = SyncEvent.objects.filter(status=Status.DONE, finished_at__lt=cutoff).delete()
+    return deleted
