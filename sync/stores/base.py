@@ -65,6 +65,9 @@ class WriteResult:
 
     written: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # vector id -> error
+    # Of the failed ids, those whose request failed transiently (e.g. one 5xx sub-batch of a
+    # multi-request upsert): worth retrying as-is. The others were refused for what they are.
+    retryable: set[str] = field(default_factory=set)
 
     @property
     def has_errors(self) -> bool:
@@ -73,6 +76,7 @@ class WriteResult:
     def merge(self, other: WriteResult) -> WriteResult:
         self.written += other.written
         self.failed.update(other.failed)
+        self.retryable |= other.retryable
         return self
 
 
