@@ -213,13 +213,15 @@ CAPTURE_PAGE_SIZE = env_int("CAPTURE_PAGE_SIZE", 500, minimum=1, maximum=10000)
 RECONCILE_INCREMENTAL_MINUTES = env_int("RECONCILE_INCREMENTAL_MINUTES", 5, minimum=1)
 RECONCILE_WINDOW_MINUTES = env_int("RECONCILE_WINDOW_MINUTES", 60, minimum=1)
 RECONCILE_FULL_HOURS = env_int("RECONCILE_FULL_HOURS", 24, minimum=1)
+SYNC_KICK_DRAIN = env_bool("SYNC_KICK_DRAIN", True)  # start a drain right after an enqueue
 INGEST_API_TOKENS = env_list("INGEST_API_TOKENS", [])
 
 # --- django-q2 ------------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER = {
     "name": "nightingale",
-    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    # One worker runs the change poller's minute-long loop; the others drain the queue.
+    "workers": env_int("Q_WORKERS", 3, minimum=2),
     "timeout": env_int("Q_TIMEOUT", 600, minimum=10),
     "retry": env_int("Q_RETRY", 660, minimum=20),
     "max_attempts": 1,

@@ -125,6 +125,7 @@ class SagaLog(models.Model):
 
     class Status(models.TextChoices):
         STARTED = "started"
+        ABORTED = "aborted"  # the graph refused the write: nothing to undo
         COMMITTED = "committed"
         DEFERRED = "deferred"  # graph kept, vector left to the queue (policy says so)
         COMPENSATED = "compensated"

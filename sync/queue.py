@@ -74,6 +74,13 @@ def _fold(current: Work, newer: Work) -> Work:
     )
 
 
+def priority_of(label: str) -> int:
+    """The queue priority the sync policy gives a label."""
+    from sync.policy import policy_for
+
+    return Priority[policy_for(label).priority.name]
+
+
 def enqueue(work: Work) -> EnqueueResult:
     return enqueue_many([work])
 

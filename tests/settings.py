@@ -11,6 +11,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("DATA_DIR", str(_ROOT / "var" / "test"))
 os.environ.setdefault("NEO4J_URI", "bolt://127.0.0.1:7688")
 os.environ.setdefault("NEO4J_PASSWORD", "nightingale-test")
+os.environ.setdefault("SYNC_KICK_DRAIN", "false")
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-0123456789abcdefghijklmnop")
 
 from nightingale.settings import *  # noqa: E402,F403

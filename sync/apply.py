@@ -1,0 +1,347 @@
+"""Apply a claimed batch of sync events: make each entity's vectors match its current graph state.
+
+An event only says "look at this entity"; what gets written is always read from Neo4j at apply
+time, so a late or repeated event cannot write old content. What can still go wrong is two
+workers racing on one entity: the version guard refuses to replace a vector built from a newer
+graph version with an older one (Pinecone has no conditional write, so the guard is ours).
+
+Per batch: one graph read per label, one vector fetch, one embedding call, one upsert, one
+delete, bulk record updates. Content whose hash is unchanged is not embedded again: only its
+metadata is rewritten (or nothing, when that is unchanged too).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone
+
+from sync import ids, queue
+from sync.embedding import get_embedder
+from sync.metrics import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
+from sync.models import Priority, SyncEvent, SyncRecord
+from sync.policy import build_document
+from sync.stores import graph_store, vector_store
+from sync.stores.base import Entity, RetryableStoreError, StoreError, VectorRecord
+
+log = logging.getLogger(__name__)
+
+RecordStatus = SyncRecord.Status
+
+
+@dataclass
+class ApplyCounts:
+    upserted: int = 0  # entities whose vectors were (re)embedded and written
+    metadata_only: int = 0  # content unchanged: metadata rewritten, no embedding
+    unchanged: int = 0  # nothing to write
+    deleted: int = 0  # entities gone from the graph: vectors removed
+    excluded: int = 0  # never-synced: vectors removed if any
+    stale: int = 0  # dropped by the version guard
+    retried: int = 0  # failed transiently, back in the queue
+    dead: int = 0  # failed for good, in the dead-letter queue
+    embedded_chunks: int = 0
+    vectors_written: int = 0
+    vectors_deleted: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: ApplyCounts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def events(self) -> int:
+        return (self.upserted + self.metadata_only + self.unchanged + self.deleted + self.excluded
+                + self.stale + self.retried + self.dead)
+
+
+@dataclass
+class _Plan:
+    """What to do for one entity of the batch."""
+
+    key: tuple[str, str]
+    events: list[SyncEvent]
+    entity: Entity | None = None
+    document: object | None = None  # sync.policy.Document
+    action: str = "upsert"  # upsert | delete | exclude
+    previous_ids: set[str] = field(default_factory=set)
+    outcome: str = ""
+    error: str = ""
+    permanent: bool = False
+    retry_after: float | None = None
+
+    @property
+    def priority(self) -> int:
+        return min((e.priority for e in self.events), default=Priority.HIGH)
+
+
+def apply_events(events: Sequence[SyncEvent]) -> ApplyCounts:
+    started = time.monotonic()
+    counts = ApplyCounts()
+    if not events:
+        return counts
+    plans: dict[tuple[str, str], _Plan] = {}
+    for event in events:
+        key = (event.label, event.uid)
+        plans.setdefault(key, _Plan(key=key, events=[])).events.append(event)
+    try:
+        _read_graph(plans)
+        _run(plans, counts)
+    except StoreError as exc:
+        # A store failed as a whole (unreachable, rate limited, ...): the batch retries with backoff.
+        # Idempotent writes make it safe to redo the entities that did get through.
+        for plan in plans.values():
+            if not plan.error:
+                plan.error = f"{type(exc).__name__}: {exc}"
+                plan.permanent = not exc.retryable
+                plan.retry_after = getattr(exc, "retry_after", None)
+        SYNC_ERRORS.labels("store").inc()
+        log.warning("batch of %d events failed: %s", len(events), exc)
+    _finish(plans, counts)
+    counts.seconds = time.monotonic() - started
+    return counts
+
+
+def apply_now(entity: Entity) -> str:
+    """Bring one entity's vectors in line right now (the dual-write path); raises on failure.
+
+    Returns the outcome (upserted, metadata_only, unchanged, excluded, stale).
+    """
+    plans = {entity.key: _Plan(key=entity.key, events=[], entity=entity)}
+    _build_documents(plans)
+    counts = ApplyCounts()
+    _run(plans, counts)
+    plan = plans[entity.key]
+    if plan.error:
+        if plan.permanent:
+            raise ValueError(plan.error)
+        raise RetryableStoreError(plan.error, plan.retry_after)
+    _save_records([_record(plan, _status_after(plan), timezone.now())])
+    return plan.outcome
+
+
+def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
+    records = _records(plans)
+    for key, plan in plans.items():
+        record = records.get(key)
+        plan.previous_ids = _recorded_ids(key, record.chunk_count if record else 0)
+    _write(_decide(plans, _fetch_existing(plans)), counts)
+
+
+def _records(plans: dict[tuple[str, str], _Plan]) -> dict[tuple[str, str], SyncRecord]:
+    by_label: dict[str, list[str]] = {}
+    for label, uid in plans:
+        by_label.setdefault(label, []).append(uid)
+    found = {}
+    for label, uids in by_label.items():
+        for start in range(0, len(uids), 500):
+            for record in SyncRecord.objects.filter(label=label, uid__in=uids[start:start + 500]):
+                found[(record.label, record.uid)] = record
+    return found
+
+
+def _recorded_ids(key: tuple[str, str], chunk_count: int) -> set[str]:
+    label, uid = key
+    try:
+        base = ids.vector_id(label, uid)
+    except ValueError:
+        return set()
+    # Whether the last write had one chunk (no suffix) or several, these ids cover it.
+    return {base} | {ids.vector_id(label, uid, n) for n in range(max(chunk_count, 1))}
+
+
+def _read_graph(plans: dict[tuple[str, str], _Plan]) -> None:
+    entities = graph_store().get_entities(list(plans))
+    for key, plan in plans.items():
+        plan.entity = entities.get(key)
+    _build_documents(plans)
+
+
+def _build_documents(plans: dict[tuple[str, str], _Plan]) -> None:
+    for plan in plans.values():
+        if plan.entity is None:
+            plan.action = "delete"
+            continue
+        try:
+            plan.document = build_document(plan.entity)
+        except ValueError as exc:
+            plan.outcome, plan.error, plan.permanent = "invalid", f"cannot build the document: {exc}", True
+            continue
+        if plan.document is None:
+            plan.action = "exclude"
+
+
+def _fetch_existing(plans: dict[tuple[str, str], _Plan]) -> dict[str, VectorRecord]:
+    wanted: set[str] = set()
+    store = vector_store()
+    for plan in plans.values():
+        if plan.outcome:
+            continue
+        wanted |= plan.previous_ids
+        if plan.document is not None:
+            wanted |= {chunk.id for chunk in plan.document.chunks}
+        if plan.action != "upsert" and len(plan.previous_ids) <= 2:
+            # No record of how many chunks it had: ask the store for every id of this entity.
+            prefix = ids.entity_prefix(*plan.key)
+            plan.previous_ids |= {vid for vid in store.list_ids(prefix) if _belongs(vid, plan.key)}
+            wanted |= plan.previous_ids
+    return store.fetch(sorted(wanted)) if wanted else {}
+
+
+def _belongs(vector_id: str, key: tuple[str, str]) -> bool:
+    try:
+        label, uid, _ = ids.parse_vector_id(vector_id)
+    except ValueError:
+        return False
+    return (label, uid) == key
+
+
+@dataclass
+class _Work:
+    to_write: list = field(default_factory=list)  # (plan, chunk) pairs to embed and upsert
+    to_update: dict = field(default_factory=dict)  # vector id -> new metadata
+    to_delete: set = field(default_factory=set)  # vector ids
+    owner: dict = field(default_factory=dict)  # vector id -> plan, for per-record failures
+
+
+def _decide(plans, existing) -> _Work:
+    """Split the batch into texts to embed, metadata to rewrite and ids to delete."""
+    work = _Work()
+    for plan in plans.values():
+        if plan.outcome:
+            continue
+        present = {vid: existing[vid] for vid in plan.previous_ids if vid in existing}
+        if plan.action in ("delete", "exclude"):
+            work.to_delete |= present.keys()
+            plan.outcome = "deleted" if plan.action == "delete" else "excluded"
+            continue
+        document = plan.document
+        new_ids = {chunk.id for chunk in document.chunks}
+        present |= {vid: existing[vid] for vid in new_ids if vid in existing}
+        stored_version = max((_version(r) for r in present.values()), default=0)
+        if stored_version > document.version:
+            plan.outcome = "stale"  # a newer graph version is already in the store
+            continue
+        # Surplus chunks of a text that shrank (or went from one chunk to several).
+        work.to_delete |= present.keys() - new_ids
+        same_content = bool(new_ids) and all(
+            vid in present and present[vid].metadata.get("content_hash") == document.content_hash
+            for vid in new_ids)
+        if same_content:
+            changed = {c.id: c.metadata for c in document.chunks if present[c.id].metadata != c.metadata}
+            work.to_update.update(changed)
+            plan.outcome = "metadata_only" if changed else "unchanged"
+        else:
+            work.to_write.extend((plan, chunk) for chunk in document.chunks)
+            plan.outcome = "upserted"
+        work.owner.update(dict.fromkeys(new_ids, plan))
+    return work
+
+
+def _version(record: VectorRecord) -> int:
+    try:
+        return int(record.metadata.get("version") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _write(work: _Work, counts: ApplyCounts) -> None:
+    store = vector_store()
+    if work.to_write:
+        values = get_embedder().encode([chunk.text for _, chunk in work.to_write])
+        counts.embedded_chunks += len(work.to_write)
+        EMBEDDED_CHUNKS.inc(len(work.to_write))
+        records = [VectorRecord(chunk.id, vector.tolist(), chunk.metadata)
+                   for (_, chunk), vector in zip(work.to_write, values, strict=True)]
+        result = store.upsert(records)
+        counts.vectors_written += result.written
+        _record_failures(result, work.owner)
+    if work.to_update:
+        result = store.update_metadata(work.to_update)
+        counts.vectors_written += result.written
+        _record_failures(result, work.owner)
+    if work.to_delete:
+        counts.vectors_deleted += store.delete(sorted(work.to_delete))
+
+
+def _record_failures(result, owner) -> None:
+    for vid, error in result.failed.items():
+        plan = owner.get(vid)
+        if plan is None or plan.error:
+            continue
+        plan.error = f"vector {vid} refused: {error}"
+        plan.permanent = vid not in result.retryable
+
+
+def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
+    now = timezone.now()
+    done: dict[str, list[SyncEvent]] = {}
+    records: list[SyncRecord] = []
+    for plan in plans.values():
+        if plan.error:
+            status = RecordStatus.FAILED
+            for event in plan.events:
+                outcome = queue.fail(event, plan.error, permanent=plan.permanent, retry_after=plan.retry_after)
+                if outcome == SyncEvent.Status.DEAD:
+                    counts.dead += 1
+                else:
+                    counts.retried += 1
+            SYNC_ERRORS.labels("permanent" if plan.permanent else "retryable").inc()
+            records.append(_record(plan, status, now, error=plan.error))
+            continue
+        done.setdefault(plan.outcome, []).extend(plan.events)
+        setattr(counts, plan.outcome, getattr(counts, plan.outcome) + 1)
+        EVENTS_APPLIED.labels(plan.outcome).inc()
+        if plan.outcome == "stale":
+            continue  # the newer write owns the record
+        records.append(_record(plan, _status_after(plan), now))
+        if plan.outcome in ("upserted", "metadata_only", "deleted", "unchanged"):
+            changed_at = min((e.changed_at for e in plan.events if e.changed_at), default=None)
+            if changed_at:
+                SYNC_LAG.labels(Priority(plan.priority).label).observe(max((now - changed_at).total_seconds(), 0))
+    with transaction.atomic():
+        _save_records(records)
+        for outcome, events in done.items():
+            queue.ack(events, outcome)
+
+
+def _status_after(plan: _Plan) -> str:
+    return {"deleted": RecordStatus.DELETED, "excluded": RecordStatus.EXCLUDED}.get(
+        plan.outcome, RecordStatus.IN_SYNC)
+
+
+def _record(plan: _Plan, status: str, now, error: str = "") -> SyncRecord:
+    label, uid = plan.key
+    entity, document = plan.entity, plan.document
+    synced = status != RecordStatus.FAILED
+    return SyncRecord(
+        label=label, uid=uid,
+        graph_version=entity.version if entity else None,
+        vector_version=document.version if (document is not None and synced) else None,
+        content_hash=document.content_hash if document is not None else "",
+        chunk_count=len(document.chunks) if document is not None else 0,
+        status=status,
+        changed_at=entity.updated_at if entity else None,
+        synced_at=now if synced else None,
+        last_error=error[:5000],
+    )
+
+
+def _save_records(records: list[SyncRecord]) -> None:
+    ok = [r for r in records if r.status != RecordStatus.FAILED]
+    failed = [r for r in records if r.status == RecordStatus.FAILED]
+    if ok:
+        SyncRecord.objects.bulk_create(
+            ok, batch_size=500, update_conflicts=True, unique_fields=["label", "uid"],
+            update_fields=["graph_version", "vector_version", "content_hash", "chunk_count", "status",
+                           "changed_at", "synced_at", "last_error", "updated_at"],
+        )
+    if failed:
+        # A failure must not erase what we know was written before: keep vector fields as they are.
+        SyncRecord.objects.bulk_create(
+            failed, batch_size=500, update_conflicts=True, unique_fields=["label", "uid"],
+            update_fields=["graph_version", "status", "changed_at", "last_error", "updated_at"],
+        )

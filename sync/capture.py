@@ -1,0 +1,169 @@
+"""Change capture: find writes in Neo4j (ours and other tools') by polling on the change cursor.
+
+Each poll re-reads an overlap window (CAPTURE_OVERLAP_SECONDS) before the cursor, because a
+transaction stamps `updated_at` when it runs but becomes visible only when it commits: a slow
+transaction can appear behind a cursor that has already moved past its timestamp. Re-reading
+is cheap — enqueue coalesces, and changes already synced at that version are skipped.
+
+Only one poller reads at a time, whatever the number of worker processes: the poller holds a
+lease on the cursor row, taken and renewed with conditional updates. The cursor advances only
+after the events of a page are stored, and tombstones are purged only after their delete
+events are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from sync import queue
+from sync.models import ChangeCursor, SyncEvent, SyncRecord
+from sync.policy import synced_labels
+from sync.stores import graph_store
+from sync.stores.base import Change
+
+log = logging.getLogger(__name__)
+
+CURSOR = "neo4j"
+
+
+@dataclass
+class CaptureResult:
+    polled: bool = False  # False when another poller holds the lease
+    changes: int = 0
+    enqueued: int = 0
+    skipped: int = 0  # already synced at that version (re-read in the overlap window)
+    tombstones_purged: int = 0
+    pages: int = 0
+
+
+def take_lease(owner: str, seconds: float) -> bool:
+    ChangeCursor.objects.get_or_create(name=CURSOR)
+    now = timezone.now()
+    taken = ChangeCursor.objects.filter(name=CURSOR).filter(
+        Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__lt=now) | Q(lease_expires_at=None)
+    ).update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=seconds))
+    return taken == 1
+
+
+def release_lease(owner: str) -> None:
+    ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+
+
+def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None = None,
+              max_pages: int = 1000, lease_seconds: float = 60) -> CaptureResult:
+    """Read every change since the cursor (minus the overlap) and enqueue it."""
+    result = CaptureResult()
+    if not take_lease(owner, lease_seconds):
+        return result
+    result.polled = True
+    size = page_size or settings.CAPTURE_PAGE_SIZE
+    window = timedelta(seconds=settings.CAPTURE_OVERLAP_SECONDS if overlap is None else overlap)
+    graph = graph_store()
+    labels = synced_labels()
+    cursor = ChangeCursor.objects.get(name=CURSOR)
+    after = (cursor.updated_at - window, "") if cursor.updated_at else None
+    try:
+        for _ in range(max_pages):
+            changes = graph.changes_since(labels, after, size)
+            if not changes:
+                break
+            result.pages += 1
+            result.changes += len(changes)
+            enqueued, skipped = _enqueue(changes)
+            result.enqueued += enqueued
+            result.skipped += skipped
+            last = changes[-1]
+            after = (last.updated_at, f"{last.label}:{last.uid}")
+            with transaction.atomic():
+                moved = ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(
+                    updated_at=_later(cursor.updated_at, last.updated_at), key=after[1],
+                    polled_at=timezone.now(), lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds),
+                    last_error="",
+                )
+            if not moved:
+                log.warning("change capture lost its lease mid-poll; stopping")
+                break
+            cursor.updated_at = _later(cursor.updated_at, last.updated_at)
+            tombstones = [c for c in changes if c.deleted]
+            if tombstones:
+                result.tombstones_purged += graph.purge_tombstones(tombstones)
+            if len(changes) < size:
+                break
+        ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(
+            polled_at=timezone.now(), changes_seen=F("changes_seen") + result.enqueued)
+    except Exception as exc:
+        ChangeCursor.objects.filter(name=CURSOR).update(last_error=f"{type(exc).__name__}: {exc}"[:5000])
+        raise
+    return result
+
+
+def _later(a, b):
+    return b if a is None or b > a else a
+
+
+def _enqueue(changes: list[Change]) -> tuple[int, int]:
+    """Enqueue the changes that are not already synced at their version."""
+    known = _sync_state(changes)
+    work = []
+    skipped = 0
+    for change in changes:
+        status, version = known.get((change.label, change.uid), ("", -1))
+        if change.deleted:
+            done = status == SyncRecord.Status.DELETED
+        else:
+            done = status in (SyncRecord.Status.IN_SYNC, SyncRecord.Status.EXCLUDED) and version >= change.version
+        if done:
+            skipped += 1
+            continue
+        work.append(queue.Work(
+            label=change.label, uid=change.uid,
+            operation=SyncEvent.Operation.DELETE if change.deleted else SyncEvent.Operation.UPSERT,
+            version=change.version, priority=queue.priority_of(change.label),
+            changed_at=change.updated_at, source="capture",
+        ))
+    if work:
+        queue.enqueue_many(work)
+    return len(work), skipped
+
+
+def _sync_state(changes: list[Change]) -> dict[tuple[str, str], tuple[str, int]]:
+    """(status, version handled) per entity from our records, read in one query per label."""
+    by_label: dict[str, list[str]] = {}
+    for change in changes:
+        by_label.setdefault(change.label, []).append(change.uid)
+    found: dict[tuple[str, str], tuple[str, int]] = {}
+    for label, uids in by_label.items():
+        for start in range(0, len(uids), 500):
+            rows = SyncRecord.objects.filter(label=label, uid__in=uids[start:start + 500]).values_list(
+                "uid", "status", "vector_version", "graph_version")
+            for uid, status, vector_version, graph_version in rows:
+                handled = vector_version if status == SyncRecord.Status.IN_SYNC else graph_version
+                found[(label, uid)] = (status, handled or 0)
+    return found
+
+
+def run(owner: str, *, seconds: float, interval: float | None = None,
+        on_enqueued=lambda: None) -> CaptureResult:
+    """Poll repeatedly for `seconds` (a scheduled task runs this briefly, then returns)."""
+    total = CaptureResult()
+    pause = settings.CAPTURE_INTERVAL if interval is None else interval
+    deadline = time.monotonic() + seconds
+    while True:
+        result = poll_once(owner)
+        if result.enqueued:
+            on_enqueued()
+        for name in ("changes", "enqueued", "skipped", "tombstones_purged", "pages"):
+            setattr(total, name, getattr(total, name) + getattr(result, name))
+        total.polled = total.polled or result.polled
+        if time.monotonic() + pause >= deadline:
+            break
+        time.sleep(pause)
+    return total

@@ -1,0 +1,84 @@
+"""The worker loop: claim a batch, apply it, repeat.
+
+Batches flush at SYNC_BATCH_SIZE events or once the oldest ready event has waited
+SYNC_FLUSH_INTERVAL seconds, whichever comes first — except HIGH priority work (CISA KEV), which
+is applied as soon as it is seen, since it must reach search within seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Min
+from django.utils import timezone
+
+from sync import queue
+from sync.apply import ApplyCounts, apply_events
+from sync.models import Priority, SyncEvent
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class ReadyWork:
+    count: int
+    has_high: bool
+    oldest_age: float
+
+
+def ready_work(limit: int) -> ReadyWork:
+    now = timezone.now()
+    ready = SyncEvent.objects.filter(queue._claimable(now))
+    count = ready[:limit].count()
+    if not count:
+        return ReadyWork(0, False, 0.0)
+    has_high = ready.filter(priority=Priority.HIGH).exists()
+    oldest = ready.aggregate(oldest=Min("created_at"))["oldest"]
+    return ReadyWork(count, has_high, (now - oldest).total_seconds() if oldest else 0.0)
+
+
+def should_flush(work: ReadyWork, batch_size: int, flush_interval: float) -> bool:
+    return bool(work.count) and (
+        work.count >= batch_size or work.has_high or work.oldest_age >= flush_interval)
+
+
+def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, flush: bool = False,
+          batch_size: int | None = None, flush_interval: float | None = None, poll: float = 0.2,
+          worker: str | None = None, stop=lambda: False) -> ApplyCounts:
+    """Claim and apply batches.
+
+    `flush=True` waits for a full batch or the flush interval (HIGH never waits); `flush=False`
+    applies whatever is ready. Returns after `max_seconds`, once nothing has been ready for
+    `idle_exit` seconds (None: never), or when `stop()` says so.
+    """
+    size = batch_size or settings.SYNC_BATCH_SIZE
+    interval = settings.SYNC_FLUSH_INTERVAL if flush_interval is None else flush_interval
+    name = worker or worker_name()
+    total = ApplyCounts()
+    deadline = time.monotonic() + max_seconds if max_seconds else None
+    idle_since = time.monotonic()
+    while not stop() and (deadline is None or time.monotonic() < deadline):
+        work = ready_work(size)
+        if work.count and (not flush or should_flush(work, size, interval)):
+            batch = queue.claim_batch(name, size)
+            if batch:
+                counts = apply_events(batch)
+                total.add(counts)
+                log.info("applied %d events in %.2fs: %s", len(batch), counts.seconds, counts)
+                idle_since = time.monotonic()
+                close_old_connections()
+                continue
+        if not work.count and idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
+            break
+        time.sleep(poll)
+    return total

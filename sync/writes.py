@@ -1,0 +1,142 @@
+"""Write paths into the graph (ingest API, importers, conflict resolutions).
+
+Every write commits to Neo4j first, in one transaction (version + 1, server `updated_at`,
+source, confidence). Then, per the label's policy:
+
+- async write-through (the default): enqueue a sync event and return; the caller waits only for
+  Neo4j, and a worker is kicked to apply the event soon.
+- sync dual-write (critical types such as CISA KEV): embed and upsert in the same call, as a saga.
+  If the vector write fails, the compensation puts the node back as it was (or deletes a node the
+  write created) and the call raises — or, where the policy says `queue`, the graph write is kept
+  and the vector is left to the queue. Every saga's steps and outcome are in `SagaLog`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from sync import queue
+from sync.apply import apply_now
+from sync.metrics import SAGAS, SYNC_ERRORS
+from sync.models import SagaLog
+from sync.policy import WriteMode, policy_for
+from sync.stores import graph_store
+from sync.stores.base import Entity, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class SyncWriteError(Exception):
+    """The write did not happen: the graph is as it was before the call."""
+
+    def __init__(self, message: str, saga: SagaLog | None = None):
+        super().__init__(message)
+        self.saga = saga
+
+
+class CompensationFailed(SyncWriteError):
+    """Alert-worthy: the vector write failed AND the graph could not be put back.
+
+    The graph holds the new version while the vector store does not; the saga log names the
+    entity, and reconciliation (or a manual resync) will repair the vector side.
+    """
+
+
+@dataclass
+class WriteOutcome:
+    entity: Entity
+    previous: Entity | None
+    mode: str  # dual_write | write_through | graph_only
+    saga: SagaLog | None = None
+    vector_outcome: str = ""  # dual-write: upserted, metadata_only, ...; write-through: queued
+
+    @property
+    def created(self) -> bool:
+        return self.previous is None
+
+
+def write_entity(label: str, uid: str, properties: dict[str, Any], *, source: str,
+                 confidence: float | None = None, expected_version: int | None = None,
+                 actor: str = "system") -> WriteOutcome:
+    policy = policy_for(label)
+    if policy.synced and policy.write_mode == WriteMode.DUAL_WRITE:
+        return _dual_write(label, uid, properties, source=source, confidence=confidence,
+                           expected_version=expected_version, actor=actor)
+    previous, entity = graph_store().write_entity(
+        label, uid, properties, expected_version=expected_version, source=source, confidence=confidence)
+    if not policy.synced:
+        return WriteOutcome(entity, previous, "graph_only")
+    enqueue_entity(entity, source="write")
+    return WriteOutcome(entity, previous, WriteMode.WRITE_THROUGH.value, vector_outcome="queued")
+
+
+def enqueue_entity(entity: Entity, *, source: str) -> None:
+    queue.enqueue(queue.Work(
+        label=entity.label, uid=entity.uid, version=entity.version,
+        priority=queue.priority_of(entity.label), changed_at=entity.updated_at, source=source,
+    ))
+    from sync.tasks import kick_drain
+
+    kick_drain()
+
+
+def _dual_write(label, uid, properties, *, source, confidence, expected_version, actor) -> WriteOutcome:
+    graph = graph_store()
+    saga = SagaLog.objects.create(label=label, uid=uid, actor=actor[:150])
+    try:
+        previous, entity = graph.write_entity(
+            label, uid, properties, expected_version=expected_version, source=source, confidence=confidence)
+    except Exception as exc:
+        # Nothing was written, so there is nothing to undo; the saga records why it stopped.
+        saga.step("graph_write", False, str(exc))
+        _finish(saga, SagaLog.Status.ABORTED, error=f"graph write refused: {exc}")
+        raise
+    saga.previous_version = previous.version if previous else None
+    saga.new_version = entity.version
+    saga.step("graph_write", True, f"v{saga.previous_version or 0} -> v{entity.version}")
+    try:
+        outcome = apply_now(entity)
+    except (StoreError, ValueError, OSError) as exc:
+        saga.step("vector_write", False, f"{type(exc).__name__}: {exc}")
+        SYNC_ERRORS.labels("dual_write").inc()
+        return _after_vector_failure(saga, previous, entity, exc)
+    saga.step("vector_write", True, outcome)
+    _finish(saga, SagaLog.Status.COMMITTED)
+    return WriteOutcome(entity, previous, WriteMode.DUAL_WRITE.value, saga, outcome)
+
+
+def _after_vector_failure(saga: SagaLog, previous: Entity | None, entity: Entity, exc: Exception):
+    if policy_for(entity.label).on_vector_failure == "queue":
+        enqueue_entity(entity, source="write")
+        saga.step("enqueue", True, "vector write left to the queue")
+        _finish(saga, SagaLog.Status.DEFERRED, error=str(exc))
+        return WriteOutcome(entity, previous, WriteMode.DUAL_WRITE.value, saga, "queued")
+    try:
+        graph_store().restore_entity(previous, label=entity.label, uid=entity.uid,
+                                     expected_version=entity.version)
+    except Exception as undo_error:  # noqa: BLE001 — every failure here must reach the saga log
+        saga.step("compensate", False, f"{type(undo_error).__name__}: {undo_error}")
+        _finish(saga, SagaLog.Status.COMPENSATION_FAILED,
+                error=f"vector write failed ({exc}); restoring the graph failed too ({undo_error})")
+        log.critical("dual-write of %s:%s left the graph at v%s without its vector: %s",
+                     entity.label, entity.uid, entity.version, undo_error)
+        raise CompensationFailed(
+            f"{entity.label}:{entity.uid}: the vector write failed and the graph could not be "
+            f"restored ({undo_error}); saga {saga.pk}", saga) from exc
+    saga.step("compensate", True, "node deleted" if previous is None else f"node back to v{previous.version}")
+    _finish(saga, SagaLog.Status.COMPENSATED, error=str(exc))
+    raise SyncWriteError(
+        f"{entity.label}:{entity.uid} was not written: the vector store failed ({exc}) and the "
+        "graph change was undone", saga) from exc
+
+
+def _finish(saga: SagaLog, status: str, error: str = "") -> None:
+    saga.status = status
+    saga.error = error[:5000]
+    saga.finished_at = timezone.now()
+    saga.save()
+    SAGAS.labels(status).inc()
