@@ -1,7 +1,9 @@
 from django.urls import path
 
-from sync import views
+from sync import api, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
+    path("api/v1/entities", api.ingest_entities, name="api-entities"),
 ]

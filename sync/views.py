@@ -1,8 +1,13 @@
-from django.http import JsonResponse
+import hmac
+
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sync.health import check_services
+from sync.metrics import register_collectors
 
 
 @never_cache
@@ -18,3 +23,17 @@ def healthz(request):
         },
     }
     return JsonResponse(body, status=200 if body["status"] == "ok" else 503)
+
+
+@never_cache
+@require_GET
+def metrics(request):
+    """Prometheus exposition, for a logged-in user or a scraper holding METRICS_TOKEN."""
+    header = request.headers.get("Authorization", "")
+    token_ok = bool(settings.METRICS_TOKEN) and hmac.compare_digest(
+        header.encode(), f"Bearer {settings.METRICS_TOKEN}".encode())
+    if not (token_ok or request.user.is_authenticated):
+        return HttpResponse("log in or send the metrics bearer token\n", status=401,
+                            content_type="text/plain")
+    register_collectors()
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

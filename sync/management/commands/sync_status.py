@@ -1,0 +1,29 @@
+"""Print sync health: queue depth by priority, lag, dead letters, records by status."""
+
+from django.core.management.base import BaseCommand
+
+from sync.status import snapshot
+
+
+def seconds(value):
+    return "-" if value is None else f"{value:.2f}s"
+
+
+class Command(BaseCommand):
+    help = "Show queue depth by priority, lag, dead letters and sync records by status."
+
+    def handle(self, *args, **options):
+        s = snapshot()
+        out = self.stdout.write
+        out(f"queue depth: {s.queue_depth} ({', '.join(f'{k} {v}' for k, v in s.depth.items())})")
+        out(f"oldest unsynced change: {seconds(s.oldest_pending_age)} ago")
+        out(f"lag over the last hour: p50 {seconds(s.lag_p50)}, p95 {seconds(s.lag_p95)} "
+            f"({s.lag_samples} samples)")
+        out(f"dead letters: {s.dead_letters}")
+        records = ", ".join(f"{k} {v}" for k, v in sorted(s.records.items())) or "none"
+        out(f"sync records: {records}")
+        if s.cursor:
+            out(f"change cursor: {s.cursor.updated_at or 'not started'} (polled {s.cursor.polled_at or 'never'})"
+                + (f" last error: {s.cursor.last_error}" if s.cursor.last_error else ""))
+        if s.sagas:
+            out("dual-write sagas: " + ", ".join(f"{k} {v}" for k, v in sorted(s.sagas.items())))
