@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.conf import settings
 
-from sync.stores import graph_store, reset_stores
+from sync.stores import graph_store, reset_stores, use_vector_store
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,33 @@ def graph(neo4j_driver):
         # CALL ... IN TRANSACTIONS needs an auto-commit transaction, hence session.run.
         session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
     yield graph_store()
+
+
+@pytest.fixture
+def vectors(tmp_path):
+    """A fresh LanceDB vector store, installed as the process's vector store."""
+    from sync.stores.local_store import LanceVectorStore
+
+    store = LanceVectorStore(tmp_path / "lancedb", table="test", dimension=384)
+    use_vector_store(store)
+    yield store
+    use_vector_store(None)
+
+
+@pytest.fixture(scope="session")
+def apoc_triggers(neo4j_driver):
+    """Schema and APOC triggers for every synced label, installed once per test session."""
+    from sync.policy import synced_labels
+
+    store = graph_store()
+    labels = synced_labels()
+    store.ensure_schema(labels)
+    assert store.install_triggers(labels), "the test Neo4j must have APOC"
+    yield labels
+    store.remove_triggers()
+
+
+@pytest.fixture
+def synced_graph(graph, apoc_triggers):
+    """An empty graph with the schema and APOC triggers in place."""
+    return graph

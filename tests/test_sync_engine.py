@@ -1,0 +1,156 @@
+"""End to end through the real engine: Neo4j -> change capture -> queue -> apply -> LanceDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from sync import capture, queue, worker
+from sync.apply import apply_events
+from sync.ids import vector_id
+from sync.models import SyncEvent, SyncRecord
+from sync.stores.base import Entity
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def cypher(graph, query, **params):
+    records, _, _ = graph.driver.execute_query(query, params, database_=graph.database)
+    return records
+
+
+def sync_all(**kwargs):
+    """One capture poll, then drain whatever is ready."""
+    result = capture.poll_once("test-poller", overlap=0)
+    counts = worker.drain(idle_exit=0, flush=False, **kwargs)
+    return result, counts
+
+
+def stored(vectors, label, uid):
+    return vectors.fetch([vector_id(label, uid)]).get(vector_id(label, uid))
+
+
+def test_a_foreign_write_reaches_the_vector_store_with_its_version(synced_graph, vectors):
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt29', name: 'APT29', description: 'Russian SVR actor'})")
+    cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'apt29'}) SET a.description = 'Cozy Bear, SVR'")
+    [[version]] = cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'apt29'}) RETURN a.version")
+    assert version == 2  # the APOC trigger stamped both foreign writes
+
+    result, counts = sync_all()
+    assert result.enqueued == 1 and counts.upserted == 1
+    record = stored(vectors, "ThreatActor", "apt29")
+    assert record.metadata["version"] == 2
+    assert "Cozy Bear" in record.metadata["text"]
+    assert SyncRecord.objects.get(label="ThreatActor", uid="apt29").status == "in_sync"
+
+
+def test_a_deleted_node_loses_its_vectors(synced_graph, vectors):
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt28', name: 'APT28', description: 'Fancy Bear'})")
+    sync_all()
+    assert stored(vectors, "ThreatActor", "apt28") is not None
+
+    cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'apt28'}) DETACH DELETE a")
+    result, counts = sync_all()
+    assert counts.deleted == 1
+    assert list(vectors.list_ids("ThreatActor:")) == []
+    assert SyncRecord.objects.get(uid="apt28").status == "deleted"
+    assert result.tombstones_purged == 1
+
+
+def test_a_label_outside_the_policy_never_reaches_the_store(synced_graph, vectors):
+    cypher(synced_graph, "CREATE (:Contact {uid: 'c1', name: 'Jane Doe', email: 'jane@corp.example'})")
+    cypher(synced_graph, "CREATE (:Unknown {uid: 'u1', name: 'whatever'})")
+    result, _ = sync_all()
+    assert result.changes == 0
+    # Even when asked to, the engine refuses: the entity is recorded as excluded.
+    queue.enqueue(queue.Work("Contact", "c1"))
+    counts = worker.drain(idle_exit=0)
+    assert counts.excluded == 1
+    assert vectors.stats().total == 0
+
+
+def test_a_burst_of_updates_costs_one_embedding(synced_graph, vectors):
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'fin7', name: 'FIN7', description: 'v0'})")
+    for n in range(50):
+        cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'fin7'}) SET a.description = $d", d=f"v{n + 1}")
+    _, counts = sync_all()
+    assert counts.embedded_chunks == 1
+    assert stored(vectors, "ThreatActor", "fin7").metadata["version"] == 51
+
+
+def test_a_metadata_only_change_is_not_embedded_again(synced_graph, vectors):
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'lazarus', name: 'Lazarus', description: 'DPRK', country: 'KP'})")
+    sync_all()
+    cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'lazarus'}) SET a.confidence = 0.9")
+    _, counts = sync_all()
+    assert (counts.embedded_chunks, counts.metadata_only + counts.unchanged) == (0, 1)
+    assert stored(vectors, "ThreatActor", "lazarus").metadata["version"] == 2
+
+
+def test_an_older_version_never_overwrites_a_newer_vector(synced_graph, vectors, graph):
+    graph.write_entity("ThreatActor", "sandworm", {"name": "Sandworm", "description": "first"}, source="t")
+    graph.write_entity("ThreatActor", "sandworm", {"description": "second, newer"}, source="t")
+    sync_all()
+    assert stored(vectors, "ThreatActor", "sandworm").metadata["version"] == 2
+    # A worker that read version 1 before the newer write lands late: the guard drops it.
+    [old] = [e for e in [Entity("ThreatActor", "sandworm", 1, None,
+                                {"uid": "sandworm", "name": "Sandworm", "description": "first", "version": 1})]]
+    from sync.apply import apply_now
+
+    assert apply_now(old) == "stale"
+    record = stored(vectors, "ThreatActor", "sandworm")
+    assert record.metadata["version"] == 2 and "newer" in record.metadata["text"]
+
+
+def test_a_replayed_old_event_reads_the_current_state(synced_graph, vectors, graph):
+    graph.write_entity("ThreatActor", "turla", {"name": "Turla", "description": "one"}, source="t")
+    graph.write_entity("ThreatActor", "turla", {"description": "two"}, source="t")
+    queue.enqueue(queue.Work("ThreatActor", "turla", version=1))
+    events = queue.claim_batch("w", 10)
+    apply_events(events)
+    assert stored(vectors, "ThreatActor", "turla").metadata["version"] == 2
+
+
+def test_a_text_that_shrinks_removes_its_surplus_chunks(synced_graph, vectors, graph):
+    long_text = " ".join(f"Sentence {n} about the actor's tooling and infrastructure." for n in range(400))
+    graph.write_entity("Report", "r1", {"title": "Long", "summary": long_text}, source="t")
+    queue.enqueue(queue.Work("Report", "r1"))
+    worker.drain(idle_exit=0)
+    chunks = list(vectors.list_ids("Report:"))
+    assert len(chunks) > 2 and all("#" in c for c in chunks)
+    graph.write_entity("Report", "r1", {"summary": "Short now."}, source="t")
+    queue.enqueue(queue.Work("Report", "r1"))
+    worker.drain(idle_exit=0)
+    assert list(vectors.list_ids("Report:")) == [vector_id("Report", "r1")]
+
+
+def test_a_record_the_store_refuses_goes_dead_and_the_rest_succeed(synced_graph, vectors, graph):
+    graph.write_entity("ThreatActor", "ok-1", {"name": "Fine", "description": "fine"}, source="t")
+    graph.write_entity("ThreatActor", "ok-2", {"name": "Fine too", "description": "fine"}, source="t")
+    graph.write_entity("ThreatActor", "bad", {"name": "Bad", "description": "refused"}, source="t")
+
+    class Refusing:
+        """The real store, refusing one id as Pinecone refuses an invalid record."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def upsert(self, records):
+            keep = [r for r in records if not r.id.startswith("ThreatActor:bad")]
+            result = self.inner.upsert(keep)
+            for r in records:
+                if r not in keep:
+                    result.failed[r.id] = "metadata too large"
+            return result
+
+    from sync.stores import use_vector_store
+
+    use_vector_store(Refusing(vectors))
+    queue.enqueue_many([queue.Work("ThreatActor", uid) for uid in ("ok-1", "ok-2", "bad")])
+    counts = worker.drain(idle_exit=0)
+    assert (counts.upserted, counts.dead) == (2, 1)
+    dead = SyncEvent.objects.get(status="dead")
+    assert dead.uid == "bad" and "metadata too large" in dead.last_error
+    assert SyncRecord.objects.get(uid="bad").status == "failed"
