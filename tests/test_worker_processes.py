@@ -1,0 +1,116 @@
+"""Real worker processes: killed mid-batch (SIGKILL), and two of them racing on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from sync import capture
+from sync.ids import label_prefix
+from sync.models import SyncEvent, SyncRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def worker_env(tmp_path, database_url, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "PYTEST", "VECTOR_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="nightingale.settings", DATA_DIR=str(Path(settings.DATA_DIR)),
+        DATABASE_URL=database_url, LANCEDB_DIR=str(tmp_path / "lancedb"), PINECONE_INDEX="test",
+        NEO4J_URI=settings.NEO4J_URI, NEO4J_PASSWORD=settings.NEO4J_PASSWORD, SYNC_KICK_DRAIN="false",
+        HF_HUB_OFFLINE="1", **extra,
+    )
+    return env
+
+
+def manage(*args, env, **kwargs):
+    return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def actors(graph, count):
+    rows = [{"uid": f"actor-{n:04d}", "name": f"Actor {n}",
+             "description": f"Intrusion set {n} targeting energy and finance sectors with spear-phishing."}
+            for n in range(count)]
+    graph.import_entities("ThreatActor", rows, source="test")
+
+
+def assert_exact(vectors, graph, count):
+    ids = list(vectors.list_ids(label_prefix("ThreatActor")))
+    assert len(ids) == len(set(ids)) == count  # every entity once, no duplicates
+    assert vectors.stats().total == count
+    versions = {e.uid: e.version for e in graph.scan_label("ThreatActor", None, count + 1)}
+    fetched = vectors.fetch(ids)
+    assert {r.metadata["uid"]: r.metadata["version"] for r in fetched.values()} == versions
+    assert SyncRecord.objects.filter(label="ThreatActor", status="in_sync").count() == count
+
+
+def test_a_worker_killed_mid_batch_loses_nothing(synced_graph, vectors, tmp_path):
+    count = 400
+    actors(synced_graph, count)
+    assert capture.poll_once("test", overlap=0).enqueued == count
+    env = worker_env(tmp_path, f"sqlite:///{connection.settings_dict['NAME']}", SYNC_VISIBILITY_TIMEOUT="4")
+    victim = manage("drain", "--until-empty", "--batch-size", "50", env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        done = SyncEvent.objects.filter(status="done").count()
+        flying = SyncEvent.objects.filter(status="in_flight").count()
+        if done >= 50 and flying:
+            break
+        assert victim.poll() is None, victim.communicate()
+        time.sleep(0.05)
+    else:
+        pytest.fail("the worker never had a batch in flight after its first one")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    orphaned = SyncEvent.objects.filter(status="in_flight").count()
+    assert orphaned > 0 and SyncEvent.objects.filter(status="done").count() < count
+
+    time.sleep(4.5)  # the visibility timeout: the dead worker's lease runs out
+    survivor = manage("drain", "--until-empty", "--batch-size", "50", env=env)
+    out, err = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, err
+    assert SyncEvent.objects.exclude(status="done").count() == 0
+    redelivered = SyncEvent.objects.filter(attempts=2).count()
+    assert redelivered == orphaned
+    assert_exact(vectors, synced_graph, count)
+
+
+@pytest.mark.postgres
+def test_two_workers_on_postgresql_never_apply_an_event_twice(synced_graph, vectors, tmp_path):
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail("TEST_POSTGRES_URL is not set: run the suite with bin/test, which starts PostgreSQL")
+    env = worker_env(tmp_path, url)
+    for args in (("migrate", "--noinput"), ("flush", "--noinput")):
+        proc = manage(*args, env=env)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    count = 300
+    actors(synced_graph, count)
+    proc = manage("resync", "--label", "ThreatActor", env=env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and f"queued {count} ThreatActor" in out, err
+
+    workers = [manage("drain", "--until-empty", "--batch-size", "10", env=env) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for w, (_, err) in zip(workers, outputs, strict=True):
+        assert w.returncode == 0, err
+    applied = [int(out.split("events: ")[1].split()[0]) for out, _ in outputs]
+    assert sum(applied) == count and all(n > 0 for n in applied), applied  # both worked, no overlap
+
+    with psycopg.connect(url.replace("postgres://", "postgresql://")) as db:
+        rows = db.execute("SELECT status, attempts, count(*) FROM sync_syncevent GROUP BY 1, 2").fetchall()
+    assert rows == [("done", 1, count)]  # each event claimed and applied exactly once
+    ids = list(vectors.list_ids(label_prefix("ThreatActor")))
+    assert len(ids) == len(set(ids)) == count
