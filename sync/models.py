@@ -183,3 +183,110 @@ class AuditEntry(models.Model):
         name = actor.get_username() if user else (actor if isinstance(actor, str) else "system")
         return cls.objects.create(actor=user, actor_name=name, action=action, target=target,
                                   before=before, after=after, note=note)
+
+
+class ReconcileRun(models.Model):
+    """One comparison of graph, vector store and sync records, with what it found and did."""
+
+    class Mode(models.TextChoices):
+        INCREMENTAL = "incremental"
+        FULL = "full"
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule"
+        COMMAND = "command"
+        UI = "ui"
+        TEST = "test"
+
+    mode = models.CharField(max_length=16, choices=Mode.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.COMMAND)
+    triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="+")
+    dry_run = models.BooleanField(default=False)
+    window_start = models.DateTimeField(null=True, blank=True)  # incremental: changes since
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration = models.FloatField(null=True, blank=True)  # seconds
+    entities_checked = models.PositiveIntegerField(default=0)
+    vectors_checked = models.PositiveIntegerField(default=0)
+    records_checked = models.PositiveIntegerField(default=0)
+    drift = models.JSONField(default=dict)  # kind -> count found
+    repaired = models.JSONField(default=dict)  # kind -> count repaired
+    conflicts_opened = models.PositiveIntegerField(default=0)
+    samples = models.JSONField(default=list)  # a few findings per kind, for the UI
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["mode", "-started_at"], name="reconcile_mode")]
+
+    def __str__(self) -> str:
+        return f"{self.mode} reconciliation {self.started_at:%Y-%m-%d %H:%M} ({self.status})"
+
+    @property
+    def drift_total(self) -> int:
+        return sum(self.drift.values())
+
+
+class Conflict(models.Model):
+    """Something a rule could not settle, or that the policy sends to a human."""
+
+    class Kind(models.TextChoices):
+        THREAT_INTEL = "threat_intel"
+        THREAT_SEVERITY = "threat_severity"
+        PROSPECT_METADATA = "prospect_metadata"
+        VULNERABILITY_SCORE = "vulnerability_score"
+        VECTOR_AHEAD = "vector_ahead"  # store divergence that is not safe to auto-repair
+        CONTENT_DRIFT = "content_drift"
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        AUTO_RESOLVED = "auto_resolved"
+        RESOLVED = "resolved"
+        DISMISSED = "dismissed"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    label = models.CharField(max_length=64)
+    uid = models.CharField(max_length=1024)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    graph_version = models.BigIntegerField(null=True, blank=True)  # the version both sides were read at
+    graph_side = models.JSONField(default=dict)  # field -> value in Neo4j
+    other_side = models.JSONField(default=dict)  # field -> incoming value / vector store value
+    sources = models.JSONField(default=dict)  # {"graph": {...source, confidence, at}, "other": {...}}
+    proposal = models.JSONField(default=dict)  # field -> proposed value
+    rule = models.CharField(max_length=64, blank=True)
+    explanation = models.TextField(blank=True)
+    resolution = models.CharField(max_length=16, blank=True)  # graph, other, merged, fields
+    resolved_values = models.JSONField(null=True, blank=True)
+    resolver = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                 on_delete=models.SET_NULL, related_name="+")
+    note = models.TextField(blank=True)
+    reconcile_run = models.ForeignKey(ReconcileRun, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="conflicts")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["label", "uid", "kind"], condition=Q(status="open"),
+                                    name="conflict_one_open_per_entity_kind"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "-created_at"], name="conflict_status"),
+            models.Index(fields=["label", "uid"], name="conflict_entity"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.label}:{self.uid} ({self.status})"
+
+    @property
+    def fields(self) -> list[str]:
+        return sorted(set(self.graph_side) | set(self.other_side))
