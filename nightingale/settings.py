@@ -213,6 +213,26 @@ CAPTURE_PAGE_SIZE = env_int("CAPTURE_PAGE_SIZE", 500, minimum=1, maximum=10000)
 RECONCILE_INCREMENTAL_MINUTES = env_int("RECONCILE_INCREMENTAL_MINUTES", 5, minimum=1)
 RECONCILE_WINDOW_MINUTES = env_int("RECONCILE_WINDOW_MINUTES", 60, minimum=1)
 RECONCILE_FULL_HOURS = env_int("RECONCILE_FULL_HOURS", 24, minimum=1)
+
+
+def _conflict_rules() -> dict[str, str]:
+    """CONFLICT_RULES="threat_severity=ask_analyst,prospect_metadata=last_write_wins"."""
+    kinds = ("threat_intel", "threat_severity", "prospect_metadata", "vulnerability_score")
+    rules = ("last_write_wins", "merge", "highest_severity", "most_recent", "authoritative_source",
+             "ask_analyst")
+    table = {}
+    for item in env_list("CONFLICT_RULES", []):
+        kind, sep, rule = (part.strip() for part in item.partition("="))
+        if not sep or kind not in kinds or rule not in rules:
+            raise ImproperlyConfigured(
+                f"CONFLICT_RULES entries are kind=rule with kind in {', '.join(kinds)} and rule in "
+                f"{', '.join(rules)}; got {item!r}")
+        table[kind] = rule
+    return table
+
+
+CONFLICT_RULES = _conflict_rules()
+CONFLICT_MIN_CONFIDENCE = env_float("CONFLICT_MIN_CONFIDENCE", 0.5, minimum=0.0, maximum=1.0)
 SYNC_KICK_DRAIN = env_bool("SYNC_KICK_DRAIN", True)  # start a drain right after an enqueue
 INGEST_API_TOKENS = env_list("INGEST_API_TOKENS", [])
 METRICS_TOKEN = env_str("METRICS_TOKEN")
