@@ -182,21 +182,13 @@ def _fetch_existing(plans: dict[tuple[str, str], _Plan]) -> dict[str, VectorReco
             continue
         wanted |= plan.previous_ids
         if plan.document is not None:
-            wanted |= {chunk.id for chunk in plan.document.chunks}
+            wanted |= {chunk.vector_id for chunk in plan.document.chunks}
         if plan.action != "upsert" and len(plan.previous_ids) <= 2:
             # No record of how many chunks it had: ask the store for every id of this entity.
             prefix = ids.entity_prefix(*plan.key)
-            plan.previous_ids |= {vid for vid in store.list_ids(prefix) if _belongs(vid, plan.key)}
+            plan.previous_ids |= {vid for vid in store.list_ids(prefix) if ids.belongs_to_entity(vid, *plan.key)}
             wanted |= plan.previous_ids
     return store.fetch(sorted(wanted)) if wanted else {}
-
-
-def _belongs(vector_id: str, key: tuple[str, str]) -> bool:
-    try:
-        label, uid, _ = ids.parse_vector_id(vector_id)
-    except ValueError:
-        return False
-    return (label, uid) == key
 
 
 @dataclass
@@ -219,7 +211,7 @@ def _decide(plans, existing) -> _Work:
             plan.outcome = "deleted" if plan.action == "delete" else "excluded"
             continue
         document = plan.document
-        new_ids = {chunk.id for chunk in document.chunks}
+        new_ids = {chunk.vector_id for chunk in document.chunks}
         present |= {vid: existing[vid] for vid in new_ids if vid in existing}
         stored_version = max((_version(r) for r in present.values()), default=0)
         if stored_version > document.version:
@@ -231,7 +223,7 @@ def _decide(plans, existing) -> _Work:
             vid in present and present[vid].metadata.get("content_hash") == document.content_hash
             for vid in new_ids)
         if same_content:
-            changed = {c.id: c.metadata for c in document.chunks if present[c.id].metadata != c.metadata}
+            changed = {c.vector_id: c.metadata for c in document.chunks if present[c.vector_id].metadata != c.metadata}
             work.to_update.update(changed)
             plan.outcome = "metadata_only" if changed else "unchanged"
         else:
@@ -254,7 +246,7 @@ def _write(work: _Work, counts: ApplyCounts) -> None:
         values = get_embedder().encode([chunk.text for _, chunk in work.to_write])
         counts.embedded_chunks += len(work.to_write)
         EMBEDDED_CHUNKS.inc(len(work.to_write))
-        records = [VectorRecord(chunk.id, vector.tolist(), chunk.metadata)
+        records = [VectorRecord(chunk.vector_id, vector.tolist(), chunk.metadata)
                    for (_, chunk), vector in zip(work.to_write, values, strict=True)]
         result = store.upsert(records)
         counts.vectors_written += result.written

@@ -19,13 +19,13 @@ from typing import Any
 
 from django.utils import timezone
 
-from sync import queue
+from sync import conflicts, queue, rules
 from sync.apply import apply_now
 from sync.metrics import SAGAS, SYNC_ERRORS
 from sync.models import SagaLog
 from sync.policy import WriteMode, policy_for
 from sync.stores import graph_store
-from sync.stores.base import Entity, StoreError
+from sync.stores.base import Entity, StoreError, VersionConflict
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,59 @@ class WriteOutcome:
 
 def write_entity(label: str, uid: str, properties: dict[str, Any], *, source: str,
                  confidence: float | None = None, expected_version: int | None = None,
-                 actor: str = "system") -> WriteOutcome:
+                 actor: str = "system", apply_rules: bool = True) -> WriteOutcome:
+    """Write one entity per its policy, settling disagreements on rule-governed fields first.
+
+    A dispute a rule settles is written as the rule decided (and recorded as an auto-resolved
+    conflict); one that needs an analyst keeps the graph's value and opens a conflict with the
+    rule's proposal. `apply_rules=False` is for writes that are themselves resolutions.
+    """
+    for attempt in range(3):
+        settled, pending, guard = dict(properties), [], expected_version
+        if apply_rules and rules.GOVERNED.get(label):
+            current = graph_store().get_entities([(label, uid)]).get((label, uid))
+            if current is not None:
+                settled, pending = _settle(current, settled, source, confidence)
+                # Rules decided against this version: a concurrent write must not slip in between.
+                guard = current.version if expected_version is None else expected_version
+        try:
+            outcome = _write(label, uid, settled, source=source, confidence=confidence,
+                             expected_version=guard, actor=actor)
+        except VersionConflict:
+            if expected_version is not None or guard is None or attempt == 2:
+                raise
+            continue  # our own guard lost a race: read again and re-apply the rules
+        for record in pending:
+            record(outcome.entity)
+        return outcome
+    raise AssertionError("unreachable")
+
+
+def _settle(current: Entity, incoming: dict[str, Any], source: str, confidence: float | None):
+    """Apply the rule table to each disputed kind; returns the values to write and the conflicts
+    to record once the write has its version."""
+    pending = []
+    props = current.properties
+    graph_meta = dict(source=str(props.get("source") or ""), confidence=props.get("confidence"),
+                      updated_at=current.updated_at)
+    for kind, fields in rules.disputes(current.label, props, incoming, source).items():
+        graph_side = rules.Side({f: props.get(f) for f in fields}, **graph_meta)
+        other = rules.Side({f: incoming[f] for f in fields}, source, confidence, None)
+        proposal = rules.propose(kind, current.label, graph_side, other)
+        if proposal.ask_analyst:
+            for name in fields:
+                incoming.pop(name)  # the graph keeps its value until an analyst decides
+            pending.append(lambda entity, k=kind, g=graph_side, o=other, p=proposal: conflicts.open_conflict(
+                k, entity.label, entity.uid, graph_version=entity.version, graph_side=dict(g.values),
+                other_side=dict(o.values), graph_meta=g, other_meta=o, proposal=p))
+        else:
+            incoming.update(proposal.values)
+            pending.append(lambda entity, k=kind, g=graph_side, o=other, p=proposal:
+                           conflicts.record_auto_resolved(k, entity, g, o, p))
+    return incoming, pending
+
+
+def _write(label, uid, properties, *, source, confidence, expected_version, actor) -> WriteOutcome:
     policy = policy_for(label)
     if policy.synced and policy.write_mode == WriteMode.DUAL_WRITE:
         return _dual_write(label, uid, properties, source=source, confidence=confidence,
