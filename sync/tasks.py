@@ -55,3 +55,19 @@ def compact_vectors() -> dict:
 
 def purge_finished_events(days: int = 7) -> int:
     return queue.purge_finished(timedelta(days=days))
+
+
+def reconcile_incremental() -> dict:
+    from sync import reconcile
+    from sync.models import ReconcileRun
+
+    run = reconcile.incremental(trigger=ReconcileRun.Trigger.SCHEDULE)
+    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+
+
+def reconcile_full() -> dict:
+    from sync import reconcile
+    from sync.models import ReconcileRun
+
+    run = reconcile.full(trigger=ReconcileRun.Trigger.SCHEDULE)
+    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}

@@ -1,5 +1,6 @@
 """Create or update the django-q2 schedules (idempotent: keyed by name)."""
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django_q.models import Schedule
 
@@ -9,6 +10,8 @@ SCHEDULES = [
     ("sync: drain queue", "sync.tasks.drain_queue", Schedule.MINUTES, 1),
     ("sync: compact vector store", "sync.tasks.compact_vectors", Schedule.HOURLY, None),
     ("sync: purge finished events", "sync.tasks.purge_finished_events", Schedule.DAILY, None),
+    ("reconcile: incremental", "sync.tasks.reconcile_incremental", Schedule.MINUTES,
+     settings.RECONCILE_INCREMENTAL_MINUTES),
 ]
 
 
@@ -22,3 +25,10 @@ class Command(BaseCommand):
                 defaults["minutes"] = minutes
             _, created = Schedule.objects.update_or_create(name=name, defaults=defaults)
             self.stdout.write(f"{'created' if created else 'updated'}: {name} -> {func}")
+        # Full reconciliation every RECONCILE_FULL_HOURS hours.
+        _, created = Schedule.objects.update_or_create(
+            name="reconcile: full",
+            defaults={"func": "sync.tasks.reconcile_full", "schedule_type": Schedule.MINUTES,
+                      "minutes": settings.RECONCILE_FULL_HOURS * 60, "repeats": -1},
+        )
+        self.stdout.write(f"{'created' if created else 'updated'}: reconcile: full -> sync.tasks.reconcile_full")
