@@ -29,6 +29,8 @@ def graph(neo4j_driver):
     with neo4j_driver.session(database=settings.NEO4J_DATABASE) as session:
         # CALL ... IN TRANSACTIONS needs an auto-commit transaction, hence session.run.
         session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
+        # The APOC delete trigger records tombstones for the nodes just wiped: wipe those too.
+        session.run("MATCH (t:_SyncTombstone) DELETE t").consume()
     yield graph_store()
 
 

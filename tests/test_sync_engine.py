@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from sync import capture, queue, worker
-from sync.apply import apply_events
+from sync.apply import apply_events, apply_now
 from sync.ids import vector_id
 from sync.models import SyncEvent, SyncRecord
 from sync.stores.base import Entity
@@ -92,10 +95,8 @@ def test_an_older_version_never_overwrites_a_newer_vector(synced_graph, vectors,
     sync_all()
     assert stored(vectors, "ThreatActor", "sandworm").metadata["version"] == 2
     # A worker that read version 1 before the newer write lands late: the guard drops it.
-    [old] = [e for e in [Entity("ThreatActor", "sandworm", 1, None,
-                                {"uid": "sandworm", "name": "Sandworm", "description": "first", "version": 1})]]
-    from sync.apply import apply_now
-
+    old = Entity("ThreatActor", "sandworm", 1, timezone.now() - timedelta(minutes=1),
+                 {"uid": "sandworm", "name": "Sandworm", "description": "first", "version": 1})
     assert apply_now(old) == "stale"
     record = stored(vectors, "ThreatActor", "sandworm")
     assert record.metadata["version"] == 2 and "newer" in record.metadata["text"]
@@ -150,7 +151,7 @@ def test_a_record_the_store_refuses_goes_dead_and_the_rest_succeed(synced_graph,
     use_vector_store(Refusing(vectors))
     queue.enqueue_many([queue.Work("ThreatActor", uid) for uid in ("ok-1", "ok-2", "bad")])
     counts = worker.drain(idle_exit=0)
-    assert (counts.upserted, counts.dead) == (2, 1)
+    assert (counts.upserted, counts.dead) == (2, 1), list(SyncRecord.objects.values_list("uid", "status", "last_error"))
     dead = SyncEvent.objects.get(status="dead")
     assert dead.uid == "bad" and "metadata too large" in dead.last_error
     assert SyncRecord.objects.get(uid="bad").status == "failed"
