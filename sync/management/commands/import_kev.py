@@ -1,0 +1,50 @@
+"""Import a CISA Known Exploited Vulnerabilities feed (the catalogue's JSON) into the graph.
+
+By default entries are written to the graph only (change capture picks them up); `--sync` routes
+them through the sync engine's write path instead. Exit status is non-zero only when the file itself is unusable (unreadable, not JSON, no
+`vulnerabilities` list) or the graph store fails; malformed entries are listed with their
+position and skipped while the rest are imported.
+"""
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from sync.kev import MAX_FEED_BYTES, KevFeedError, import_kev_feed, write_through_sync
+from sync.policy import synced_labels
+from sync.stores import graph_store
+from sync.stores.base import StoreError
+
+
+class Command(BaseCommand):
+    help = "Import a CISA KEV JSON feed: KEV and Vulnerability nodes, linked (KEV)-[:LISTS]->(Vulnerability)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("file", help="path of the feed, e.g. known_exploited_vulnerabilities.json")
+        parser.add_argument("--sync", action="store_true",
+                            help="write through the sync engine (KEV dual-written to the vector index, "
+                                 "Vulnerability queued) instead of to the graph only")
+
+    def handle(self, *args, **options):
+        path = Path(options["file"])
+        try:
+            size = path.stat().st_size
+            if size > MAX_FEED_BYTES:
+                raise CommandError(f"{path}: {size} bytes is more than a KEV feed can be ({MAX_FEED_BYTES})")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        graph = graph_store()
+        try:
+            graph.ensure_schema(synced_labels())
+            write = write_through_sync if options["sync"] else None
+            report = import_kev_feed(data, graph=graph, write=write)
+        except KevFeedError as exc:
+            raise CommandError(f"{path}: {exc}") from exc
+        except StoreError as exc:
+            raise CommandError(f"{path}: the graph store failed, import incomplete (re-run is safe): {exc}") from exc
+        self.stdout.write(report.summary())
+        for warning in report.warnings:
+            self.stdout.write(f"warning: {warning}")
+        for error in report.errors:
+            self.stderr.write(f"skipped {error}")
