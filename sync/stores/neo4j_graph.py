@@ -1,36 +1,709 @@
-"""Neo4j, the source of truth, behind the GraphStore protocol (see sync.stores.base)."""
+"""Neo4j, the source of truth, behind the GraphStore protocol (see sync.stores.base).
+
+The only module that talks to Neo4j. Every query is parameterised; labels and relationship types,
+which Cypher cannot take as parameters, are checked against `LABEL_PATTERN` before they are written
+into a query. Work runs in managed transactions (`execute_read` / `execute_write`), which retry
+transient errors (deadlocks, leader switches) for up to `max_transaction_retry_time`; what still
+fails is raised as `RetryableStoreError` or `PermanentStoreError`.
+
+Node model: `uid` (string, unique per label), `version` (+1 per change), `updated_at` (server
+DATETIME, UTC, microsecond precision), `source`, `confidence`. A deleted entity leaves a
+`_SyncTombstone {label, uid, version, updated_at}` whose version is the deleted node's + 1; a live
+node re-created under the same key supersedes (deletes) its tombstone and continues its version,
+so a key is always either live or tombstoned and versions never go backwards across a delete.
+
+The driver is thread-safe and each call opens its own session, so one store serves many threads.
+"""
 
 from __future__ import annotations
 
-from neo4j import GraphDatabase
-from neo4j.exceptions import AuthError, Neo4jError, ServiceUnavailable, SessionExpired
+import logging
+import random
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any, TypeVar
 
-from sync.stores.base import PermanentStoreError, RetryableStoreError
+import neo4j.time
+from neo4j import GraphDatabase, ManagedTransaction
+from neo4j.exceptions import (
+    AuthError,
+    ClientError,
+    DriverError,
+    Forbidden,
+    IncompleteCommit,
+    Neo4jError,
+    ServiceUnavailable,
+    SessionExpired,
+    TransientError,
+)
+from neo4j.spatial import Point
 
+from sync.stores.base import (
+    Change,
+    Entity,
+    Metadata,
+    PermanentStoreError,
+    RetryableStoreError,
+    StoreError,
+    VersionConflict,
+)
+from sync.stores.neo4j_triggers import (
+    NOW,
+    TRIGGER_NAME,
+    TRIGGER_STATEMENT,
+    as_int,
+    next_version,
+    stamp_after,
+)
+
+log = logging.getLogger(__name__)
+
+LABEL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+TOMBSTONE = "_SyncTombstone"
+RESERVED_KEYS = frozenset({"uid", "version", "updated_at"})
+BATCH_SIZE = 1000
+_INT64 = (-(2**63), 2**63 - 1)
+# Lower bound for "from the beginning": a typed datetime keeps the updated_at range index usable and
+# ignores nodes whose updated_at is not a DATETIME (foreign junk that reconciliation must catch).
+_EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+
+T = TypeVar("T")
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+def check_label(label: str, what: str = "label") -> str:
+    """The label itself if it is safe to write into Cypher; ValueError otherwise."""
+    if not isinstance(label, str) or not LABEL_PATTERN.match(label):
+        raise ValueError(f"invalid {what} {label!r}: must match {LABEL_PATTERN.pattern}")
+    return label
+
+
+def check_uid(uid: str) -> str:
+    if not isinstance(uid, str) or not uid:
+        raise ValueError(f"invalid uid {uid!r}: must be a non-empty string")
+    return uid
+
+
+def _scalar_kind(value: Any) -> str | None:
+    """Which Neo4j property type a Python value would be stored as (None: not storable)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "number" if _INT64[0] <= value <= _INT64[1] else None
+    if isinstance(value, float):
+        return "number"  # Neo4j stores [1, 2.5] as a float array, so ints and floats may mix
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, bytes | bytearray):
+        return "bytes"
+    # Subclass order matters: datetime is a date.
+    for kind in (datetime, date, dtime, timedelta, Point,
+                 neo4j.time.DateTime, neo4j.time.Date, neo4j.time.Time, neo4j.time.Duration):
+        if isinstance(value, kind):
+            return kind.__name__
+    return None
+
+
+def check_properties(properties: Metadata, *, allow_reserved: bool = False) -> Metadata:
+    """Refuse what Neo4j cannot store as a property (maps, nested or mixed lists, nulls in lists)."""
+    if not isinstance(properties, dict):
+        raise ValueError(f"properties must be a dict, not {type(properties).__name__}")
+    for key, value in properties.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"invalid property key {key!r}")
+        if not allow_reserved and key in RESERVED_KEYS:
+            raise ValueError(f"property {key!r} is managed by the store and cannot be written")
+        if value is None:
+            continue  # merge semantics: None removes the property
+        if isinstance(value, list | tuple):
+            kinds = {_scalar_kind(item) if item is not None else None for item in value}
+            if None in kinds or len(kinds) > 1:
+                raise ValueError(
+                    f"property {key!r}: a list must hold values of one Neo4j property type, no nulls, "
+                    f"maps or lists"
+                )
+        elif _scalar_kind(value) is None:
+            raise ValueError(f"property {key!r}: {type(value).__name__} is not a Neo4j property type")
+    return properties
+
+
+def _check_limit(limit: int) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+    return limit
+
+
+def _chunks(items: Sequence[T], size: int = BATCH_SIZE) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# --- conversion --------------------------------------------------------------------------------------
+
+def to_python(value: Any) -> Any:
+    """A property value from the driver as plain Python (temporal types as datetime/date/str)."""
+    if isinstance(value, neo4j.time.DateTime | neo4j.time.Date):
+        return value.to_native()
+    if isinstance(value, neo4j.time.Time | neo4j.time.Duration):
+        return value.iso_format()
+    if isinstance(value, Point):
+        return str(value)
+    if isinstance(value, list):
+        return [to_python(item) for item in value]
+    return value
+
+
+def _utc(value: Any) -> datetime | None:
+    value = to_python(value)
+    if not isinstance(value, datetime):
+        return None
+    # A LocalDateTime written by a foreign tool has no zone; the node model says UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _entity(label: str, properties: dict[str, Any]) -> Entity | None:
+    """An Entity from a node's properties; None if the node was deleted while we read it (read
+    committed: a concurrent delete can leave a matched node without properties)."""
+    if not isinstance(properties.get("uid"), str):
+        return None
+    props = {key: to_python(value) for key, value in properties.items()}
+    updated_at = _utc(properties.get("updated_at"))
+    if updated_at is not None:
+        props["updated_at"] = updated_at
+    version = props.get("version")
+    return Entity(
+        label=label, uid=props["uid"],
+        version=version if isinstance(version, int) and not isinstance(version, bool) else 0,
+        updated_at=updated_at, properties=props,
+    )
+
+
+def _written(label: str, properties: dict[str, Any]) -> Entity:
+    """The entity a write of ours just produced (it holds the node's lock, so it cannot be gone)."""
+    entity = _entity(label, properties)
+    if entity is None:
+        raise PermanentStoreError(f"{label}: the node written has no string uid: {properties!r}")
+    return entity
+
+
+def changes_cypher(labels: Sequence[str]) -> str:
+    """The change-capture query for these (already checked) labels; parameters since, key, limit, labels.
+
+    One branch per label and one for the tombstones, each a range seek on its updated_at index with
+    a partial sort (index order on updated_at, then key within a tie) cut at `limit`, so a page reads
+    about (labels + 1) * limit nodes however large the graph. The merge and the tie-break happen in
+    the same query, in Neo4j's own string order, so the cursor predicate and the ordering cannot
+    disagree (Python's and Neo4j's orders of non-ASCII strings need not match).
+    """
+    branches = [
+        f"""MATCH (n:`{label}`) WHERE n.updated_at >= $since AND n.uid IS :: STRING
+    WITH n, '{label}:' + n.uid AS key
+    WHERE n.updated_at > $since OR key > $key
+    WITH n, key ORDER BY n.updated_at, key LIMIT $limit
+    RETURN n.updated_at AS at, key, '{label}' AS label, n.uid AS uid, n.version AS version,
+           properties(n) AS props"""
+        for label in labels
+    ]
+    branches.append(
+        f"""MATCH (t:{TOMBSTONE}) WHERE t.updated_at >= $since AND t.label IN $labels
+    WITH t, t.label + ':' + t.uid AS key
+    WHERE t.updated_at > $since OR key > $key
+    WITH t, key ORDER BY t.updated_at, key LIMIT $limit
+    RETURN t.updated_at AS at, key, t.label AS label, t.uid AS uid, t.version AS version,
+           null AS props"""
+    )
+    return ("CALL () {\n  " + "\n  UNION ALL\n  ".join(branches) + "\n}\n"
+            "RETURN at, key, label, uid, version, props ORDER BY at, key LIMIT $limit")
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+# A deadlock or lock timeout inside an APOC trigger reaches us as Neo.ClientError.Transaction.
+# TransactionHookFailed, which the driver does not retry although the underlying error is transient.
+_TRIGGER_LOCK_ATTEMPTS = 4
+_LOCK_MARKERS = ("DeadlockDetected", "can't acquire", "LockAcquisitionTimeout", "deadlock")
+
+
+def _is_trigger_lock_failure(exc: BaseException | None) -> bool:
+    return (isinstance(exc, ClientError) and exc.code == "Neo.ClientError.Transaction.TransactionHookFailed"
+            and any(marker in (exc.message or "") for marker in _LOCK_MARKERS))
+
+
+@contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """Translate driver errors into what the caller should do next: retry later, or give up."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except (AuthError, Forbidden) as exc:
+        raise PermanentStoreError(f"Neo4j refused the credentials or permission: {exc.message}") from exc
+    except IncompleteCommit as exc:
+        # The commit may or may not have happened: read the entity back before repeating a write
+        # that has no expected_version (or an import), which is not idempotent.
+        raise RetryableStoreError(f"Neo4j connection lost during commit (outcome unknown): {exc}") from exc
+    except (ServiceUnavailable, SessionExpired, OSError) as exc:
+        raise RetryableStoreError(f"Neo4j at {uri} is unreachable: {exc}") from exc
+    except Neo4jError as exc:
+        if isinstance(exc, TransientError) or exc.is_retryable() or _is_trigger_lock_failure(exc):
+            raise RetryableStoreError(f"Neo4j transient error {exc.code}: {exc.message}") from exc
+        kind = "rejected the request" if isinstance(exc, ClientError) else "failed"
+        raise PermanentStoreError(f"Neo4j {kind} ({exc.code}): {exc.message}") from exc
+    except DriverError as exc:
+        if exc.is_retryable():
+            raise RetryableStoreError(f"Neo4j driver error: {exc}") from exc
+        raise PermanentStoreError(f"Neo4j driver error: {exc}") from exc
+
+
+# --- the store --------------------------------------------------------------------------------------
 
 class Neo4jGraphStore:
-    def __init__(self, uri: str, user: str, password: str, database: str = "neo4j"):
+    def __init__(self, uri: str, user: str, password: str, database: str = "neo4j", *,
+                 trigger_name: str = TRIGGER_NAME, retry_time: float = 15.0):
+        """`retry_time`: how long a managed transaction keeps retrying transient errors before the
+        store raises RetryableStoreError; `trigger_name` lets tests install a trigger of their own."""
         self.uri = uri
         self.database = database
+        self.trigger_name = trigger_name
         self.driver = GraphDatabase.driver(
-            uri, auth=(user, password), connection_timeout=5, max_transaction_retry_time=15,
+            uri, auth=(user, password), connection_timeout=min(5.0, retry_time),
+            max_transaction_retry_time=retry_time,
         )
 
     def close(self) -> None:
         self.driver.close()
 
+    # -- plumbing --
+
+    def _read(self, work: Callable[..., T], *args: Any, database: str | None = None) -> T:
+        with _store_errors(self.uri), self.driver.session(database=database or self.database) as session:
+            return session.execute_read(work, *args)
+
+    def _write(self, work: Callable[..., T], *args: Any, database: str | None = None) -> T:
+        for attempt in range(1, _TRIGGER_LOCK_ATTEMPTS + 1):
+            try:
+                with (_store_errors(self.uri),
+                      self.driver.session(database=database or self.database) as session):
+                    return session.execute_write(work, *args)
+            except RetryableStoreError as exc:
+                if attempt == _TRIGGER_LOCK_ATTEMPTS or not _is_trigger_lock_failure(exc.__cause__):
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * attempt)
+        raise AssertionError("unreachable")
+
+    def _query(self, cypher: str, database: str | None = None, write: bool = False,
+               **params: Any) -> list[dict[str, Any]]:
+        def work(tx: ManagedTransaction) -> list[dict[str, Any]]:
+            return [record.data() for record in tx.run(cypher, params)]
+        return (self._write if write else self._read)(work, database=database)
+
+    # -- health and clock --
+
     def ping(self) -> str:
-        try:
-            records, _, _ = self.driver.execute_query(
-                "CALL dbms.components() YIELD name, versions, edition "
-                "RETURN versions[0] AS version, edition",
-                database_=self.database,
-            )
-        except AuthError as exc:
-            raise PermanentStoreError(f"Neo4j refused the credentials: {exc.message}") from exc
-        except (ServiceUnavailable, SessionExpired, OSError) as exc:
-            raise RetryableStoreError(f"Neo4j at {self.uri} is unreachable: {exc}") from exc
-        except Neo4jError as exc:
-            raise PermanentStoreError(f"Neo4j error: {exc.message}") from exc
-        row = records[0]
+        row = self._query("CALL dbms.components() YIELD name, versions, edition "
+                          "RETURN versions[0] AS version, edition")[0]
         return f"Neo4j {row['version']} {row['edition']}"
+
+    def server_time(self) -> datetime:
+        """The database clock, which stamps updated_at: measure lag and cursor overlap against it."""
+        now = _utc(self._query("RETURN datetime() AS now")[0]["now"])
+        if now is None:
+            raise PermanentStoreError("Neo4j returned no datetime for datetime()")
+        return now
+
+    # -- schema --
+
+    def ensure_schema(self, labels: Iterable[str]) -> None:
+        """Uniqueness on uid and a range index on updated_at per label, plus the tombstones'. Idempotent."""
+        statements = [
+            f"CREATE CONSTRAINT sync_tombstone_key IF NOT EXISTS FOR (t:{TOMBSTONE}) "
+            "REQUIRE (t.label, t.uid) IS UNIQUE",
+            f"CREATE INDEX sync_tombstone_updated_at IF NOT EXISTS FOR (t:{TOMBSTONE}) ON (t.updated_at)",
+        ]
+        for label in sorted({check_label(label) for label in labels}):
+            statements.append(f"CREATE CONSTRAINT sync_{label}_uid IF NOT EXISTS "
+                              f"FOR (n:`{label}`) REQUIRE n.uid IS UNIQUE")
+            statements.append(f"CREATE INDEX sync_{label}_updated_at IF NOT EXISTS "
+                              f"FOR (n:`{label}`) ON (n.updated_at)")
+        # Schema changes cannot share a transaction with each other or with data.
+        for statement in statements:
+            self._query(statement, write=True)
+        # New indexes populate in the background; queries planned before they are online would scan.
+        self._query("CALL db.awaitIndexes(300)")
+
+    # -- reads --
+
+    def get_entities(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Entity]:
+        by_label: dict[str, set[str]] = defaultdict(set)
+        for label, uid in keys:
+            by_label[check_label(label)].add(check_uid(uid))
+
+        def work(tx: ManagedTransaction) -> dict[tuple[str, str], Entity]:
+            found: dict[tuple[str, str], Entity] = {}
+            for label, uids in by_label.items():
+                for chunk in _chunks(sorted(uids)):
+                    result = tx.run(f"UNWIND $uids AS uid MATCH (n:`{label}` {{uid: uid}}) "
+                                    "RETURN properties(n) AS props", uids=list(chunk))
+                    for record in result:
+                        if entity := _entity(label, record["props"]):
+                            found[entity.key] = entity
+            return found
+
+        return self._read(work) if by_label else {}
+
+
+    def scan_label(self, label: str, after_uid: str | None, limit: int) -> list[Entity]:
+        """Entities of one label in uid order, after `after_uid` (seeks the uid constraint's index)."""
+        check_label(label)
+        # The first page is `>= ''` rather than IS NOT NULL: the same ordered range seek, and it
+        # leaves out non-string uids, which a string cursor could not page past anyway.
+        operator = ">=" if after_uid is None else ">"
+        rows = self._query(
+            f"MATCH (n:`{label}`) WHERE n.uid {operator} $after "
+            "RETURN properties(n) AS props ORDER BY n.uid LIMIT $limit",
+            after="" if after_uid is None else check_uid(after_uid), limit=_check_limit(limit),
+        )
+        return [entity for row in rows if (entity := _entity(label, row["props"]))]
+
+    def count_label(self, label: str) -> int:
+        # A bare label count is answered from the count store, without touching nodes.
+        return self._query(f"MATCH (n:`{check_label(label)}`) RETURN count(n) AS n")[0]["n"]
+
+    # -- change capture --
+
+    def changes_since(self, labels: Sequence[str], after: tuple[datetime, str] | None,
+                      limit: int) -> list[Change]:
+        """Live entities and tombstones of `labels` strictly after the cursor, in (updated_at, key) order.
+
+        The cursor is the `(updated_at, key)` of the last change read, key = "Label:uid" (see
+        `changes_cypher` for how a page is read). Nodes whose updated_at is not a DATETIME or whose
+        uid is not a string are invisible here; reconciliation finds them. A transaction that commits
+        after a later-stamped one was read is missed unless the caller re-reads an overlap window.
+        """
+        labels = sorted({check_label(label) for label in labels})
+        _check_limit(limit)
+        if not labels:
+            return []
+        if after is None:
+            since, after_key = _EPOCH, ""
+        else:
+            since, after_key = after
+            if not isinstance(since, datetime) or since.tzinfo is None:
+                # A naive datetime reaches Neo4j as a LocalDateTime, which never compares with a
+                # DATETIME: every page would silently come back empty.
+                raise ValueError(f"cursor time must be a timezone-aware datetime, not {since!r}")
+            if not isinstance(after_key, str):
+                raise ValueError(f"cursor key must be a string, not {after_key!r}")
+        cypher = changes_cypher(labels)
+        rows = self._query(cypher, since=since, key=after_key, limit=limit, labels=labels)
+        changes = []
+        for row in rows:
+            updated_at = _utc(row["at"])
+            if row["props"] is None:
+                changes.append(Change(label=row["label"], uid=row["uid"], version=row["version"] or 0,
+                                      updated_at=updated_at, deleted=True))
+            elif entity := _entity(row["label"], row["props"]):
+                changes.append(Change(label=entity.label, uid=entity.uid, version=entity.version,
+                                      updated_at=updated_at, entity=entity))
+        return changes
+
+    def purge_tombstones(self, changes: Iterable[Change]) -> int:
+        """Delete the tombstones behind these delete changes, once their events are durably queued.
+
+        Only a tombstone still at or below the change's version goes: if the key was re-created and
+        deleted again meanwhile, the newer tombstone stays for capture to read. Live changes are
+        ignored. Returns the number of tombstones deleted.
+        """
+        rows = [{"label": check_label(c.label), "uid": check_uid(c.uid), "version": c.version}
+                for c in changes if c.deleted]
+
+        def work(tx: ManagedTransaction) -> int:
+            purged = 0
+            for chunk in _chunks(rows):
+                record = tx.run(
+                    f"UNWIND $rows AS row MATCH (t:{TOMBSTONE} {{label: row.label, uid: row.uid}}) "
+                    "WHERE t.version <= row.version DELETE t RETURN count(t) AS purged",
+                    rows=list(chunk),
+                ).single(strict=True)
+                purged += record["purged"]
+            return purged
+
+        return self._write(work) if rows else 0
+
+    # -- writes --
+
+    @staticmethod
+    def _lock(tx: ManagedTransaction, label: str, uid: str, *, create: bool) -> tuple[Entity | None, bool]:
+        """Take the node's write lock, then read it: (current state or None, whether it was created).
+
+        Reading first and writing later would let two writers both see version N: Neo4j reads
+        committed data without locking. A SET, even of an unchanged value, takes the exclusive lock
+        (and leaves no trace in the transaction, so triggers ignore it); what is read after it is the
+        last committed state. MATCH comes first because MERGE on an existing node takes a shared lock
+        that the SET must then upgrade, and two writers upgrading deadlock each other.
+        """
+        record = tx.run(f"MATCH (n:`{label}` {{uid: $uid}}) SET n.uid = n.uid RETURN properties(n) AS props",
+                        uid=uid).single()
+        # A node deleted while we waited for its lock comes back without properties: it is gone.
+        if record is not None and (current := _entity(label, record["props"])) is not None:
+            return current, False
+        if not create:
+            return None, False
+        result = tx.run(f"MERGE (n:`{label}` {{uid: $uid}}) SET n.uid = n.uid RETURN properties(n) AS props",
+                        uid=uid)
+        record = result.single(strict=True)
+        if result.consume().counters.nodes_created:
+            return None, True
+        # Created by someone else between our MATCH and MERGE.
+        current = _entity(label, record["props"])
+        if current is None:
+            raise RetryableStoreError(f"{label}:{uid} was created and deleted concurrently; try again")
+        return current, False
+
+    @staticmethod
+    def _check_version(label: str, uid: str, current: Entity | None, expected: int | None) -> None:
+        if expected is None:
+            return
+        actual = current.version if current is not None else None
+        if (expected == 0 and current is not None) or (expected != 0 and actual != expected):
+            raise VersionConflict(label, uid, expected, actual)
+
+    def write_entity(self, label: str, uid: str, properties: Metadata, *,
+                     expected_version: int | None = None, source: str | None = None,
+                     confidence: float | None = None) -> tuple[Entity | None, Entity]:
+        """Set `properties` on (label, uid) in one transaction; returns (previous state, new state).
+
+        Merge semantics: given keys are set, a key given as None is removed, other keys stay.
+        `expected_version`: None = no check, 0 = must not exist yet, N = must be at version N;
+        otherwise VersionConflict (carrying the actual version) and nothing is written.
+        """
+        check_label(label)
+        check_uid(uid)
+        check_properties(properties)
+        if expected_version is not None and (not isinstance(expected_version, int)
+                                             or isinstance(expected_version, bool) or expected_version < 0):
+            raise ValueError(f"expected_version must be None or an integer >= 0, not {expected_version!r}")
+        extra = {"source": source, "confidence": confidence}
+        extra = {key: value for key, value in extra.items() if value is not None}
+        check_properties(extra)
+        props = {**properties, **extra}
+
+        def work(tx: ManagedTransaction) -> tuple[Entity | None, Entity]:
+            previous, _ = self._lock(tx, label, uid, create=True)
+            self._check_version(label, uid, previous, expected_version)
+            record = tx.run(
+                f"""MATCH (n:`{label}` {{uid: $uid}})
+                OPTIONAL MATCH (t:{TOMBSTONE} {{label: $label, uid: $uid}})
+                WITH n, t, {NOW} AS now
+                SET n += $props,
+                    n.version = {next_version("n.version", "t.version")},
+                    n.updated_at = {stamp_after("coalesce(n.updated_at, t.updated_at)")}
+                DELETE t
+                RETURN properties(n) AS props""",
+                uid=uid, label=label, props=props,
+            ).single(strict=True)
+            return previous, _written(label, record["props"])
+
+        return self._write(work)
+
+    def restore_entity(self, previous: Entity | None, *, label: str, uid: str,
+                       expected_version: int) -> Entity | None:
+        """Saga compensation: undo a write of ours that is still the node's latest change.
+
+        Only if the node is still at `expected_version` (the version our write produced; else
+        VersionConflict): put back exactly `previous` — its properties, dropping any added since, and
+        its version — stamped now so that change capture reads the restored state again.
+        `previous=None` means our write created the node: delete it, leaving a tombstone.
+        """
+        check_label(label)
+        check_uid(uid)
+        props: Metadata = {}
+        if previous is not None:
+            if previous.key != (label, uid):
+                raise ValueError(f"cannot restore {previous.label}:{previous.uid} onto {label}:{uid}")
+            props = {key: value for key, value in previous.properties.items() if key != "updated_at"}
+            check_properties(props, allow_reserved=True)
+            props.update(uid=uid, version=previous.version)
+
+        def work(tx: ManagedTransaction) -> Entity | None:
+            current, _ = self._lock(tx, label, uid, create=False)
+            if current is None or current.version != expected_version:
+                raise VersionConflict(label, uid, expected_version, current.version if current else None)
+            if previous is None:
+                self._delete_locked(tx, label, uid)
+                return None
+            # The stamp is computed before `SET n = $props` wipes the old updated_at it must exceed.
+            record = tx.run(
+                f"""MATCH (n:`{label}` {{uid: $uid}})
+                WITH n, {NOW} AS now
+                WITH n, {stamp_after("n.updated_at")} AS stamp
+                SET n = $props, n.updated_at = stamp
+                RETURN properties(n) AS props""",
+                uid=uid, props=props,
+            ).single(strict=True)
+            return _written(label, record["props"])
+
+        return self._write(work)
+
+    @staticmethod
+    def _delete_locked(tx: ManagedTransaction, label: str, uid: str) -> None:
+        # MERGE, because the APOC trigger records the same tombstone when it sees the delete; it
+        # keeps ours since the versions agree. The tombstone's stamp must pass the node's last one,
+        # or capture, already past (updated_at, key) of the live row, would skip the delete.
+        tx.run(
+            f"""MATCH (n:`{label}` {{uid: $uid}})
+            WITH n, {NOW} AS now
+            MERGE (t:{TOMBSTONE} {{label: $label, uid: $uid}})
+            SET t.version = {as_int("n.version")} + 1,
+                t.updated_at = {stamp_after("n.updated_at")}
+            DETACH DELETE n""",
+            uid=uid, label=label,
+        ).consume()
+
+    def delete_entity(self, label: str, uid: str, *, expected_version: int | None = None) -> Entity | None:
+        """DETACH DELETE (label, uid) and record its tombstone in the same transaction.
+
+        Returns the deleted state, or None when there was nothing to delete (and no version expected).
+        """
+        check_label(label)
+        check_uid(uid)
+
+        def work(tx: ManagedTransaction) -> Entity | None:
+            current, _ = self._lock(tx, label, uid, create=False)
+            self._check_version(label, uid, current, expected_version)
+            if current is not None:
+                self._delete_locked(tx, label, uid)
+            return current
+
+        return self._write(work)
+
+    # -- bulk import (demo data, importers) --
+
+    def import_entities(self, label: str, rows: Sequence[Metadata], source: str) -> int:
+        """Upsert rows (each a dict with `uid` plus properties) by uid, ~1000 per transaction.
+
+        Merge semantics as in write_entity (a None value removes the property); every row counts as
+        a change (version + 1, updated_at now). Returns the rows written. Batches commit one by one:
+        a failure leaves earlier batches written, and re-running the import converges.
+        """
+        check_label(label)
+        if not isinstance(source, str) or not source:
+            raise ValueError("source must be a non-empty string")
+        prepared = []
+        for row in rows:
+            props = dict(row)
+            uid = check_uid(props.pop("uid", None))
+            check_properties(props)
+            prepared.append({"uid": uid, "props": props})
+        cypher = f"""UNWIND $rows AS row
+            MERGE (n:`{label}` {{uid: row.uid}})
+            WITH n, row
+            OPTIONAL MATCH (t:{TOMBSTONE} {{label: $label, uid: row.uid}})
+            WITH n, row, t, {NOW} AS now
+            SET n += row.props, n.source = $source,
+                n.version = {next_version("n.version", "t.version")},
+                n.updated_at = {stamp_after("coalesce(n.updated_at, t.updated_at)")}
+            DELETE t
+            RETURN count(*) AS written"""
+        written = 0
+        for chunk in _chunks(prepared):
+            written += self._query(cypher, write=True, rows=list(chunk), label=label, source=source)[0]["written"]
+        return written
+
+    def import_relationships(self, rel_type: str,
+                             rows: Sequence[tuple[str, str, str, str, Metadata]]) -> int:
+        """MERGE (from)-[:rel_type]->(to) with properties set; rows are (from_label, from_uid,
+        to_label, to_uid, props). Returns the relationships written; a row whose end node does not
+        exist is not written and is counted in a warning."""
+        check_label(rel_type, "relationship type")
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for from_label, from_uid, to_label, to_uid, props in rows:
+            groups[(check_label(from_label), check_label(to_label))].append({
+                "from": check_uid(from_uid), "to": check_uid(to_uid),
+                "props": check_properties(dict(props or {}), allow_reserved=True),
+            })
+        written = 0
+        for (from_label, to_label), group in groups.items():
+            cypher = f"""UNWIND $rows AS row
+                MATCH (a:`{from_label}` {{uid: row.from}})
+                MATCH (b:`{to_label}` {{uid: row.to}})
+                MERGE (a)-[r:`{rel_type}`]->(b)
+                SET r += row.props
+                RETURN count(r) AS written"""
+            for chunk in _chunks(group):
+                written += self._query(cypher, write=True, rows=list(chunk))[0]["written"]
+        missing = len(rows) - written
+        if missing:
+            log.warning("import_relationships(%s): %d of %d rows skipped, an end node does not exist",
+                        rel_type, missing, len(rows))
+        return written
+
+    # -- APOC triggers --
+
+    def apoc_available(self) -> bool:
+        rows = self._query("SHOW PROCEDURES YIELD name WHERE name = 'apoc.trigger.install' "
+                           "RETURN count(*) AS n")
+        return rows[0]["n"] > 0
+
+    def install_triggers(self, labels: Iterable[str]) -> bool:
+        """Install (or replace) the trigger that stamps foreign writes and records foreign deletes.
+
+        Stored in the `system` database; the database picks it up on its next trigger refresh
+        (`apoc.trigger.refresh`, ~1 s in our apoc.conf, 60 s by default): see `wait_for_triggers`.
+        Returns False, with a warning, when APOC or its triggers are unavailable — then writes by
+        other tools must set version/updated_at themselves and their deletes are found only by
+        reconciliation, as orphans.
+        """
+        labels = sorted({check_label(label) for label in labels})
+        if not self.apoc_available():
+            log.warning("APOC is not installed in Neo4j at %s: writes by other tools will not be "
+                        "stamped and their deletes will only be found by reconciliation", self.uri)
+            return False
+        try:
+            self._query(
+                "CALL apoc.trigger.install($db, $name, $statement, {phase: 'before'}, "
+                "{params: {labels: $labels}}) YIELD name RETURN name",
+                database="system", write=True,
+                db=self.database, name=self.trigger_name, statement=TRIGGER_STATEMENT, labels=labels,
+            )
+        except PermanentStoreError as exc:
+            log.warning("APOC triggers could not be installed in Neo4j at %s (%s): writes by other "
+                        "tools will not be stamped and their deletes will only be found by "
+                        "reconciliation; is apoc.trigger.enabled=true in apoc.conf?", self.uri, exc)
+            return False
+        return True
+
+    def remove_triggers(self) -> bool:
+        """Drop our trigger (effective after the next refresh); True if there was one to drop."""
+        if not self.apoc_available():
+            return False
+        rows = self._query("CALL apoc.trigger.drop($db, $name) YIELD name RETURN name",
+                           database="system", write=True, db=self.database, name=self.trigger_name)
+        return bool(rows)
+
+    def wait_for_triggers(self, timeout: float = 10.0) -> bool:
+        """Wait until the database runs the trigger the system database stores (or none, if dropped).
+
+        `apoc.trigger.show` reads what is stored; `apoc.trigger.list` what the database has loaded.
+        Returns False if they still disagree after `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            # The system database takes no WHERE after YIELD: filter here.
+            stored = [row["query"] for row in self._query(
+                "CALL apoc.trigger.show($db) YIELD name, query RETURN name, query",
+                database="system", db=self.database) if row["name"] == self.trigger_name]
+            loaded = [row["query"] for row in self._query(
+                "CALL apoc.trigger.list() YIELD name, query, paused "
+                "WHERE name = $name AND NOT paused RETURN query", name=self.trigger_name)]
+            if stored == loaded:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
