@@ -54,8 +54,10 @@ def apoc_triggers(neo4j_driver):
     labels = synced_labels()
     store.ensure_schema(labels)
     assert store.install_triggers(labels), "the test Neo4j must have APOC"
+    store.wait_for_triggers()
     yield labels
     store.remove_triggers()
+    store.wait_for_triggers()
 
 
 @pytest.fixture
