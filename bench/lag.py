@@ -38,7 +38,7 @@ def main() -> None:
     graph = graph_store()
     graph.ensure_schema(synced_labels())
     assert graph.install_triggers(synced_labels()), "the bench needs APOC triggers"
-    time.sleep(2)  # apoc.trigger.refresh
+    graph.wait_for_triggers()
     get_embedder().encode(["warm-up"])
     stop = threading.Event()
 

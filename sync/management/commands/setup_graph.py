@@ -15,6 +15,7 @@ class Command(BaseCommand):
         graph.ensure_schema(labels)
         self.stdout.write(f"schema ready for {len(labels)} labels: {', '.join(labels)}")
         if graph.install_triggers(labels):
+            graph.wait_for_triggers()
             self.stdout.write("APOC triggers installed: foreign writes are stamped, deletes leave tombstones")
         else:
             self.stdout.write(self.style.WARNING(
