@@ -5,8 +5,9 @@ from __future__ import annotations
 from sync.stores.base import RetryableStoreError
 
 
-class FailingUpserts:
-    """Wraps a real vector store; upserts fail with a retryable error while `failures` > 0."""
+class FailingWrites:
+    """Wraps a real vector store; writes (upsert, metadata update) fail with a retryable error
+    while `failures` > 0."""
 
     def __init__(self, inner, failures: int = 10**9, before=None):
         self.inner = inner
@@ -17,11 +18,18 @@ class FailingUpserts:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def upsert(self, records):
+    def _maybe_fail(self) -> None:
         self.calls += 1
         if self.failures > 0:
             self.failures -= 1
             if self.before:
                 self.before()
             raise RetryableStoreError("vector store answered 503 Service Unavailable")
+
+    def upsert(self, records):
+        self._maybe_fail()
         return self.inner.upsert(records)
+
+    def update_metadata(self, metadata):
+        self._maybe_fail()
+        return self.inner.update_metadata(metadata)

@@ -8,7 +8,7 @@ from sync.ids import vector_id
 from sync.models import SagaLog, SyncEvent
 from sync.stores import use_vector_store
 from sync.writes import CompensationFailed, SyncWriteError, write_entity
-from tests.faults import FailingUpserts
+from tests.faults import FailingWrites
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +40,7 @@ def test_dual_write_embeds_in_the_call(synced_graph, vectors):
 
 
 def test_a_failed_vector_write_deletes_a_created_node(synced_graph, vectors):
-    use_vector_store(FailingUpserts(vectors))
+    use_vector_store(FailingWrites(vectors))
     with pytest.raises(SyncWriteError, match="graph change was undone"):
         write_entity("KEV", "CVE-2023-34362", KEV | {"cve_id": "CVE-2023-34362"}, source="cisa-kev")
     assert node(synced_graph, "KEV", "CVE-2023-34362") is None
@@ -51,7 +51,7 @@ def test_a_failed_vector_write_deletes_a_created_node(synced_graph, vectors):
 
 def test_a_failed_vector_write_restores_the_previous_state(synced_graph, vectors):
     write_entity("KEV", "CVE-2021-44228", KEV, source="cisa-kev")
-    use_vector_store(FailingUpserts(vectors))
+    use_vector_store(FailingWrites(vectors))
     with pytest.raises(SyncWriteError):
         write_entity("KEV", "CVE-2021-44228", {"severity": "low", "notes": "downgraded"}, source="other")
     entity = node(synced_graph, "KEV", "CVE-2021-44228")
@@ -65,7 +65,7 @@ def test_a_compensation_that_fails_is_recorded_and_raised(synced_graph, vectors,
         graph.write_entity("KEV", "CVE-2021-44228", {"notes": "concurrent edit"}, source="other-tool")
 
     write_entity("KEV", "CVE-2021-44228", KEV, source="cisa-kev")
-    use_vector_store(FailingUpserts(vectors, before=someone_else_writes))
+    use_vector_store(FailingWrites(vectors, before=someone_else_writes))
     with pytest.raises(CompensationFailed, match="could not be restored"):
         write_entity("KEV", "CVE-2021-44228", {"severity": "high"}, source="cisa-kev")
     saga = SagaLog.objects.latest("id")
