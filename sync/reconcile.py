@@ -100,6 +100,7 @@ class Reconciler:
         self.vectors = vector_store()
         self.findings: list[Finding] = []
         self.pending = _pending_keys()
+        self.violated: set[tuple[str, str]] = set()  # already reported (and rebuilt) as violations
         self.records_repaired = 0
 
     # --- reading the vector store ----------------------------------------------------------
@@ -121,14 +122,13 @@ class Reconciler:
                                          f"label {label or '?'} is never synced", [vid]))
             return
         extra = sorted(set(metadata) - set(policy.metadata_fields) - set(ENGINE_KEYS))
-        if extra:
-            self.findings.append(Finding("policy_violation", label, uid, "fields outside the allow-list: "
-                                         + ", ".join(extra), [vid], other={"fields": extra}))
-            return
-        if label in PRIVATE_LABELS and any(_looks_private(v) for k, v in metadata.items()
-                                           if k == "text" or k not in ENGINE_KEYS):
-            self.findings.append(Finding("policy_violation", label, uid,
-                                         "an e-mail address or phone number in the metadata", [vid]))
+        private = label in PRIVATE_LABELS and any(_looks_private(v) for k, v in metadata.items()
+                                                  if k == "text" or k not in ENGINE_KEYS)
+        if extra or private:
+            detail = ("fields outside the allow-list: " + ", ".join(extra) if extra
+                      else "an e-mail address or phone number in the metadata")
+            self.findings.append(Finding("policy_violation", label, uid, detail, [vid], other={"fields": extra}))
+            self.violated.add((label, uid))
             return
         entity = stored[(label, uid)]
         entity.ids.append(vid)
@@ -141,8 +141,8 @@ class Reconciler:
     # --- comparing one entity ----------------------------------------------------------------
     def compare(self, entity: Entity | None, key: tuple[str, str], stored: StoredEntity | None) -> None:
         label, uid = key
-        if key in self.pending:
-            return  # queued or in flight: the worker is about to make it right
+        if key in self.pending or key in self.violated:
+            return  # queued, in flight, or being rebuilt after a violation: not drift of its own
         if entity is None:
             if stored and stored.ids:
                 self.findings.append(Finding("orphan_vector", label, uid, "no such entity in the graph",
