@@ -1,0 +1,348 @@
+"""The sync policy: selective sync, priorities, write modes, text, and metadata allow-lists."""
+
+import dataclasses
+import datetime as dt
+import json
+from decimal import Decimal
+
+import neo4j.time
+import pytest
+
+from sync.embedding import content_hash
+from sync.ids import parse_vector_id
+from sync.policy import (
+    ENGINE_KEYS,
+    FIELD_MAX_CHARS,
+    LIST_MAX_ITEMS,
+    METADATA_BUDGET_BYTES,
+    METADATA_LIMIT_BYTES,
+    POLICY,
+    LabelPolicy,
+    Priority,
+    VectorFailure,
+    WriteMode,
+    build_document,
+    is_sensitive_key,
+    policy_for,
+    synced_labels,
+)
+from sync.stores.base import Entity
+
+NOW = dt.datetime(2025, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
+PRIVATE_PROSPECT_FIELDS = {
+    "contact_name": "Jane Sentinel-Doe", "contact_email": "jane@sentinel.example",
+    "contact_phone": "+44 20 7946 0999", "email": "sales@sentinel.example", "phone": "+1 555 0100",
+    "address": "1 Sentinel Street", "annual_revenue": 987654321, "deal_value": 123456,
+    "budget": 55555, "notes": "sentinel-note", "internal_notes": "sentinel-internal",
+    "credit_terms": "sentinel-net-90",
+}
+
+
+def entity(node_label, uid="u-1", version=1, updated_at=NOW, **properties):
+    return Entity(node_label, uid, version, updated_at, {"uid": uid, "version": version, **properties})
+
+
+def metadata_of(document):
+    return [chunk.metadata for chunk in document.chunks]
+
+
+# --- the table -------------------------------------------------------------------------------
+EXPECTED = {
+    # label: (priority, write mode, on vector failure)
+    "KEV": (Priority.HIGH, WriteMode.DUAL_WRITE, VectorFailure.COMPENSATE),
+    "Vulnerability": (Priority.MEDIUM, WriteMode.WRITE_THROUGH, VectorFailure.QUEUE),
+    "ThreatActor": (Priority.MEDIUM, WriteMode.WRITE_THROUGH, VectorFailure.QUEUE),
+    "ThreatIntel": (Priority.MEDIUM, WriteMode.WRITE_THROUGH, VectorFailure.QUEUE),
+    "Malware": (Priority.MEDIUM, WriteMode.WRITE_THROUGH, VectorFailure.QUEUE),
+    "Technique": (Priority.MEDIUM, WriteMode.WRITE_THROUGH, VectorFailure.QUEUE),
+    "Report": (Priority.LOW, WriteMode.WRITE_THROUGH, VectorFailure.QUEUE),
+    "Artifact": (Priority.LOW, WriteMode.WRITE_THROUGH, VectorFailure.QUEUE),
+    "Prospect": (Priority.LOW, WriteMode.WRITE_THROUGH, VectorFailure.QUEUE),
+}
+NEVER_SYNCED = ["Contact", "Deal", "Account", "_SyncTombstone", "Unknown", "kev", "Person"]
+
+
+@pytest.mark.parametrize(("label", "expected"), EXPECTED.items())
+def test_it_syncs_the_agreed_labels_with_their_rules(label, expected):
+    policy = policy_for(label)
+    assert policy.synced
+    assert (policy.priority, policy.write_mode, policy.on_vector_failure) == expected
+    assert policy.description
+
+
+def test_it_syncs_nothing_else():
+    assert set(synced_labels()) == set(EXPECTED)
+    assert {label for label, policy in POLICY.items() if not policy.synced} == {
+        "Contact", "Deal", "Account", "_SyncTombstone"}
+
+
+@pytest.mark.parametrize("label", NEVER_SYNCED)
+def test_it_never_syncs_people_money_internals_or_unknown_labels(label):
+    policy = policy_for(label)
+    assert not policy.synced
+    assert policy.text_fields == () and policy.metadata_fields == ()
+    assert build_document(entity(label, name="x", description="y", email="a@b.example")) is None
+
+
+def test_it_lists_synced_labels_high_priority_first():
+    labels = synced_labels()
+    assert labels[0] == "KEV"
+    ranks = [policy_for(label).priority.rank for label in labels]
+    assert ranks == sorted(ranks)
+
+
+def test_it_restricts_prospect_metadata_to_the_strict_allow_list():
+    assert set(POLICY["Prospect"].metadata_fields) == {"sector", "country", "size_band", "tier", "name"}
+
+
+def test_it_refuses_a_label_that_is_not_a_string():
+    with pytest.raises(ValueError, match="label must be a str"):
+        policy_for(None)
+
+
+# --- enums -----------------------------------------------------------------------------------
+def test_it_sorts_priorities_high_first_and_stores_them_as_strings():
+    assert sorted([Priority.LOW, Priority.HIGH, Priority.MEDIUM]) == [Priority.HIGH, Priority.MEDIUM, Priority.LOW]
+    assert Priority.HIGH < Priority.MEDIUM < Priority.LOW
+    assert max(Priority) == Priority.LOW and min(Priority) == Priority.HIGH
+    assert [p.value for p in Priority] == ["high", "medium", "low"]
+    assert [p.rank for p in Priority] == [0, 1, 2]
+    assert Priority("medium") is Priority.MEDIUM
+    assert {Priority.HIGH: 1}["high"] == 1
+
+
+def test_it_names_write_modes_and_failure_handling_for_storage():
+    assert WriteMode.DUAL_WRITE == "dual_write" and WriteMode.WRITE_THROUGH == "write_through"
+    assert VectorFailure.COMPENSATE == "compensate" and VectorFailure.QUEUE == "queue"
+
+
+# --- the PII / financial guard ---------------------------------------------------------------
+@pytest.mark.parametrize("key", [
+    "email", "contact_email", "workEmail", "Email_Address", "phone", "telephone", "mobile_phone",
+    "address", "postal_addresses", "annual_revenue", "salary", "deal_value", "deals", "budget",
+    "iban", "credit_terms", "creditLimit", "ssn", "password", "api_token", "notes", "internal_notes",
+    "note", "contact_name", "contactname", "secret", "passport_no", "bank_account",
+])
+def test_it_recognises_personal_and_financial_keys(key):
+    assert is_sensitive_key(key)
+
+
+@pytest.mark.parametrize("key", [
+    "name", "sector", "country", "size_band", "tier", "cve_id", "vendor_project", "date_added",
+    "known_ransomware_campaign_use", "cwes", "severity", "aliases", "target_sectors", "mitre_id",
+    "indicators", "sources", "observed_at", "prospect_uid", "doc_type", "tags", "cvss_score",
+    "description", "required_action", "first_seen", "classname", "ideal", "tokenizer_kind",
+])
+def test_it_lets_ordinary_keys_through(key):
+    assert not is_sensitive_key(key)
+
+
+@pytest.mark.parametrize("field", sorted(PRIVATE_PROSPECT_FIELDS))
+def test_it_refuses_a_sensitive_field_added_to_an_allow_list(field):
+    prospect = POLICY["Prospect"]
+    with pytest.raises(ValueError, match="personal or financial data"):
+        dataclasses.replace(prospect, metadata_fields=(*prospect.metadata_fields, field))
+    with pytest.raises(ValueError, match="personal or financial data"):
+        dataclasses.replace(prospect, text_fields=(*prospect.text_fields, (field, "Leak")))
+
+
+def test_it_keeps_every_allow_list_free_of_sensitive_keys():
+    for policy in POLICY.values():
+        for name in (*policy.metadata_fields, *policy.text_property_names):
+            assert not is_sensitive_key(name), f"{policy.label}.{name}"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"metadata_fields": ("name", "version")}, "engine's own metadata keys"),
+        ({"metadata_fields": ("name", "name")}, "metadata field twice"),
+        ({"text_fields": ()}, "no text fields"),
+        ({"on_vector_failure": VectorFailure.COMPENSATE}, "only a dual_write can be compensated"),
+        ({"label": "Bad-Label"}, "cannot be used in a vector id"),
+        ({"priority": "high"}, "take the enums"),
+    ],
+)
+def test_it_refuses_inconsistent_policies(changes, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(POLICY["ThreatActor"], **changes)
+
+
+def test_it_refuses_fields_on_a_never_synced_policy():
+    with pytest.raises(ValueError, match="never synced"):
+        LabelPolicy("Contact", False, "person", metadata_fields=("name",))
+
+
+# --- documents -------------------------------------------------------------------------------
+def test_it_writes_labelled_lines_in_policy_order():
+    document = build_document(entity(
+        "ThreatActor", "apt29", name="APT29", aliases=["Cozy Bear", "The Dukes"],
+        description="Russian SVR-linked group.\n\n  Targets   governments.", country="RU",
+        target_sectors=["Government", "Defence"], confidence=0.9,
+    ))
+    assert document.text == (
+        "Name: APT29\nAliases: Cozy Bear, The Dukes\n"
+        "Description: Russian SVR-linked group.\n\nTargets governments.\nCountry: RU\n"
+        "Target sectors: Government, Defence"
+    )
+    assert document.content_hash == content_hash(document.text)
+
+
+def test_it_makes_one_chunk_with_the_plain_id_and_the_engine_keys():
+    document = build_document(entity("KEV", "CVE-2024-3400", version=4, cve_id="CVE-2024-3400",
+                                     vulnerability_name="PAN-OS command injection", severity="critical"))
+    (chunk,) = document.chunks
+    assert chunk.vector_id == "KEV:CVE-2024-3400"
+    assert chunk.metadata == {
+        "cve_id": "CVE-2024-3400", "vulnerability_name": "PAN-OS command injection", "severity": "critical",
+        "label": "KEV", "uid": "CVE-2024-3400", "version": 4, "content_hash": document.content_hash,
+        "chunks": 1, "updated_at": "2025-03-04T05:06:07+00:00", "chunk": 0, "text": document.text,
+    }
+
+
+def test_it_numbers_the_chunks_of_a_long_text():
+    body = " ".join(f"Paragraph {n} describes lateral movement through SMB shares." for n in range(300))
+    document = build_document(entity("Report", "r-9", title="Long report", body=body))
+    assert len(document.chunks) > 2
+    for n, chunk in enumerate(document.chunks):
+        assert chunk.vector_id == f"Report:r-9#{n}"
+        assert parse_vector_id(chunk.vector_id) == ("Report", "r-9", n)
+        assert (chunk.metadata["chunk"], chunk.metadata["chunks"]) == (n, len(document.chunks))
+        assert chunk.metadata["text"] == chunk.text[:1000] or chunk.metadata["text"].endswith("…")
+        assert len(chunk.metadata["text"]) <= 1000
+
+
+def every_string_in(value):
+    return json.dumps(value, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("label", sorted(EXPECTED))
+def test_it_lets_no_property_outside_the_allow_list_into_metadata(label):
+    policy = POLICY[label]
+    fields = {name: f"value of {name}" for name in (*policy.metadata_fields, *policy.text_property_names)}
+    extras = {**PRIVATE_PROSPECT_FIELDS, "random_property": "sentinel-random", "source": "sentinel-src"}
+    document = build_document(entity(label, **fields, **extras))
+    allowed = set(policy.metadata_fields) | set(ENGINE_KEYS)
+    for metadata in metadata_of(document):
+        assert set(metadata) <= allowed
+        assert set(policy.metadata_fields) <= set(metadata)
+    dumped = every_string_in([document.text, metadata_of(document)])
+    for value in extras.values():
+        assert str(value) not in dumped
+
+
+def test_it_never_lets_properties_override_the_engine_keys():
+    spoofs = {"label": "Spoof", "chunk": 9, "chunks": 9, "text": "<script>x</script>", "content_hash": "0"}
+    document = build_document(entity("Malware", "emotet", version=3, name="Emotet", **spoofs))
+    (chunk,) = document.chunks
+    assert chunk.metadata["label"] == "Malware"
+    assert chunk.metadata["uid"] == "emotet"
+    assert chunk.metadata["version"] == 3
+    assert (chunk.metadata["chunk"], chunk.metadata["chunks"]) == (0, 1)
+    assert chunk.metadata["text"] == "Name: Emotet"
+    assert chunk.metadata["content_hash"] == document.content_hash
+
+
+def test_it_coerces_metadata_to_pinecone_types():
+    paris = dt.timezone(dt.timedelta(hours=2))
+    document = build_document(entity(
+        "ThreatIntel", "ti-1", title="Beacon seen", summary="C2 traffic.",
+        severity=None, confidence=Decimal("0.75"), sources={"b-feed", "a-feed", None, ""},
+        indicators=["1.2.3.4", 42, True, dt.date(2025, 1, 2), None, "  "],
+        observed_at=dt.datetime(2025, 1, 2, 12, 0, tzinfo=paris),
+    ))
+    metadata = document.chunks[0].metadata
+    assert "severity" not in metadata
+    assert metadata["confidence"] == 0.75 and isinstance(metadata["confidence"], float)
+    assert metadata["sources"] == ["a-feed", "b-feed"]
+    assert metadata["indicators"] == ["1.2.3.4", "42", "yes", "2025-01-02"]
+    assert metadata["observed_at"] == "2025-01-02T10:00:00+00:00"
+
+
+def test_it_turns_neo4j_temporal_values_and_dicts_into_strings():
+    document = build_document(entity(
+        "ThreatActor", "apt1", updated_at=neo4j.time.DateTime(2025, 5, 1, 12, 0, 0, tzinfo=dt.UTC),
+        name="APT1", first_seen=neo4j.time.Date(2006, 1, 1), confidence=float("nan"),
+        motivation={"primary": "espionage"},
+    ))
+    metadata = document.chunks[0].metadata
+    assert metadata["updated_at"] == "2025-05-01T12:00:00+00:00"
+    assert metadata["first_seen"] == "2006-01-01"
+    assert "confidence" not in metadata  # NaN has no Pinecone form
+    assert metadata["motivation"] == '{"primary": "espionage"}'
+
+
+def test_it_keeps_numbers_pinecone_cannot_hold_exactly_as_text():
+    document = build_document(entity("Vulnerability", "v", title="Overflow", cvss_score=10**400,
+                                     description=Decimal("sNaN"), severity=2**53))
+    metadata = document.chunks[0].metadata
+    assert metadata["cvss_score"] == str(10**400)
+    assert metadata["severity"] == 2**53
+    assert document.text == "Title: Overflow"
+
+
+def test_it_refuses_a_property_with_no_text_form():
+    with pytest.raises(ValueError, match=r"ThreatActor\.name is a bytes"):
+        build_document(entity("ThreatActor", "x", name=b"\x00\x01"))
+
+
+def test_it_caps_long_values_and_keeps_metadata_under_the_limit():
+    document = build_document(entity(
+        "Vulnerability", "CVE-2025-0001", title="界" * 50_000, description="Overflow.",
+        cwes=[f"CWE-{n}" * 80 for n in range(500)], severity="high",
+    ))
+    metadata = document.chunks[0].metadata
+    assert len(metadata["title"]) <= FIELD_MAX_CHARS and metadata["title"].endswith("…")
+    assert len(metadata["cwes"]) <= LIST_MAX_ITEMS
+    assert document.text.count("CWE-0") == 80  # the first item, whole
+    assert "CWE-100" not in document.text  # items past the hundredth are not embedded
+    size = len(json.dumps(metadata, ensure_ascii=True, separators=(",", ":")))
+    assert size <= METADATA_BUDGET_BYTES < METADATA_LIMIT_BYTES
+
+
+def test_it_halves_the_largest_values_when_the_caps_are_not_enough():
+    # 12 capped fields of 4-byte characters would be ~130 KB of escaped JSON without the fitting.
+    fields = {name: "😀" * 5_000 for name in POLICY["ThreatActor"].metadata_fields}
+    fields["aliases"] = ["😀" * 300] * 500
+    document = build_document(entity("ThreatActor", "big", **fields))
+    for metadata in metadata_of(document):
+        assert len(json.dumps(metadata, ensure_ascii=True, separators=(",", ":"))) <= METADATA_BUDGET_BYTES
+        assert len(json.dumps(metadata, ensure_ascii=False).encode()) < METADATA_LIMIT_BYTES
+        assert metadata["name"].startswith("😀") and metadata["aliases"]
+
+
+def test_it_changes_the_hash_only_when_the_text_changes():
+    first = build_document(entity("Malware", "m", name="Emotet", description="Banking  trojan.", mitre_id="S0367"))
+    spaced = build_document(entity("Malware", "m", version=2, name="Emotet", description="Banking trojan. ",
+                                   mitre_id="S0367"))
+    metadata_only = build_document(entity("Malware", "m", version=3, name="Emotet",
+                                          description="Banking trojan.", mitre_id="S9999"))
+    changed = build_document(entity("Malware", "m", version=4, name="Emotet", description="Loader."))
+    assert first.content_hash == spaced.content_hash == metadata_only.content_hash
+    assert changed.content_hash != first.content_hash
+
+
+def test_it_gives_an_entity_without_text_no_chunks():
+    document = build_document(entity("ThreatActor", "ghost", description="  <script>alert(1)</script> ",
+                                     severity="low"))
+    assert document is not None
+    assert document.text == ""
+    assert document.chunks == () and not document.has_vectors and document.vector_ids == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"uid": 42}, "uid must be a str"),
+        ({"uid": ""}, "must not be empty"),
+        ({"uid": "u" * 1025}, "longer than 1024"),
+        ({"version": "3"}, "version must be an int"),
+        ({"version": True}, "version must be an int"),
+        ({"updated_at": None}, "updated_at must be a datetime"),
+        ({"updated_at": "2025-01-01"}, "updated_at must be a datetime"),
+    ],
+)
+def test_it_refuses_malformed_entities_by_name(changes, message):
+    base = entity("ThreatActor", "apt29", name="APT29")
+    with pytest.raises(ValueError, match=message):
+        build_document(dataclasses.replace(base, **changes))
