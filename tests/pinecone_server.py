@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import orjson
 
 DEFAULT_API_KEY = "pcsk_local_test_key_8f2c41d07b"
 
@@ -605,7 +606,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._respond(status, answer, retry_after)
 
     def _respond(self, status: int, answer: dict[str, Any], retry_after: float | None) -> None:
-        payload = json.dumps(answer, separators=(",", ":")).encode()
+        payload = orjson.dumps(answer)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -624,8 +625,8 @@ def _parse_json(raw: bytes) -> tuple[dict[str, Any], str | None]:
     if not raw:
         return {}, None
     try:
-        parsed = json.loads(raw)
-    except ValueError as exc:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         return {}, f"Request body is not valid JSON: {exc}"
     if not isinstance(parsed, dict):
         return {}, "Request body must be a JSON object"
