@@ -141,7 +141,10 @@ class PineconeVectorStore:
         Pinecone's own update merges metadata and costs one request per id, so this fetches the
         vectors in batches and upserts them back whole. Ids not found are `failed`, and retryable:
         Pinecone's reads are eventually consistent, so a vector written moments ago may not be
-        visible yet.
+        visible yet. Pinecone has no conditional write, so an upsert of the same id by another
+        writer between the fetch and the write-back is overwritten with the values read before
+        it; the queue hands an entity to one worker at a time, and reconciliation's version check
+        finds the rare stale vector this leaves.
         """
         deadline = self._deadline()
         result = WriteResult()
