@@ -185,6 +185,8 @@ VECTOR_STORE = env_choice("VECTOR_STORE", "local", ("local", "pinecone"))
 LANCEDB_DIR = Path(env_str("LANCEDB_DIR", str(DATA_DIR / "lancedb")))
 VECTOR_INDEX = env_str("PINECONE_INDEX", "nightingale")
 PINECONE_NAMESPACE = env_str("PINECONE_NAMESPACE", "")
+PINECONE_TIMEOUT = env_float("PINECONE_TIMEOUT", 10.0, minimum=0.1)  # per HTTP attempt
+PINECONE_OPERATION_TIMEOUT = env_float("PINECONE_OPERATION_TIMEOUT", 60.0, minimum=0.1)  # per store call
 if VECTOR_STORE == "pinecone":
     PINECONE_API_KEY = env_required("PINECONE_API_KEY", "when VECTOR_STORE=pinecone")
     PINECONE_HOST = env_required("PINECONE_HOST", "when VECTOR_STORE=pinecone (the index host)")

@@ -252,9 +252,9 @@ def test_through_the_sync_engine_kev_is_dual_written_and_vulnerabilities_queued(
 @pytest.mark.django_db(transaction=True)
 def test_through_the_sync_engine_a_vector_outage_aborts_and_leaves_no_kev(synced_graph, vectors):
     from sync.stores import use_vector_store
-    from tests.faults import FailingUpserts
+    from tests.faults import FailingWrites
 
-    use_vector_store(FailingUpserts(vectors))
+    use_vector_store(FailingWrites(vectors))
     with pytest.raises(RetryableStoreError, match="graph change was undone"):
         import_kev_feed(feed(entry("CVE-2021-44228"), entry("CVE-2023-34362")),
                         graph=synced_graph, write=write_through_sync)

@@ -47,6 +47,7 @@ def build_vector_store() -> VectorStore:
         return PineconeVectorStore(
             api_key=settings.PINECONE_API_KEY, host=settings.PINECONE_HOST,
             namespace=settings.PINECONE_NAMESPACE, dimension=DIMENSION,
+            timeout=settings.PINECONE_TIMEOUT, operation_timeout=settings.PINECONE_OPERATION_TIMEOUT,
         )
     from sync.stores.local_store import LanceVectorStore
 

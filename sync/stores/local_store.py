@@ -238,6 +238,7 @@ class LanceVectorStore:
         for vector_id in pending:
             result.failed[vector_id] = ("its vector kept being replaced by other writers; "
                                         "the metadata was not written")
+            result.retryable.add(vector_id)
         return result
 
     def _update_metadata_once(self, pending: dict[str, str], result: WriteResult,
@@ -252,7 +253,10 @@ class LanceVectorStore:
         unknown = [vector_id for vector_id in pending if vector_id not in current]
         current.update(self._read_rows(unknown, ["id", "vector", "rev"]))
         for vector_id in pending.keys() - current.keys():
+            # Retryable, as in the Pinecone adapter: the vector may be gone only for now (a
+            # concurrent delete or rewrite), and a retry re-reads the entity and writes it whole.
             result.failed[vector_id] = "no vector with this id"
+            result.retryable.add(vector_id)
         ids = [vector_id for vector_id in pending if vector_id in current]
         if not ids:
             return {}
@@ -276,6 +280,7 @@ class LanceVectorStore:
             now = after.get(vector_id)
             if now is None:
                 result.failed[vector_id] = "the vector was deleted while its metadata was updated"
+                result.retryable.add(vector_id)
             elif now["rev"] == row["rev"]:
                 result.written += 1
             else:
