@@ -110,17 +110,22 @@ def _later(a, b):
 
 
 def _enqueue(changes: list[Change]) -> tuple[int, int]:
-    """Enqueue the changes that are not already synced at their version."""
+    """Enqueue the changes that are neither synced at their version nor already pending."""
     known = _sync_state(changes)
+    pending = _pending_versions(changes)
     work = []
     skipped = 0
     for change in changes:
-        status, version = known.get((change.label, change.uid), ("", -1))
+        key = (change.label, change.uid)
+        status, version = known.get(key, ("", -1))
         if change.deleted:
             done = status == SyncRecord.Status.DELETED
         else:
             done = status in (SyncRecord.Status.IN_SYNC, SyncRecord.Status.EXCLUDED) and version >= change.version
-        if done:
+        # An event created at or after this version reads the graph after this change committed
+        # (apply always reads current state), so it covers the change: the overlap window's
+        # re-reads must not queue a second apply of an entity that is in flight.
+        if done or pending.get(key, -1) >= change.version:
             skipped += 1
             continue
         work.append(queue.Work(
@@ -134,19 +139,37 @@ def _enqueue(changes: list[Change]) -> tuple[int, int]:
     return len(work), skipped
 
 
-def _sync_state(changes: list[Change]) -> dict[tuple[str, str], tuple[str, int]]:
-    """(status, version handled) per entity from our records, read in one query per label."""
+def _by_label(changes: list[Change]) -> dict[str, list[str]]:
     by_label: dict[str, list[str]] = {}
     for change in changes:
         by_label.setdefault(change.label, []).append(change.uid)
+    return by_label
+
+
+def _sync_state(changes: list[Change]) -> dict[tuple[str, str], tuple[str, int]]:
+    """(status, version handled) per entity from our records, read in one query per label."""
     found: dict[tuple[str, str], tuple[str, int]] = {}
-    for label, uids in by_label.items():
+    for label, uids in _by_label(changes).items():
         for start in range(0, len(uids), 500):
             rows = SyncRecord.objects.filter(label=label, uid__in=uids[start:start + 500]).values_list(
                 "uid", "status", "vector_version", "graph_version")
             for uid, status, vector_version, graph_version in rows:
                 handled = vector_version if status == SyncRecord.Status.IN_SYNC else graph_version
                 found[(label, uid)] = (status, handled or 0)
+    return found
+
+
+def _pending_versions(changes: list[Change]) -> dict[tuple[str, str], int]:
+    """The newest version a queued or in-flight event already carries, per entity."""
+    found: dict[tuple[str, str], int] = {}
+    for label, uids in _by_label(changes).items():
+        for start in range(0, len(uids), 500):
+            rows = SyncEvent.objects.filter(
+                label=label, uid__in=uids[start:start + 500],
+                status__in=[SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT],
+            ).values_list("uid", "version")
+            for uid, version in rows:
+                found[(label, uid)] = max(found.get((label, uid), -1), version or -1)
     return found
 
 

@@ -155,3 +155,28 @@ def test_a_record_the_store_refuses_goes_dead_and_the_rest_succeed(synced_graph,
     dead = SyncEvent.objects.get(status="dead")
     assert dead.uid == "bad" and "metadata too large" in dead.last_error
     assert SyncRecord.objects.get(uid="bad").status == "failed"
+
+
+def test_the_overlap_window_does_not_requeue_an_entity_in_flight(synced_graph, vectors):
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt33', name: 'APT33', description: 'Elfin'})")
+    assert capture.poll_once("p", overlap=60).enqueued == 1
+    [in_flight] = queue.claim_batch("slow-worker", 10)
+    again = capture.poll_once("p", overlap=60)  # re-reads the same change in the overlap window
+    assert (again.enqueued, again.skipped) == (0, 1)
+    cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'apt33'}) SET a.description = 'Elfin, Refined Kitten'")
+    newer = capture.poll_once("p", overlap=60)  # a newer version must still be queued
+    assert newer.enqueued == 1
+    assert SyncEvent.objects.get(status="queued").version == 2
+    apply_events([in_flight])
+
+
+def test_schedules_are_created_idempotently():
+    from django.core.management import call_command
+    from django_q.models import Schedule
+
+    call_command("setup_schedules", stdout=None)
+    first = {s.name: s.next_run for s in Schedule.objects.all()}
+    call_command("setup_schedules", stdout=None)
+    assert {s.name: s.next_run for s in Schedule.objects.all()} == first
+    assert set(first) >= {"sync: capture changes", "sync: drain queue", "reconcile: incremental", "reconcile: full"}
+    assert first["reconcile: full"] > first["sync: capture changes"]
