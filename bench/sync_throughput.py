@@ -20,10 +20,13 @@ from common import Timer, peak_rss_mb, setup, wipe_graph
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--encode-batch", type=int, default=64)
+    parser.add_argument("--encode-batch", type=int, default=None, help="default: EMBEDDING_BATCH_SIZE")
+    parser.add_argument("--limit", type=int, default=1500,
+                        help="sync an evenly spread sample of this many demo entities (0: all)")
     args = parser.parse_args()
     setup()
     import torch
+    from django.conf import settings
 
     from sync import queue, worker
     from sync.demo import load_demo
@@ -38,7 +41,10 @@ def main() -> None:
         loaded = load_demo(graph)
     print(f"demo graph loaded in {t.seconds:.1f}s: {loaded}")
     entities = [e for label in synced_labels() for e in graph.scan_label(label, None, 1_000_000)]
+    if args.limit and len(entities) > args.limit:
+        entities = entities[::len(entities) // args.limit + 1]
     texts = [c.text for e in entities for c in build_document(e).chunks]
+    encode_batch = args.encode_batch or settings.EMBEDDING_BATCH_SIZE
     print(f"{len(entities)} synced entities -> {len(texts)} chunk texts; torch threads {torch.get_num_threads()}")
 
     embedder = get_embedder()
@@ -46,7 +52,7 @@ def main() -> None:
 
     def raw() -> float:
         with Timer() as timer:
-            embedder.model.encode(texts, batch_size=args.encode_batch, normalize_embeddings=True,
+            embedder.model.encode(texts, batch_size=encode_batch, normalize_embeddings=True,
                                   show_progress_bar=False, convert_to_numpy=True)
         return len(texts) / timer.seconds
 
@@ -58,16 +64,18 @@ def main() -> None:
     e2e = counts.embedded_chunks / t.seconds
     raw_after = raw()
     raw_rate = statistics.mean([raw_before, raw_after])
-    print(f"raw model.encode: {raw_before:.1f} / {raw_after:.1f} texts/s (mean {raw_rate:.1f}, batch {args.encode_batch})")
+    print(f"raw model.encode: {raw_before:.1f} / {raw_after:.1f} texts/s (mean {raw_rate:.1f}, batch {encode_batch})")
     print(f"end-to-end sync: {counts.embedded_chunks} texts for {counts.upserted} entities in {t.seconds:.1f}s "
           f"= {e2e:.1f} texts/s ({counts.events} events, batch {args.batch_size})")
     print(f"RATIO end-to-end / raw encode = {e2e / raw_rate:.3f} (target >= 0.85)")
     assert vector_store().stats().total == len(texts), "every chunk should be in the store"
+    synced = {(e.label, e.uid) for e in entities}
 
     with graph.driver.session(database=graph.database) as session:
         session.run("MATCH (n) WHERE n.version IS NOT NULL SET n.confidence = 0.42, "
                     "n.version = n.version + 1").consume()
-    entities = [e for label in synced_labels() for e in graph.scan_label(label, None, 1_000_000)]
+    entities = [e for label in synced_labels() for e in graph.scan_label(label, None, 1_000_000)
+                if (e.label, e.uid) in synced]
     queue.enqueue_many([queue.Work(e.label, e.uid, version=e.version, priority=queue.priority_of(e.label))
                         for e in entities])
     with Timer() as t:
