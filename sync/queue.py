@@ -168,8 +168,11 @@ def _locked(queryset):
 
 
 def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = None,
-                starvation_seconds: float | None = None) -> list[SyncEvent]:
-    """Lease up to `limit` ready events to `worker`; returns only the events this call won."""
+                starvation_seconds: float | None = None, max_priority: int | None = None) -> list[SyncEvent]:
+    """Lease up to `limit` ready events to `worker`; returns only the events this call won.
+
+    `max_priority=Priority.HIGH` claims HIGH events only (and no aged share).
+    """
     timeout = visibility_timeout if visibility_timeout is not None else settings.SYNC_VISIBILITY_TIMEOUT
     starvation = starvation_seconds if starvation_seconds is not None else settings.SYNC_STARVATION_SECONDS
     token = f"{worker[:40]}:{uuid.uuid4().hex[:16]}"
@@ -177,9 +180,11 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
     with transaction.atomic():
         _bury_lost_leases(now)
         ready = SyncEvent.objects.filter(_claimable(now))
-        aged_slots = max(1, int(limit * STARVATION_SHARE))
+        if max_priority is not None:
+            ready = ready.filter(priority__lte=max_priority)
+        aged_slots = max(1, int(limit * STARVATION_SHARE)) if max_priority is None else 0
         aged = [ev.id for ev in _locked(ready.filter(created_at__lte=now - timedelta(seconds=starvation))
-                                        .order_by("created_at", "id").only("id"))[:aged_slots]]
+                                        .order_by("created_at", "id").only("id"))[:aged_slots]] if aged_slots else []
         rest = [ev.id for ev in _locked(ready.exclude(id__in=aged)
                                         .order_by("priority", "next_attempt_at", "id").only("id"))
                 [:limit - len(aged)]]

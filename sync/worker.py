@@ -52,6 +52,12 @@ def should_flush(work: ReadyWork, batch_size: int, flush_interval: float) -> boo
         work.count >= batch_size or work.has_high or work.oldest_age >= flush_interval)
 
 
+def high_only(work: ReadyWork, batch_size: int, flush_interval: float) -> bool:
+    """Flushing only because HIGH work is ready: take just that, so a KEV entry does not wait
+    while a half-full batch of lower-priority work is embedded with it."""
+    return work.has_high and work.count < batch_size and work.oldest_age < flush_interval
+
+
 def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, flush: bool = False,
           batch_size: int | None = None, flush_interval: float | None = None, poll: float = 0.2,
           worker: str | None = None, stop=lambda: False) -> ApplyCounts:
@@ -70,7 +76,8 @@ def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, fl
     while not stop() and (deadline is None or time.monotonic() < deadline):
         work = ready_work(size)
         if work.count and (not flush or should_flush(work, size, interval)):
-            batch = queue.claim_batch(name, size)
+            urgent = flush and high_only(work, size, interval)
+            batch = queue.claim_batch(name, size, max_priority=Priority.HIGH if urgent else None)
             if batch:
                 counts = apply_events(batch)
                 total.add(counts)

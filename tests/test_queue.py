@@ -142,3 +142,22 @@ def test_depth_counts_queued_and_in_flight_by_priority():
                         Work("Prospect", "q", priority=Priority.LOW)])
     queue.claim_batch("w1", 1)
     assert queue.depth_by_priority() == {"high": 1, "medium": 0, "low": 2}
+
+
+def test_an_urgent_claim_takes_high_priority_work_only():
+    queue.enqueue_many([Work("ThreatActor", f"t{i}", priority=Priority.MEDIUM) for i in range(5)]
+                       + [Work("KEV", "k", priority=Priority.HIGH)])
+    SyncEvent.objects.update(created_at=timezone.now() - timedelta(hours=1))  # aged, still not taken
+    batch = queue.claim_batch("w1", 10, max_priority=Priority.HIGH)
+    assert [e.uid for e in batch] == ["k"]
+
+
+def test_the_worker_flushes_at_size_or_interval_and_never_holds_high_work():
+    from sync.worker import ReadyWork, high_only, should_flush
+
+    assert not should_flush(ReadyWork(10, False, 1.0), batch_size=100, flush_interval=5)
+    assert should_flush(ReadyWork(100, False, 0.1), batch_size=100, flush_interval=5)
+    assert should_flush(ReadyWork(10, False, 5.0), batch_size=100, flush_interval=5)
+    assert should_flush(ReadyWork(1, True, 0.0), batch_size=100, flush_interval=5)
+    assert high_only(ReadyWork(10, True, 1.0), batch_size=100, flush_interval=5)
+    assert not high_only(ReadyWork(10, True, 6.0), batch_size=100, flush_interval=5)
