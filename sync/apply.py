@@ -24,7 +24,7 @@ from sync import ids, queue
 from sync.embedding import get_embedder
 from sync.metrics import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
 from sync.models import Priority, SyncEvent, SyncRecord
-from sync.policy import build_document
+from sync.policy import MAX_UID_CHARS, build_document
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, RetryableStoreError, StoreError, VectorRecord
 
@@ -68,6 +68,7 @@ class _Plan:
     document: object | None = None  # sync.policy.Document
     action: str = "upsert"  # upsert | delete | exclude
     previous_ids: set[str] = field(default_factory=set)
+    list_store: bool = False  # list the entity's ids in the store instead of trusting the record
     outcome: str = ""
     error: str = ""
     permanent: bool = False
@@ -87,22 +88,40 @@ def apply_events(events: Sequence[SyncEvent]) -> ApplyCounts:
     for event in events:
         key = (event.label, event.uid)
         plans.setdefault(key, _Plan(key=key, events=[])).events.append(event)
+    for plan in plans.values():
+        try:
+            check_key(*plan.key)
+        except ValueError as exc:  # no vector can ever exist for it: fail it alone, for good
+            plan.outcome, plan.error, plan.permanent = "invalid", f"not a syncable entity key: {exc}", True
+    valid = {key: plan for key, plan in plans.items() if not plan.error}
     try:
-        _read_graph(plans)
-        _run(plans, counts)
-    except StoreError as exc:
-        # A store failed as a whole (unreachable, rate limited, ...): the batch retries with backoff.
-        # Idempotent writes make it safe to redo the entities that did get through.
-        for plan in plans.values():
-            if not plan.error:
-                plan.error = f"{type(exc).__name__}: {exc}"
-                plan.permanent = not exc.retryable
-                plan.retry_after = getattr(exc, "retry_after", None)
-        SYNC_ERRORS.labels("store").inc()
-        log.warning("batch of %d events failed: %s", len(events), exc)
+        _read_graph(valid)
+        _run(valid, counts)
+    except Exception as exc:  # noqa: BLE001 — whatever broke, the batch's events must not stay in flight
+        # A store failed as a whole (unreachable, rate limited, ...), or a bug: the batch retries
+        # with backoff (idempotent writes make redoing the entities that got through safe), and
+        # goes dead after SYNC_MAX_ATTEMPTS with the error.
+        for plan in valid.values():
+            if plan.error:
+                continue  # already failed on its own (e.g. a document that cannot be built)
+            plan.error = f"{type(exc).__name__}: {exc}"
+            plan.permanent = isinstance(exc, StoreError) and not exc.retryable
+            plan.retry_after = getattr(exc, "retry_after", None)
+        SYNC_ERRORS.labels("store" if isinstance(exc, StoreError) else "bug").inc()
+        if isinstance(exc, StoreError):
+            log.warning("batch of %d events failed: %s", len(events), exc)
+        else:
+            log.exception("batch of %d events failed unexpectedly", len(events))
     _finish(plans, counts)
     counts.seconds = time.monotonic() - started
     return counts
+
+
+def check_key(label: str, uid: str) -> None:
+    """ValueError for an entity key that can never have a vector (or a sync record)."""
+    ids.vector_id(label, uid)
+    if len(uid) > MAX_UID_CHARS:
+        raise ValueError(f"uid longer than {MAX_UID_CHARS} characters")
 
 
 def apply_now(entity: Entity) -> str:
@@ -119,7 +138,8 @@ def apply_now(entity: Entity) -> str:
         if plan.permanent:
             raise ValueError(plan.error)
         raise RetryableStoreError(plan.error, plan.retry_after)
-    _save_records([_record(plan, _status_after(plan), timezone.now())])
+    if plan.outcome != "stale":  # the newer write owns the record
+        _save_records([_record(plan, _status_after(plan), timezone.now())])
     return plan.outcome
 
 
@@ -128,6 +148,9 @@ def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
     for key, plan in plans.items():
         record = records.get(key)
         plan.previous_ids = _recorded_ids(key, record.chunk_count if record else 0)
+        # Only an in_sync record knows every chunk written; otherwise (failed part-way, or no
+        # record) ask the store, so chunks of an older, longer text cannot be left behind.
+        plan.list_store = record is None or record.status != RecordStatus.IN_SYNC
     _write(_decide(plans, _fetch_existing(plans)), counts)
 
 
@@ -183,8 +206,7 @@ def _fetch_existing(plans: dict[tuple[str, str], _Plan]) -> dict[str, VectorReco
         wanted |= plan.previous_ids
         if plan.document is not None:
             wanted |= {chunk.vector_id for chunk in plan.document.chunks}
-        if plan.action != "upsert" and len(plan.previous_ids) <= 2:
-            # No record of how many chunks it had: ask the store for every id of this entity.
+        if plan.list_store:
             prefix = ids.entity_prefix(*plan.key)
             plan.previous_ids |= {vid for vid in store.list_ids(prefix) if ids.belongs_to_entity(vid, *plan.key)}
             wanted |= plan.previous_ids
@@ -272,17 +294,14 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
     now = timezone.now()
     done: dict[str, list[SyncEvent]] = {}
     records: list[SyncRecord] = []
+    failed: list[_Plan] = []
     for plan in plans.values():
         if plan.error:
-            status = RecordStatus.FAILED
-            for event in plan.events:
-                outcome = queue.fail(event, plan.error, permanent=plan.permanent, retry_after=plan.retry_after)
-                if outcome == SyncEvent.Status.DEAD:
-                    counts.dead += 1
-                else:
-                    counts.retried += 1
+            # The record is saved before the event is requeued: once requeued, another worker may
+            # claim it at once, and its newer record must not be overwritten by this failure.
+            failed.append(plan)
             SYNC_ERRORS.labels("permanent" if plan.permanent else "retryable").inc()
-            records.append(_record(plan, status, now, error=plan.error))
+            records.append(_record(plan, RecordStatus.FAILED, now, error=plan.error))
             continue
         done.setdefault(plan.outcome, []).extend(plan.events)
         setattr(counts, plan.outcome, getattr(counts, plan.outcome) + 1)
@@ -298,6 +317,13 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
         _save_records(records)
         for outcome, events in done.items():
             queue.ack(events, outcome)
+    for plan in failed:
+        for event in plan.events:
+            if queue.fail(event, plan.error, permanent=plan.permanent,
+                          retry_after=plan.retry_after) == SyncEvent.Status.DEAD:
+                counts.dead += 1
+            else:
+                counts.retried += 1
 
 
 def _status_after(plan: _Plan) -> str:

@@ -24,6 +24,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from sync import queue
+from sync.apply import check_key
 from sync.models import ChangeCursor, SyncEvent, SyncRecord
 from sync.policy import synced_labels
 from sync.stores import graph_store
@@ -117,11 +118,17 @@ def _enqueue(changes: list[Change]) -> tuple[int, int]:
     skipped = 0
     for change in changes:
         key = (change.label, change.uid)
+        try:
+            check_key(change.label, change.uid)
+        except ValueError as exc:
+            log.warning("change capture skips %s:%.80s: %s", change.label, change.uid, exc)
+            skipped += 1
+            continue
         status, version = known.get(key, ("", -1))
-        if change.deleted:
-            done = status == SyncRecord.Status.DELETED
-        else:
-            done = status in (SyncRecord.Status.IN_SYNC, SyncRecord.Status.EXCLUDED) and version >= change.version
+        # A tombstone is read once and then purged, so it is always queued: a record that says
+        # "deleted" may predate a re-creation whose vector is being written right now.
+        done = not change.deleted and (
+            status in (SyncRecord.Status.IN_SYNC, SyncRecord.Status.EXCLUDED) and version >= change.version)
         # An event created at or after this version reads the graph after this change committed
         # (apply always reads current state), so it covers the change: the overlap window's
         # re-reads must not queue a second apply of an entity that is in flight.

@@ -103,6 +103,9 @@ def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
     if choice not in CHOICES:
         raise ConflictError(f"choose one of {', '.join(CHOICES)}")
     conflict = Conflict.objects.get(pk=conflict_id)
+    if conflict.kind in STORE_KINDS and choice != "graph":
+        raise ConflictError("the graph is the source of truth for a store divergence: keep the graph "
+                            "(the vector is rebuilt from it) or dismiss")
     if conflict.status != Status.OPEN:
         who = conflict.resolver.get_username() if conflict.resolver else "a rule"
         return Resolution(conflict, False, f"already {conflict.status.replace('_', ' ')} by {who}")
@@ -134,14 +137,17 @@ def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
             version = outcome.entity.version
         elif conflict.kind in STORE_KINDS:
             enqueue_entity(entity, source="resolution")
-    except VersionConflict as exc:
+    except Exception as exc:
+        # Nothing was decided after all: the conflict stays open (and shows the graph as it is now).
         Conflict.objects.filter(pk=conflict.pk).update(status=Status.OPEN, resolution="", resolver=None,
                                                         resolved_values=None, resolved_at=None)
         conflict.refresh_from_db()
         _refresh(conflict, graph_store().get_entities([(conflict.label, conflict.uid)]).get(
             (conflict.label, conflict.uid)))
-        raise StaleConflict(f"{conflict.label}:{conflict.uid} changed while resolving ({exc}); "
-                            "review the new state") from exc
+        if isinstance(exc, VersionConflict):
+            raise StaleConflict(f"{conflict.label}:{conflict.uid} changed while resolving ({exc}); "
+                                "review the new state") from exc
+        raise
     conflict.refresh_from_db()
     AuditEntry.record(actor, "conflict.resolve", f"{conflict.label}:{conflict.uid}",
                       before={k: conflict.graph_side.get(k) for k in values} or conflict.graph_side,

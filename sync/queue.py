@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Min, Q
+from django.db.models import Count, Exists, F, Min, OuterRef, Q
 from django.utils import timezone
 
 from sync.models import AuditEntry, Priority, SyncEvent
@@ -179,7 +179,11 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
     now = timezone.now()
     with transaction.atomic():
         _bury_lost_leases(now)
-        ready = SyncEvent.objects.filter(_claimable(now))
+        # One entity is applied by one worker at a time: an event whose entity has a live lease
+        # elsewhere waits, so two workers never race on its vectors and record.
+        busy = SyncEvent.objects.filter(label=OuterRef("label"), uid=OuterRef("uid"),
+                                        status=Status.IN_FLIGHT, lease_expires_at__gte=now)
+        ready = SyncEvent.objects.filter(_claimable(now)).exclude(Exists(busy))
         if max_priority is not None:
             ready = ready.filter(priority__lte=max_priority)
         aged_slots = max(1, int(limit * STARVATION_SHARE)) if max_priority is None else 0

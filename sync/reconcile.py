@@ -249,10 +249,17 @@ class Reconciler:
 
     # --- records ---------------------------------------------------------------------------------
     def check_records(self, label: str, graph_uids: set[str]) -> None:
-        """Our records must not claim entities that are gone."""
-        gone = (SyncRecord.objects.filter(label=label).exclude(status=SyncRecord.Status.DELETED)
-                .values_list("uid", flat=True))
+        """Our records must not claim entities that are gone.
+
+        Only records older than this run count, and the graph is asked again: an entity created
+        during the label scan is not in `graph_uids` yet is very much alive.
+        """
+        gone = (SyncRecord.objects.filter(label=label, updated_at__lt=self.run.started_at)
+                .exclude(status=SyncRecord.Status.DELETED).values_list("uid", flat=True))
         vanished = [uid for uid in gone.iterator(chunk_size=5000) if uid not in graph_uids]
+        if vanished:
+            alive = self.graph.get_entities([(label, uid) for uid in vanished])
+            vanished = [uid for uid in vanished if (label, uid) not in alive]
         self.run.records_checked += SyncRecord.objects.filter(label=label).count()
         if vanished and not self.run.dry_run:
             for start in range(0, len(vanished), 500):
@@ -328,15 +335,17 @@ def _incremental(r: Reconciler) -> None:
         after = (changes[-1].updated_at, f"{changes[-1].label}:{changes[-1].uid}")
     keys |= set(SyncRecord.objects.filter(updated_at__gte=r.run.window_start).values_list("label", "uid"))
     keys = {k for k in keys if policy_for(k[0]).synced}
-    entities = r.graph.get_entities(sorted(keys))
     candidate_ids: set[str] = set()
     chunk_counts = _chunk_counts(keys)
     for key in keys:
-        count = chunk_counts.get(key, 1)
-        candidate_ids |= {ids.vector_id(*key)} | {ids.vector_id(*key, n) for n in range(max(count, 1))}
-        if key not in entities:
-            candidate_ids |= set(r.vectors.list_ids(ids.entity_prefix(*key)))
+        # The ids our records know of, fetched in batches (no per-entity listing); chunks beyond
+        # them are found by the full run, which lists every id.
+        count = max(chunk_counts.get(key, 1), 1)
+        candidate_ids |= {ids.vector_id(*key)} | {ids.vector_id(*key, n) for n in range(count)}
+    # Vectors first, then the graph (as in a full run): a write landing in between makes the graph
+    # look newer (repaired by a resync), never the vector look ahead of it.
     stored = r.scan_vectors(sorted(candidate_ids))
+    entities = r.graph.get_entities(sorted(keys))
     for key in keys:
         r.compare(entities.get(key), key, stored.pop(key, None))
 

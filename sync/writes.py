@@ -179,7 +179,14 @@ def _after_vector_failure(saga: SagaLog, previous: Entity | None, entity: Entity
         raise CompensationFailed(
             f"{entity.label}:{entity.uid}: the vector write failed and the graph could not be "
             f"restored ({undo_error}); saga {saga.pk}", saga) from exc
-    saga.step("compensate", True, "node deleted" if previous is None else f"node back to v{previous.version}")
+    # The failed write may have reached the store after all (a timed-out request that landed):
+    # the normal path now replaces whatever is there with the restored state, or deletes it.
+    restored = graph_store().get_entities([entity.key]).get(entity.key)
+    queue.enqueue(queue.Work(entity.label, entity.uid, operation="upsert" if restored else "delete",
+                             version=restored.version if restored else entity.version + 1,
+                             priority=queue.priority_of(entity.label), source="compensation"))
+    saga.step("compensate", True, "node deleted" if previous is None
+              else f"node content back to v{previous.version} (as v{restored.version if restored else '?'})")
     _finish(saga, SagaLog.Status.COMPENSATED, error=str(exc))
     raise SyncWriteError(
         f"{entity.label}:{entity.uid} was not written: the vector store failed ({exc}) and the "

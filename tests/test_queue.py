@@ -161,3 +161,13 @@ def test_the_worker_flushes_at_size_or_interval_and_never_holds_high_work():
     assert should_flush(ReadyWork(1, True, 0.0), batch_size=100, flush_interval=5)
     assert high_only(ReadyWork(10, True, 1.0), batch_size=100, flush_interval=5)
     assert not high_only(ReadyWork(10, True, 6.0), batch_size=100, flush_interval=5)
+
+
+def test_an_entity_in_flight_is_not_claimed_by_a_second_worker():
+    queue.enqueue(Work("ThreatActor", "apt29", version=1))
+    [first] = queue.claim_batch("w1", 10)
+    queue.enqueue(Work("ThreatActor", "apt29", version=2))
+    queue.enqueue(Work("ThreatActor", "apt28", version=1))
+    assert [e.uid for e in queue.claim_batch("w2", 10)] == ["apt28"]
+    queue.ack([first], "upserted")
+    assert [e.version for e in queue.claim_batch("w2", 10)] == [2]

@@ -55,9 +55,12 @@ def test_a_failed_vector_write_restores_the_previous_state(synced_graph, vectors
     with pytest.raises(SyncWriteError):
         write_entity("KEV", "CVE-2021-44228", {"severity": "low", "notes": "downgraded"}, source="other")
     entity = node(synced_graph, "KEV", "CVE-2021-44228")
-    assert entity.version == 1
+    assert entity.version == 3  # v1 content, restored as a new version: versions never go back
     assert entity.properties["severity"] == "critical" and "notes" not in entity.properties
+    assert entity.properties["source"] == "cisa-kev"
     assert SagaLog.objects.latest("id").status == SagaLog.Status.COMPENSATED
+    # The normal path re-applies the restored state, in case the failed write landed after all.
+    assert SyncEvent.objects.get(status="queued").source == "compensation"
 
 
 def test_a_compensation_that_fails_is_recorded_and_raised(synced_graph, vectors, graph):

@@ -517,8 +517,10 @@ class Neo4jGraphStore:
         """Saga compensation: undo a write of ours that is still the node's latest change.
 
         Only if the node is still at `expected_version` (the version our write produced; else
-        VersionConflict): put back exactly `previous` — its properties, dropping any added since, and
-        its version — stamped now so that change capture reads the restored state again.
+        VersionConflict): put back exactly `previous`'s properties, dropping any added since, as
+        version `expected_version + 1` stamped now. Versions never go backwards: had the failed
+        vector write landed after all, the restored state is newer than it and replaces it through
+        the normal path, where the version guard would otherwise keep the undone content.
         `previous=None` means our write created the node: delete it, leaving a tombstone.
         """
         check_label(label)
@@ -529,7 +531,7 @@ class Neo4jGraphStore:
                 raise ValueError(f"cannot restore {previous.label}:{previous.uid} onto {label}:{uid}")
             props = {key: value for key, value in previous.properties.items() if key != "updated_at"}
             check_properties(props, allow_reserved=True)
-            props.update(uid=uid, version=previous.version)
+            props.update(uid=uid, version=expected_version + 1)
 
         def work(tx: ManagedTransaction) -> Entity | None:
             current, _ = self._lock(tx, label, uid, create=False)
