@@ -184,6 +184,9 @@ class LabelPolicy:
     metadata_fields: tuple[str, ...] = ()  # the allow-list
     on_vector_failure: VectorFailure = VectorFailure.QUEUE
     description: str = ""
+    # Free text about people's employers can quote a contact: e-mail addresses and phone numbers
+    # are redacted from its text and metadata before anything leaves the graph.
+    redact_contacts: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, str) or not self.label:
@@ -291,6 +294,7 @@ _POLICIES = (
         text_fields=_DOCUMENT_TEXT,
         metadata_fields=("title", "doc_type", "published", "prospect_uid", "tags"),
         description="A document gathered about a prospect; long bodies are embedded in chunks.",
+        redact_contacts=True,
     ),
     LabelPolicy(
         "Prospect", True, "prospect", Priority.LOW, WriteMode.WRITE_THROUGH,
@@ -303,6 +307,7 @@ _POLICIES = (
             "country, size band, tier and name travel as metadata. Contacts, revenue, deal "
             "values, budgets, credit terms and notes never leave the graph."
         ),
+        redact_contacts=True,
     ),
     LabelPolicy("Contact", False, "person",
                 description="People: names and contact details are personal data and never leave the graph."),
@@ -332,6 +337,25 @@ def synced_labels() -> tuple[str, ...]:
     """The labels that reach the vector index, HIGH priority first, then by name."""
     return tuple(p.label for p in sorted(
         (p for p in POLICY.values() if p.synced), key=lambda p: (p.priority.rank, p.label)))
+
+
+# --- contact details -------------------------------------------------------------------------
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+PHONE = re.compile(r"\+\d[\d ().-]{7,}\d")  # international form; bare digit runs are dates and ids
+REDACTED_EMAIL, REDACTED_PHONE = "[e-mail redacted]", "[phone redacted]"
+
+
+def has_contact_details(value: Any) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, str) and (EMAIL.search(v) or PHONE.search(v)) for v in values)
+
+
+def redact_contacts(value: Any) -> Any:
+    if isinstance(value, list):
+        return [redact_contacts(v) for v in value]
+    if isinstance(value, str):
+        return PHONE.sub(REDACTED_PHONE, EMAIL.sub(REDACTED_EMAIL, value))
+    return value
 
 
 # --- cleaning --------------------------------------------------------------------------------
@@ -551,7 +575,8 @@ def build_text(policy: LabelPolicy, properties: Mapping[str, Any]) -> str:
             text = _scalar_text(where, value)
         if text:
             lines.append(f"{caption}: {text}")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    return redact_contacts(text) if policy.redact_contacts else text
 
 
 # --- metadata --------------------------------------------------------------------------------
@@ -611,7 +636,7 @@ def allowed_metadata(policy: LabelPolicy, properties: Mapping[str, Any]) -> dict
             raise ValueError(f"{policy.label}.{name} looks like personal or financial data")
         value = _metadata_value(f"{policy.label}.{name}", properties.get(name))
         if value is not None:
-            metadata[name] = value
+            metadata[name] = redact_contacts(value) if policy.redact_contacts else value
     return metadata
 
 

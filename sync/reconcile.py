@@ -24,7 +24,6 @@ Entities with queued or in-flight events are work in progress, not drift.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -38,7 +37,14 @@ from sync import conflicts, ids, queue
 from sync.embedding import content_hash
 from sync.metrics import CONSISTENCY_VIOLATIONS
 from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord
-from sync.policy import ENGINE_KEYS, allowed_metadata, build_text, policy_for, synced_labels
+from sync.policy import (
+    ENGINE_KEYS,
+    allowed_metadata,
+    build_text,
+    has_contact_details,
+    policy_for,
+    synced_labels,
+)
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity
 
@@ -59,11 +65,6 @@ SAMPLES_PER_KIND = 5
 # Metadata fields are compared only below this size: above it, build_document shrinks them to fit
 # Pinecone's 40 KB limit and a field-by-field comparison would report drift that is not there.
 COMPARABLE_METADATA_BYTES = 30_000
-# Labels whose vectors must never carry contact details, whatever the field is called. (Threat
-# intelligence may legitimately carry e-mail indicators, so the value check is not global.)
-PRIVATE_LABELS = frozenset({"Prospect", "Artifact"})
-EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-PHONE = re.compile(r"\+\d[\d ().-]{7,}\d")  # international form; bare digit runs are dates and ids
 
 
 @dataclass
@@ -122,8 +123,8 @@ class Reconciler:
                                          f"label {label or '?'} is never synced", [vid]))
             return
         extra = sorted(set(metadata) - set(policy.metadata_fields) - set(ENGINE_KEYS))
-        private = label in PRIVATE_LABELS and any(_looks_private(v) for k, v in metadata.items()
-                                                  if k == "text" or k not in ENGINE_KEYS)
+        private = policy.redact_contacts and any(has_contact_details(v) for k, v in metadata.items()
+                                                 if k == "text" or k not in ENGINE_KEYS)
         if extra or private:
             detail = ("fields outside the allow-list: " + ", ".join(extra) if extra
                       else "an e-mail address or phone number in the metadata")
@@ -379,11 +380,6 @@ def _identity(vid: str, metadata: dict) -> tuple[str | None, str | None]:
     if label is None and isinstance(metadata.get("label"), str):
         label = metadata["label"]
     return label, uid
-
-
-def _looks_private(value: Any) -> bool:
-    values = value if isinstance(value, list) else [value]
-    return any(isinstance(v, str) and (EMAIL.search(v) or PHONE.search(v)) for v in values)
 
 
 def _int(value: Any, default: int = 0) -> int:

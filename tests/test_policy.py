@@ -346,3 +346,21 @@ def test_it_refuses_malformed_entities_by_name(changes, message):
     base = entity("ThreatActor", "apt29", name="APT29")
     with pytest.raises(ValueError, match=message):
         build_document(dataclasses.replace(base, **changes))
+
+
+def test_contact_details_in_prospect_text_are_redacted_before_they_leave_the_graph():
+    from datetime import UTC, datetime
+
+    from sync.policy import build_document
+    from sync.stores.base import Entity
+
+    entity = Entity("Prospect", "acme", 3, datetime(2026, 1, 1, tzinfo=UTC), {
+        "uid": "acme", "name": "Acme", "sector": "energy",
+        "description": "Reach Jane at jane.doe@acme.example or +44 20 7946 0958 for the pilot."})
+    document = build_document(entity)
+    assert "jane.doe@acme.example" not in document.text and "7946" not in document.text
+    assert "[e-mail redacted]" in document.text and "[phone redacted]" in document.text
+    assert all("@acme.example" not in str(chunk.metadata) for chunk in document.chunks)
+    threat = Entity("ThreatIntel", "ti-1", 1, datetime(2026, 1, 1, tzinfo=UTC), {
+        "uid": "ti-1", "title": "Phish", "indicators": ["billing@evil.example"]})
+    assert "billing@evil.example" in build_document(threat).text  # indicators are threat data, kept
