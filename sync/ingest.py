@@ -85,7 +85,7 @@ def _value(key: Any, value: Any, where: str) -> Any:
     field = f"{where}properties.{key}"
     if not isinstance(key, str) or not KEY_RE.match(key):
         raise IngestError("property names are letters, digits and _ (up to 64)", field)
-    if key in RESERVED:
+    if key in RESERVED or key.endswith("_source"):
         raise IngestError(f"`{key}` is set by the sync engine, not by callers", field)
     if value is None or isinstance(value, bool | int):
         return value

@@ -179,17 +179,29 @@ def propose(kind: str, label: str, graph: Side, incoming: Side) -> Proposal:
     return proposal
 
 
+def provenance_key(name: str) -> str:
+    """The graph property recording which source (or rule) set a governed field's value."""
+    return f"{name}_source"
+
+
+def provenance(current: Mapping[str, Any], name: str) -> str:
+    return str(current.get(provenance_key(name)) or current.get("source") or "")
+
+
 def disputes(label: str, current: Mapping[str, Any], incoming: Mapping[str, Any],
              incoming_source: str) -> dict[str, list[str]]:
-    """Governed fields where another source's stored value disagrees: kind -> fields."""
+    """Governed fields where a value set by another source disagrees: kind -> fields.
+
+    Provenance is per field: the node's `source` says who wrote last, not who set each value,
+    and a value a rule kept must keep being defended against the source it overruled.
+    """
     governed = GOVERNED.get(label, {})
-    if not governed or current.get("source") == incoming_source:
-        return {}  # a source updating its own value is an update, not a conflict
     found: dict[str, list[str]] = {}
     for name, value in incoming.items():
         kind = governed.get(name)
         stored = current.get(name)
-        if kind and stored is not None and value is not None and _differs(stored, value):
+        if (kind and stored is not None and value is not None and _differs(stored, value)
+                and provenance(current, name) != incoming_source):  # a source may update its own value
             found.setdefault(kind, []).append(name)
     return found
 

@@ -76,6 +76,9 @@ def write_entity(label: str, uid: str, properties: dict[str, Any], *, source: st
                 settled, pending = _settle(current, settled, source, confidence)
                 # Rules decided against this version: a concurrent write must not slip in between.
                 guard = current.version if expected_version is None else expected_version
+        for name in rules.GOVERNED.get(label, {}):
+            if name in settled:  # whoever writes a governed value owns it, unless a rule said otherwise
+                settled.setdefault(rules.provenance_key(name), source)
         try:
             outcome = _write(label, uid, settled, source=source, confidence=confidence,
                              expected_version=guard, actor=actor)
@@ -94,22 +97,33 @@ def _settle(current: Entity, incoming: dict[str, Any], source: str, confidence: 
     to record once the write has its version."""
     pending = []
     props = current.properties
-    graph_meta = dict(source=str(props.get("source") or ""), confidence=props.get("confidence"),
-                      updated_at=current.updated_at)
+    governed = rules.GOVERNED.get(current.label, {})
+    # Who sets each governed value this write carries: the caller, unless a rule decides below.
+    origin = {name: source for name in incoming if name in governed}
     for kind, fields in rules.disputes(current.label, props, incoming, source).items():
-        graph_side = rules.Side({f: props.get(f) for f in fields}, **graph_meta)
+        graph_side = rules.Side({f: props.get(f) for f in fields}, rules.provenance(props, fields[0]),
+                                props.get("confidence"), current.updated_at)
         other = rules.Side({f: incoming[f] for f in fields}, source, confidence, None)
         proposal = rules.propose(kind, current.label, graph_side, other)
         if proposal.ask_analyst:
             for name in fields:
                 incoming.pop(name)  # the graph keeps its value until an analyst decides
+                origin.pop(name)
             pending.append(lambda entity, k=kind, g=graph_side, o=other, p=proposal: conflicts.open_conflict(
                 k, entity.label, entity.uid, graph_version=entity.version, graph_side=dict(g.values),
                 other_side=dict(o.values), graph_meta=g, other_meta=o, proposal=p))
-        else:
-            incoming.update(proposal.values)
-            pending.append(lambda entity, k=kind, g=graph_side, o=other, p=proposal:
-                           conflicts.record_auto_resolved(k, entity, g, o, p))
+            continue
+        for name in fields:
+            value = proposal.values.get(name)
+            if value == props.get(name):
+                incoming.pop(name)  # the graph's value stands, and so does its provenance
+                origin.pop(name)
+            else:
+                incoming[name] = value
+                origin[name] = source if value == other.values[name] else f"rule:{proposal.rule}"
+        pending.append(lambda entity, k=kind, g=graph_side, o=other, p=proposal:
+                       conflicts.record_auto_resolved(k, entity, g, o, p))
+    incoming.update({rules.provenance_key(name): who for name, who in origin.items()})
     return incoming, pending
 
 

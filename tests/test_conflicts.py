@@ -111,3 +111,15 @@ def test_dismissing_is_idempotent_and_audited(open_conflict, analyst):
     assert conflicts.dismiss(open_conflict.pk, actor=analyst, note="noise").changed
     assert not conflicts.dismiss(open_conflict.pk, actor=analyst).changed
     assert AuditEntry.objects.filter(action="conflict.dismiss").count() == 1
+
+
+def test_a_value_a_rule_kept_stays_defended_against_the_source_it_overruled(synced_graph, vectors):
+    write_entity("KEV", "CVE-2024-3400", {"cve_id": "CVE-2024-3400", "severity": "critical"}, source="cisa-kev")
+    write_entity("KEV", "CVE-2024-3400", {"severity": "low"}, source="blog")  # kept: highest severity
+    write_entity("KEV", "CVE-2024-3400", {"severity": "low"}, source="blog")  # the same source again
+    kev = entity(synced_graph, "KEV", "CVE-2024-3400")
+    assert kev.properties["severity"] == "critical"
+    assert kev.properties["severity_source"] == "cisa-kev" and kev.properties["source"] == "blog"
+    assert Conflict.objects.filter(status="auto_resolved").count() == 2
+    write_entity("KEV", "CVE-2024-3400", {"severity": "high"}, source="cisa-kev")  # the owner may update it
+    assert entity(synced_graph, "KEV", "CVE-2024-3400").properties["severity"] == "high"
