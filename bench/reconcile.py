@@ -83,8 +83,9 @@ def inject(count: int, fraction: float) -> dict[str, set[str]]:
         label = LABELS[victim % len(LABELS)]
         uid = f"{label.lower()}-{victim // len(LABELS):06d}"
         injected[kinds[i % len(kinds)]].add(f"{label}:{uid}")
-    template = store.fetch([vector_id("ThreatActor", "threatactor-000000")])
-    base = next(iter(template.values()))
+    # An orphan looks like a real vector of its label (so it is an orphan, not a policy violation).
+    templates = {label: store.fetch([vector_id(label, f"{label.lower()}-000000")])[
+        vector_id(label, f"{label.lower()}-000000")] for label in LABELS}
 
     def vid(key):
         label, uid = key.split(":", 1)
@@ -96,8 +97,9 @@ def inject(count: int, fraction: float) -> dict[str, set[str]]:
         label, uid = key.split(":", 1)
         orphans[key] = f"{label}:ghost-{uid}"
     injected["orphan_vector"] = set(orphans.values())
-    store.upsert([VectorRecord(vid(k), base.values, {**base.metadata, "label": k.split(":")[0],
-                                                     "uid": k.split(":", 1)[1]}) for k in orphans.values()])
+    store.upsert([VectorRecord(vid(k), templates[k.split(":")[0]].values,
+                               {**templates[k.split(":")[0]].metadata, "uid": k.split(":", 1)[1]})
+                  for k in orphans.values()])
     for key in injected["stale_vector"]:
         label, uid = key.split(":", 1)
         graph.driver.execute_query(f"MATCH (n:{label} {{uid: $uid}}) SET n.version = n.version + 1", uid=uid,
