@@ -1,17 +1,7 @@
 import pytest
 
-from sync.stores import graph_store, use_graph_store, use_vector_store
+from sync.stores import graph_store, use_graph_store
 from sync.stores.neo4j_graph import Neo4jGraphStore
-
-
-@pytest.fixture
-def local_vectors(tmp_path):
-    from sync.stores.local_store import LanceVectorStore
-
-    store = LanceVectorStore(tmp_path / "lancedb", table="health", dimension=384)
-    use_vector_store(store)
-    yield store
-    use_vector_store(None)
 
 
 @pytest.fixture
@@ -24,7 +14,7 @@ def unreachable_graph(neo4j_driver):
     use_graph_store(real)
 
 
-def test_it_reports_both_stores_reachable(client, neo4j_driver, local_vectors):
+def test_it_reports_both_stores_reachable(client, neo4j_driver, vectors):
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.json()
@@ -35,7 +25,7 @@ def test_it_reports_both_stores_reachable(client, neo4j_driver, local_vectors):
     assert body["services"]["vector_store"]["kind"] == "LanceDB"
 
 
-def test_it_reports_an_unreachable_graph(client, unreachable_graph, local_vectors):
+def test_it_reports_an_unreachable_graph(client, unreachable_graph, vectors):
     response = client.get("/healthz")
     assert response.status_code == 503
     body = response.json()

@@ -1,21 +1,12 @@
 import pytest
 from django.contrib.auth.models import User
 
-from sync.stores import use_vector_store
-
 
 @pytest.fixture
 def analyst(db):
     return User.objects.create_user("analyst", password="correct horse battery")
 
 
-@pytest.fixture
-def local_vectors(tmp_path):
-    from sync.stores.local_store import LanceVectorStore
-
-    use_vector_store(LanceVectorStore(tmp_path / "lancedb", table="home", dimension=384))
-    yield
-    use_vector_store(None)
 
 
 def test_it_requires_login(client, db):
@@ -24,7 +15,7 @@ def test_it_requires_login(client, db):
     assert response["Location"].startswith("/accounts/login/")
 
 
-def test_it_shows_the_connected_services(client, analyst, neo4j_driver, local_vectors, settings):
+def test_it_shows_the_connected_services(client, analyst, neo4j_driver, vectors, settings):
     client.force_login(analyst)
     response = client.get("/")
     page = response.content.decode()
