@@ -23,7 +23,7 @@ from django.utils import timezone
 from sync import ids, queue
 from sync.embedding import get_embedder
 from sync.metrics import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
-from sync.models import Priority, SyncEvent, SyncRecord
+from sync.models import Priority, SyncEvent, SyncRecord, for_entities
 from sync.policy import MAX_UID_CHARS, build_document
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, RetryableStoreError, StoreError, VectorRecord
@@ -155,15 +155,8 @@ def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
 
 
 def _records(plans: dict[tuple[str, str], _Plan]) -> dict[tuple[str, str], SyncRecord]:
-    by_label: dict[str, list[str]] = {}
-    for label, uid in plans:
-        by_label.setdefault(label, []).append(uid)
-    found = {}
-    for label, uids in by_label.items():
-        for start in range(0, len(uids), 500):
-            for record in SyncRecord.objects.filter(label=label, uid__in=uids[start:start + 500]):
-                found[(record.label, record.uid)] = record
-    return found
+    return {(record.label, record.uid): record
+            for rows in for_entities(SyncRecord.objects.all(), plans) for record in rows}
 
 
 def _recorded_ids(key: tuple[str, str], chunk_count: int) -> set[str]:

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from sync import queue
 from sync.apply import check_key
-from sync.models import ChangeCursor, SyncEvent, SyncRecord
+from sync.models import ChangeCursor, SyncEvent, SyncRecord, for_entities
 from sync.policy import synced_labels
 from sync.stores import graph_store
 from sync.stores.base import Change
@@ -146,37 +146,28 @@ def _enqueue(changes: list[Change]) -> tuple[int, int]:
     return len(work), skipped
 
 
-def _by_label(changes: list[Change]) -> dict[str, list[str]]:
-    by_label: dict[str, list[str]] = {}
-    for change in changes:
-        by_label.setdefault(change.label, []).append(change.uid)
-    return by_label
+def _keys(changes: list[Change]) -> list[tuple[str, str]]:
+    return [(change.label, change.uid) for change in changes]
 
 
 def _sync_state(changes: list[Change]) -> dict[tuple[str, str], tuple[str, int]]:
     """(status, version handled) per entity from our records, read in one query per label."""
     found: dict[tuple[str, str], tuple[str, int]] = {}
-    for label, uids in _by_label(changes).items():
-        for start in range(0, len(uids), 500):
-            rows = SyncRecord.objects.filter(label=label, uid__in=uids[start:start + 500]).values_list(
-                "uid", "status", "vector_version", "graph_version")
-            for uid, status, vector_version, graph_version in rows:
-                handled = vector_version if status == SyncRecord.Status.IN_SYNC else graph_version
-                found[(label, uid)] = (status, handled or 0)
+    for records in for_entities(SyncRecord.objects.all(), _keys(changes)):
+        rows = records.values_list("label", "uid", "status", "vector_version", "graph_version")
+        for label, uid, status, vector_version, graph_version in rows:
+            handled = vector_version if status == SyncRecord.Status.IN_SYNC else graph_version
+            found[(label, uid)] = (status, handled or 0)
     return found
 
 
 def _pending_versions(changes: list[Change]) -> dict[tuple[str, str], int]:
     """The newest version a queued or in-flight event already carries, per entity."""
     found: dict[tuple[str, str], int] = {}
-    for label, uids in _by_label(changes).items():
-        for start in range(0, len(uids), 500):
-            rows = SyncEvent.objects.filter(
-                label=label, uid__in=uids[start:start + 500],
-                status__in=[SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT],
-            ).values_list("uid", "version")
-            for uid, version in rows:
-                found[(label, uid)] = max(found.get((label, uid), -1), version or -1)
+    pending = SyncEvent.objects.filter(status__in=[SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT])
+    for events in for_entities(pending, _keys(changes)):
+        for label, uid, version in events.values_list("label", "uid", "version"):
+            found[(label, uid)] = max(found.get((label, uid), -1), version or -1)
     return found
 
 

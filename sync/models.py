@@ -12,6 +12,17 @@ from django.db.models import Q
 from django.utils import timezone
 
 
+def for_entities(queryset, keys, size: int = 500):
+    """`queryset` restricted to the (label, uid) keys: one query per label and `size` uids, so a
+    batch of thousands of entities never builds one oversized IN clause."""
+    by_label: dict[str, list[str]] = {}
+    for label, uid in keys:
+        by_label.setdefault(label, []).append(uid)
+    for label, uids in by_label.items():
+        for start in range(0, len(uids), size):
+            yield queryset.filter(label=label, uid__in=uids[start:start + size])
+
+
 class Priority(models.IntegerChoices):
     # Lower sorts first: workers claim HIGH before MEDIUM before LOW.
     HIGH = 0, "high"

@@ -24,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, Min, OuterRef, Q
 from django.utils import timezone
 
-from sync.models import AuditEntry, Priority, SyncEvent
+from sync.models import AuditEntry, Priority, SyncEvent, for_entities
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +143,8 @@ def _enqueue_folded(folded: dict[tuple[str, str], Work]) -> EnqueueResult:
 
 
 def _queued_events(keys: Sequence[tuple[str, str]]) -> list[SyncEvent]:
-    by_label: dict[str, list[str]] = {}
-    for label, uid in keys:
-        by_label.setdefault(label, []).append(uid)
-    events: list[SyncEvent] = []
-    for label, uids in by_label.items():
-        for start in range(0, len(uids), 500):
-            events.extend(SyncEvent.objects.filter(
-                status=Status.QUEUED, label=label, uid__in=uids[start:start + 500]))
+    events = [event for rows in for_entities(SyncEvent.objects.filter(status=Status.QUEUED), keys)
+              for event in rows]
     for event in events:
         event.key = (event.label, event.uid)
     return events

@@ -36,7 +36,7 @@ from django.utils import timezone
 from sync import conflicts, ids, queue
 from sync.embedding import content_hash
 from sync.metrics import CONSISTENCY_VIOLATIONS
-from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord
+from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
 from sync.policy import (
     ENGINE_KEYS,
     allowed_metadata,
@@ -352,16 +352,8 @@ def _incremental(r: Reconciler) -> None:
 
 
 def _chunk_counts(keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for label, uid in keys:
-        by_label[label].append(uid)
-    counts = {}
-    for label, uids in by_label.items():
-        for start in range(0, len(uids), 500):
-            for uid, n in SyncRecord.objects.filter(label=label, uid__in=uids[start:start + 500]).values_list(
-                    "uid", "chunk_count"):
-                counts[(label, uid)] = n
-    return counts
+    return {(label, uid): n for records in for_entities(SyncRecord.objects.all(), keys)
+            for label, uid, n in records.values_list("label", "uid", "chunk_count")}
 
 
 def _pending_keys() -> set[tuple[str, str]]:
