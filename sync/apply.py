@@ -130,7 +130,6 @@ def apply_now(entity: Entity) -> str:
     Returns the outcome (upserted, metadata_only, unchanged, excluded, stale).
     """
     plans = {entity.key: _Plan(key=entity.key, events=[], entity=entity)}
-    _build_documents(plans)
     counts = ApplyCounts()
     _run(plans, counts)
     plan = plans[entity.key]
@@ -151,7 +150,10 @@ def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
         # Only an in_sync record knows every chunk written; otherwise (failed part-way, or no
         # record) ask the store, so chunks of an older, longer text cannot be left behind.
         plan.list_store = record is None or record.status != RecordStatus.IN_SYNC
-    _write(_decide(plans, _fetch_existing(plans)), counts)
+    existing = _fetch_existing(plans)
+    _build_documents(plans, existing)
+    existing.update(_fetch_new_chunks(plans, existing))
+    _write(_decide(plans, existing), counts)
 
 
 def _records(plans: dict[tuple[str, str], _Plan]) -> dict[tuple[str, str], SyncRecord]:
@@ -173,16 +175,17 @@ def _read_graph(plans: dict[tuple[str, str], _Plan]) -> None:
     entities = graph_store().get_entities(list(plans))
     for key, plan in plans.items():
         plan.entity = entities.get(key)
-    _build_documents(plans)
 
 
-def _build_documents(plans: dict[tuple[str, str], _Plan]) -> None:
+def _build_documents(plans: dict[tuple[str, str], _Plan], existing: dict[str, VectorRecord]) -> None:
     for plan in plans.values():
+        if plan.outcome:
+            continue
         if plan.entity is None:
             plan.action = "delete"
             continue
         try:
-            plan.document = build_document(plan.entity)
+            plan.document = build_document(plan.entity, stored_snippets=_stored_snippets(plan, existing))
         except ValueError as exc:
             plan.outcome, plan.error, plan.permanent = "invalid", f"cannot build the document: {exc}", True
             continue
@@ -191,19 +194,54 @@ def _build_documents(plans: dict[tuple[str, str], _Plan]) -> None:
 
 
 def _fetch_existing(plans: dict[tuple[str, str], _Plan]) -> dict[str, VectorRecord]:
+    """The stored vectors of every entity in the batch: the ids its record knows, or lists."""
     wanted: set[str] = set()
     store = vector_store()
     for plan in plans.values():
         if plan.outcome:
             continue
-        wanted |= plan.previous_ids
-        if plan.document is not None:
-            wanted |= {chunk.vector_id for chunk in plan.document.chunks}
         if plan.list_store:
             prefix = ids.entity_prefix(*plan.key)
             plan.previous_ids |= {vid for vid in store.list_ids(prefix) if ids.belongs_to_entity(vid, *plan.key)}
-            wanted |= plan.previous_ids
+        wanted |= plan.previous_ids
     return store.fetch(sorted(wanted)) if wanted else {}
+
+
+def _fetch_new_chunks(plans: dict[tuple[str, str], _Plan], existing: dict[str, VectorRecord]) -> dict[str, VectorRecord]:
+    """Chunk ids a longer text now needs beyond those the record knew of: one of them may have
+    been written meanwhile by a newer dual-write, which the version guard must see. (A listed
+    entity's ids are all known already.)"""
+    wanted: set[str] = set()
+    for plan in plans.values():
+        if plan.outcome or plan.document is None or plan.list_store:
+            continue
+        wanted |= {chunk.vector_id for chunk in plan.document.chunks} - plan.previous_ids
+    return vector_store().fetch(sorted(wanted)) if wanted else {}
+
+
+def _stored_snippets(plan: _Plan, existing: dict[str, VectorRecord]):
+    """For build_document: the stored chunks' snippets when they hold exactly the text with this
+    content hash — every chunk present under the ids such a text gets, none extra — else None."""
+    present = [existing[vid] for vid in plan.previous_ids if vid in existing]
+
+    def snippets(digest: str) -> list[str] | None:
+        count = len(present)
+        if not count:
+            return None
+        by_chunk: dict[int, str] = {}
+        for record in present:
+            meta = record.metadata
+            chunk, text = _whole(meta.get("chunk")), meta.get("text")
+            if (meta.get("content_hash") != digest or _whole(meta.get("chunks")) != count
+                    or chunk is None or not isinstance(text, str)
+                    or record.id != ids.vector_id(*plan.key, None if count == 1 else chunk)):
+                return None
+            by_chunk[chunk] = text
+        if sorted(by_chunk) != list(range(count)):
+            return None
+        return [by_chunk[n] for n in range(count)]
+
+    return snippets
 
 
 @dataclass
@@ -246,6 +284,15 @@ def _decide(plans, existing) -> _Work:
             plan.outcome = "upserted"
         work.owner.update(dict.fromkeys(new_ids, plan))
     return work
+
+
+def _whole(value) -> int | None:
+    """A stored whole number (Pinecone hands numbers back as floats), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not value.is_integer():  # also NaN and infinities
+        return None
+    return int(value)
 
 
 def _version(record: VectorRecord) -> int:

@@ -73,7 +73,7 @@ import math
 import re
 import string
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from datetime import time as clock_time
@@ -651,7 +651,9 @@ def allowed_metadata(policy: LabelPolicy, properties: Mapping[str, Any]) -> dict
 class Chunk:
     index: int
     vector_id: str
-    text: str  # what is embedded
+    # What is embedded; None for a chunk rebuilt from the snippets already stored for this exact
+    # text (see `build_document`), whose stored vector is kept and must not be embedded again.
+    text: str | None
     metadata: Metadata  # what travels with the vector
 
 
@@ -677,8 +679,15 @@ class Document:
         return bool(self.chunks)
 
 
-def build_document(entity: Entity) -> Document | None:
-    """The entity as the vector index should see it; None when its label is never synced."""
+def build_document(entity: Entity, *,
+                   stored_snippets: Callable[[str], Sequence[str] | None] | None = None) -> Document | None:
+    """The entity as the vector index should see it; None when its label is never synced.
+
+    `stored_snippets(content_hash)` may return the `text` snippets of the chunks the vector store
+    already holds for exactly this text (same content hash), in chunk order: the text is then not
+    split again (tokenizing is most of the cost of a metadata-only update) and the chunks are
+    rebuilt from the snippets, with `text=None` since their vectors are kept as they are.
+    """
     policy = policy_for(entity.label)
     if not policy.synced:
         return None
@@ -694,11 +703,17 @@ def build_document(entity: Entity) -> Document | None:
 
     text = build_text(policy, entity.properties)
     digest = content_hash(text)
-    pieces = get_embedder().split(text) if text else []
+    snippets = list(stored_snippets(digest) or ()) if (text and stored_snippets) else []
+    pieces: list[str | None]
+    if snippets:
+        pieces = [None] * len(snippets)  # the stored vectors are kept: nothing to embed
+    else:
+        pieces = get_embedder().split(text) if text else []
+        snippets = pieces
     common = {"label": policy.label, "uid": uid, "version": entity.version, "content_hash": digest,
               "chunks": len(pieces), "updated_at": updated_at}
-    engine_parts = [{**common, "chunk": n, "text": truncate(piece, SNIPPET_MAX_CHARS)}
-                    for n, piece in enumerate(pieces)]
+    engine_parts = [{**common, "chunk": n, "text": truncate(snippet, SNIPPET_MAX_CHARS)}
+                    for n, snippet in enumerate(snippets)]
     room = METADATA_BUDGET_BYTES - max((_json_size(part) for part in engine_parts), default=0)
     shared = _fit(allowed_metadata(policy, entity.properties), room)
     single = len(pieces) == 1

@@ -159,6 +159,23 @@ def test_it_converts_foreign_temporal_values_to_plain_python(store, foreign):
     assert entity.version == 0
 
 
+def test_bulk_reads_give_updated_at_exactly_in_utc(store, foreign):
+    # Bulk reads send a zoned updated_at as epoch seconds + nanoseconds; the result must be the
+    # very instant the driver would hydrate (to the microsecond), in UTC.
+    foreign("CREATE (:Actor {uid: 'zoned', version: 4, updated_at: datetime('2024-01-02T03:04:05.123456789+02:00')})")
+    foreign("CREATE (:Actor {uid: 'named', version: 1, updated_at: datetime('2024-07-01T12:00:00.5[Europe/Paris]')})")
+    foreign("CREATE (:Actor {uid: 'text', version: 1, updated_at: 'yesterday'})")
+
+    expected = {"zoned": datetime(2024, 1, 2, 1, 4, 5, 123456, tzinfo=UTC),
+                "named": datetime(2024, 7, 1, 10, 0, 0, 500000, tzinfo=UTC), "text": None}
+    scanned = {e.uid: e for e in store.scan_label("Actor", None, 10)}
+    for uid, at in expected.items():
+        entity = one(store, "Actor", uid)
+        assert entity == scanned[uid]
+        assert entity.updated_at == at
+        assert entity.properties["updated_at"] == (at if at else "yesterday")
+
+
 def test_it_restarts_a_non_integer_version_left_by_another_tool(store, foreign):
     foreign("CREATE (:Actor {uid: 'junk', version: '3'})")
 

@@ -89,6 +89,45 @@ def test_a_metadata_only_change_is_not_embedded_again(synced_graph, vectors):
     assert stored(vectors, "ThreatActor", "lazarus").metadata["version"] == 2
 
 
+def test_a_metadata_only_change_reuses_the_stored_chunks_without_tokenizing(synced_graph, vectors, graph,
+                                                                           monkeypatch):
+    from sync.embedding import Embedder
+    from sync.policy import build_document
+
+    long_text = " ".join(f"Sentence {n} about the actor's tooling and infrastructure." for n in range(300))
+    graph.write_entity("Report", "r2", {"title": "Long", "summary": long_text, "doc_type": "report"}, source="t")
+    queue.enqueue(queue.Work("Report", "r2"))
+    worker.drain(idle_exit=0)
+    graph.write_entity("Report", "r2", {"doc_type": "advisory"}, source="t")
+    entity = graph.get_entities([("Report", "r2")])[("Report", "r2")]
+    expected = build_document(entity)
+    assert len(expected.chunks) > 2
+
+    def no_split(self, text):
+        raise AssertionError("the text was tokenized again")
+
+    monkeypatch.setattr(Embedder, "split", no_split)
+    queue.enqueue(queue.Work("Report", "r2"))
+    counts = worker.drain(idle_exit=0)
+    assert (counts.metadata_only, counts.embedded_chunks) == (1, 0)
+    written = vectors.fetch(expected.vector_ids)
+    assert {vid: r.metadata for vid, r in written.items()} == {c.vector_id: c.metadata for c in expected.chunks}
+
+
+def test_stored_chunks_that_do_not_cover_the_text_are_rebuilt(synced_graph, vectors, graph):
+    long_text = " ".join(f"Sentence {n} about the actor's tooling and infrastructure." for n in range(300))
+    graph.write_entity("Report", "r3", {"title": "Long", "summary": long_text}, source="t")
+    queue.enqueue(queue.Work("Report", "r3"))
+    worker.drain(idle_exit=0)
+    ids = sorted(vectors.list_ids("Report:"))
+    vectors.delete([ids[1]])  # one chunk lost behind our back; the record still says in_sync
+    graph.write_entity("Report", "r3", {"doc_type": "blog"}, source="t")
+    queue.enqueue(queue.Work("Report", "r3"))
+    counts = worker.drain(idle_exit=0)
+    assert counts.upserted == 1 and counts.embedded_chunks == len(ids)
+    assert sorted(vectors.list_ids("Report:")) == ids
+
+
 def test_an_older_version_never_overwrites_a_newer_vector(synced_graph, vectors, graph):
     graph.write_entity("ThreatActor", "sandworm", {"name": "Sandworm", "description": "first"}, source="t")
     graph.write_entity("ThreatActor", "sandworm", {"description": "second, newer"}, source="t")
