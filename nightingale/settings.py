@@ -204,6 +204,12 @@ EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=40
 
 # --- the sync engine ------------------------------------------------------------------------
 SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 100, minimum=1, maximum=1000)
+# A batch grows up to this while its work needs little embedding (metadata-only updates, deletes):
+# the stores' cost per call, not per entity, then decides throughput.
+SYNC_MAX_BATCH_SIZE = env_int("SYNC_MAX_BATCH_SIZE", 1000, minimum=1, maximum=5000)
+if SYNC_MAX_BATCH_SIZE < SYNC_BATCH_SIZE:
+    raise ImproperlyConfigured(
+        f"SYNC_MAX_BATCH_SIZE ({SYNC_MAX_BATCH_SIZE}) must be at least SYNC_BATCH_SIZE ({SYNC_BATCH_SIZE})")
 SYNC_FLUSH_INTERVAL = env_float("SYNC_FLUSH_INTERVAL", 5.0, minimum=0.0)
 SYNC_MAX_ATTEMPTS = env_int("SYNC_MAX_ATTEMPTS", 8, minimum=1)
 SYNC_VISIBILITY_TIMEOUT = env_int("SYNC_VISIBILITY_TIMEOUT", 300, minimum=1)

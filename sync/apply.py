@@ -43,6 +43,7 @@ class ApplyCounts:
     stale: int = 0  # dropped by the version guard
     retried: int = 0  # failed transiently, back in the queue
     dead: int = 0  # failed for good, in the dead-letter queue
+    deferred: int = 0  # needed embedding beyond the batch's embed_limit: handed back to the queue
     embedded_chunks: int = 0
     vectors_written: int = 0
     vectors_deleted: int = 0
@@ -55,7 +56,7 @@ class ApplyCounts:
     @property
     def events(self) -> int:
         return (self.upserted + self.metadata_only + self.unchanged + self.deleted + self.excluded
-                + self.stale + self.retried + self.dead)
+                + self.stale + self.retried + self.dead + self.deferred)
 
 
 @dataclass
@@ -79,7 +80,10 @@ class _Plan:
         return min((e.priority for e in self.events), default=Priority.HIGH)
 
 
-def apply_events(events: Sequence[SyncEvent]) -> ApplyCounts:
+def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None) -> ApplyCounts:
+    """Apply a claimed batch. At most `embed_limit` entities are embedded (None: all); events of
+    entities beyond it are handed back to the queue untouched, so a large batch claimed in the
+    expectation of cheap (metadata-only) work cannot turn into minutes of embedding."""
     started = time.monotonic()
     counts = ApplyCounts()
     if not events:
@@ -96,7 +100,7 @@ def apply_events(events: Sequence[SyncEvent]) -> ApplyCounts:
     valid = {key: plan for key, plan in plans.items() if not plan.error}
     try:
         _read_graph(valid)
-        _run(valid, counts)
+        _run(valid, counts, embed_limit)
     except Exception as exc:  # noqa: BLE001 — whatever broke, the batch's events must not stay in flight
         # A store failed as a whole (unreachable, rate limited, ...), or a bug: the batch retries
         # with backoff (idempotent writes make redoing the entities that got through safe), and
@@ -142,23 +146,25 @@ def apply_now(entity: Entity) -> str:
     return plan.outcome
 
 
-def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
+def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, embed_limit: int | None = None) -> None:
     records = _records(plans)
     for key, plan in plans.items():
-        record = records.get(key)
-        plan.previous_ids = _recorded_ids(key, record.chunk_count if record else 0)
+        status, chunk_count = records.get(key, (None, 0))
+        plan.previous_ids = _recorded_ids(key, chunk_count)
         # Only an in_sync record knows every chunk written; otherwise (failed part-way, or no
         # record) ask the store, so chunks of an older, longer text cannot be left behind.
-        plan.list_store = record is None or record.status != RecordStatus.IN_SYNC
+        plan.list_store = status != RecordStatus.IN_SYNC
     existing = _fetch_existing(plans)
     _build_documents(plans, existing)
     existing.update(_fetch_new_chunks(plans, existing))
-    _write(_decide(plans, existing), counts)
+    _write(_decide(plans, existing, embed_limit), counts)
 
 
-def _records(plans: dict[tuple[str, str], _Plan]) -> dict[tuple[str, str], SyncRecord]:
-    return {(record.label, record.uid): record
-            for rows in for_entities(SyncRecord.objects.all(), plans) for record in rows}
+def _records(plans: dict[tuple[str, str], _Plan]) -> dict[tuple[str, str], tuple[str, int]]:
+    """(status, chunk count) of each entity's sync record."""
+    return {(label, uid): (status, chunk_count)
+            for rows in for_entities(SyncRecord.objects.all(), plans)
+            for label, uid, status, chunk_count in rows.values_list("label", "uid", "status", "chunk_count")}
 
 
 def _recorded_ids(key: tuple[str, str], chunk_count: int) -> set[str]:
@@ -252,9 +258,10 @@ class _Work:
     owner: dict = field(default_factory=dict)  # vector id -> plan, for per-record failures
 
 
-def _decide(plans, existing) -> _Work:
+def _decide(plans, existing, embed_limit: int | None = None) -> _Work:
     """Split the batch into texts to embed, metadata to rewrite and ids to delete."""
     work = _Work()
+    embedding = 0
     for plan in plans.values():
         if plan.outcome:
             continue
@@ -270,11 +277,16 @@ def _decide(plans, existing) -> _Work:
         if stored_version > document.version:
             plan.outcome = "stale"  # a newer graph version is already in the store
             continue
-        # Surplus chunks of a text that shrank (or went from one chunk to several).
-        work.to_delete |= present.keys() - new_ids
         same_content = bool(new_ids) and all(
             vid in present and present[vid].metadata.get("content_hash") == document.content_hash
             for vid in new_ids)
+        if new_ids and not same_content:
+            if embed_limit is not None and embedding >= embed_limit:
+                plan.outcome = "deferred"
+                continue
+            embedding += 1
+        # Surplus chunks of a text that shrank (or went from one chunk to several).
+        work.to_delete |= present.keys() - new_ids
         if same_content:
             changed = {c.vector_id: c.metadata for c in document.chunks if present[c.vector_id].metadata != c.metadata}
             work.to_update.update(changed)
@@ -335,7 +347,12 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
     done: dict[str, list[SyncEvent]] = {}
     records: list[SyncRecord] = []
     failed: list[_Plan] = []
+    deferred: list[SyncEvent] = []
     for plan in plans.values():
+        if plan.outcome == "deferred" and not plan.error:
+            deferred.extend(plan.events)
+            counts.deferred += 1
+            continue
         if plan.error:
             # The record is saved before the event is requeued: once requeued, another worker may
             # claim it at once, and its newer record must not be overwritten by this failure.
@@ -357,6 +374,7 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
         _save_records(records)
         for outcome, events in done.items():
             queue.ack(events, outcome)
+    queue.release(deferred)
     for plan in failed:
         for event in plan.events:
             if queue.fail(event, plan.error, permanent=plan.permanent,
@@ -389,17 +407,11 @@ def _record(plan: _Plan, status: str, now, error: str = "") -> SyncRecord:
 
 
 def _save_records(records: list[SyncRecord]) -> None:
-    ok = [r for r in records if r.status != RecordStatus.FAILED]
-    failed = [r for r in records if r.status == RecordStatus.FAILED]
-    if ok:
-        SyncRecord.objects.bulk_create(
-            ok, batch_size=500, update_conflicts=True, unique_fields=["label", "uid"],
-            update_fields=["graph_version", "vector_version", "content_hash", "chunk_count", "status",
-                           "changed_at", "synced_at", "last_error", "updated_at"],
-        )
-    if failed:
-        # A failure must not erase what we know was written before: keep vector fields as they are.
-        SyncRecord.objects.bulk_create(
-            failed, batch_size=500, update_conflicts=True, unique_fields=["label", "uid"],
-            update_fields=["graph_version", "status", "changed_at", "last_error", "updated_at"],
-        )
+    # A failure must not erase what we know was written before: keep vector fields as they are.
+    SyncRecord.upsert([r for r in records if r.status != RecordStatus.FAILED], RECORD_FIELDS)
+    SyncRecord.upsert([r for r in records if r.status == RecordStatus.FAILED], FAILED_RECORD_FIELDS)
+
+
+RECORD_FIELDS = ("graph_version", "vector_version", "content_hash", "chunk_count", "status", "changed_at",
+                 "synced_at", "last_error")
+FAILED_RECORD_FIELDS = ("graph_version", "status", "changed_at", "last_error")

@@ -353,14 +353,18 @@ REDACTED_EMAIL, REDACTED_PHONE = "[e-mail redacted]", "[phone redacted]"
 
 def has_contact_details(value: Any) -> bool:
     values = value if isinstance(value, list) else [value]
-    return any(isinstance(v, str) and (EMAIL.search(v) or PHONE.search(v)) for v in values)
+    return any(isinstance(v, str) and (("@" in v and EMAIL.search(v)) or ("+" in v and PHONE.search(v)))
+               for v in values)
 
 
 def redact_contacts(value: Any) -> Any:
     if isinstance(value, list):
         return [redact_contacts(v) for v in value]
     if isinstance(value, str):
-        return PHONE.sub(REDACTED_PHONE, EMAIL.sub(REDACTED_EMAIL, value))
+        # Each pattern needs its "@" or "+": without one, a long text need not be scanned.
+        if "@" in value:
+            value = EMAIL.sub(REDACTED_EMAIL, value)
+        return PHONE.sub(REDACTED_PHONE, value) if "+" in value else value
     return value
 
 
@@ -473,7 +477,7 @@ def html_to_text(value: str) -> str:
         text = parsed
     # What is left can only be a '<' the parser took for text (an unterminated tag at the end, or
     # markup escaped more times than the rounds above): make sure no later reader sees a tag.
-    return _MARKUP_OPENER.sub(INERT_LT, text)
+    return _MARKUP_OPENER.sub(INERT_LT, text) if "<" in text else text
 
 
 # Control characters (Cc, except tab and newline) and lone surrogates cannot be embedded or stored
@@ -485,9 +489,27 @@ _UNSTORABLE = dict.fromkeys(
 
 def clean_text(value: str, *, multiline: bool = False) -> str:
     """A property value made safe to embed and store: see "Cleaning" in the module docstring."""
+    if len(value) <= _CACHED_CLEAN_CHARS:
+        return _clean_short(value, multiline)
+    return _clean(value, multiline)
+
+
+# Names, aliases, countries and sectors recur across entities, and most fields are cleaned twice
+# per document (once for the text, once as metadata): short values are cleaned once per process.
+_CACHED_CLEAN_CHARS = 256
+
+
+@functools.lru_cache(maxsize=16384)
+def _clean_short(value: str, multiline: bool) -> str:
+    return _clean(value, multiline)
+
+
+def _clean(value: str, multiline: bool) -> str:
     # Characters are removed before the markup pass, never after it: removing the NUL from
     # "<\x00script>" afterwards would assemble the very tag the pass let through as text.
-    text = value.replace("\r\n", "\n").replace("\r", "\n").translate(_UNSTORABLE)
+    text = value.replace("\r\n", "\n").replace("\r", "\n") if "\r" in value else value
+    if not text.isprintable():  # printable text holds no control characters or surrogates
+        text = text.translate(_UNSTORABLE)
     text = html_to_text(unicodedata.normalize("NFC", text))
     if not multiline:
         return " ".join(text.split())

@@ -181,11 +181,11 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
         if max_priority is not None:
             ready = ready.filter(priority__lte=max_priority)
         aged_slots = max(1, int(limit * STARVATION_SHARE)) if max_priority is None else 0
-        aged = [ev.id for ev in _locked(ready.filter(created_at__lte=now - timedelta(seconds=starvation))
-                                        .order_by("created_at", "id").only("id"))[:aged_slots]] if aged_slots else []
-        rest = [ev.id for ev in _locked(ready.exclude(id__in=aged)
-                                        .order_by("priority", "next_attempt_at", "id").only("id"))
-                [:limit - len(aged)]]
+        aged = list(_locked(ready.filter(created_at__lte=now - timedelta(seconds=starvation))
+                            .order_by("created_at", "id").values_list("id", flat=True))[:aged_slots]) \
+            if aged_slots else []
+        rest = list(_locked(ready.exclude(id__in=aged).order_by("priority", "next_attempt_at", "id")
+                            .values_list("id", flat=True))[:limit - len(aged)])
         ids = aged + rest
         if not ids:
             return []
@@ -195,7 +195,7 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
         )
     if won < len(ids):
         log.debug("claim %s won %d of %d events; another worker took the rest", token, won, len(ids))
-    return list(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT)
+    return list(SyncEvent.objects.filter(id__in=ids, claim_token=token, status=Status.IN_FLIGHT)
                 .order_by("priority", "id"))
 
 
@@ -262,6 +262,25 @@ def fail(event: SyncEvent, error: str, *, permanent: bool = False,
         _fold_into_queued(event)
         return Status.DONE
     return Status.QUEUED if updated else event.status
+
+
+def release(events: Sequence[SyncEvent]) -> int:
+    """Hand claimed events back to the queue untouched: not a failure, so no attempt is counted
+    and there is no backoff. Returns how many were still ours."""
+    released = 0
+    now = timezone.now()
+    for event in events:
+        mine = SyncEvent.objects.filter(id=event.id, claim_token=event.claim_token, status=Status.IN_FLIGHT)
+        try:
+            with transaction.atomic():
+                released += mine.update(status=Status.QUEUED, attempts=F("attempts") - 1, lease_expires_at=None,
+                                        claim_token="", next_attempt_at=now)
+        except IntegrityError:
+            # A newer change to this entity was queued meanwhile: that event covers this one.
+            released += mine.update(status=Status.DONE, finished_at=now, outcome="superseded",
+                                    lease_expires_at=None)
+            _fold_into_queued(event)
+    return released
 
 
 def _fold_into_queued(event: SyncEvent) -> None:

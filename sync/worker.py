@@ -3,6 +3,12 @@
 Batches flush at SYNC_BATCH_SIZE events or once the oldest ready event has waited
 SYNC_FLUSH_INTERVAL seconds, whichever comes first — except HIGH priority work (CISA KEV), which
 is applied as soon as it is seen, since it must reach search within seconds.
+
+Embedding costs about 50 ms an entity on a CPU; everything else costs about as much per store
+call as per entity. So a batch aims at about SYNC_BATCH_SIZE entities to embed: while the work
+turns out cheap (metadata-only updates, deletes) the next claim doubles, up to
+SYNC_MAX_BATCH_SIZE, and it shrinks back as soon as embedding returns. Should a large claim meet
+more embedding than that, the surplus events go back to the queue untouched (`embed_limit`).
 """
 
 from __future__ import annotations
@@ -58,8 +64,17 @@ def high_only(work: ReadyWork, batch_size: int, flush_interval: float) -> bool:
     return work.has_high and work.count < batch_size and work.oldest_age < flush_interval
 
 
+def next_batch_size(current: int, counts: ApplyCounts, claimed: int, base: int, largest: int) -> int:
+    """The next claim's size: about `base` entities to embed, growing at most twofold a batch."""
+    embedded = counts.upserted + counts.deferred
+    if not embedded:
+        return min(largest, current * 2) if claimed >= current else current
+    return max(base, min(largest, current * 2, base * claimed // embedded))
+
+
 def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, flush: bool = False,
-          batch_size: int | None = None, flush_interval: float | None = None, poll: float = 0.2,
+          batch_size: int | None = None, max_batch_size: int | None = None,
+          flush_interval: float | None = None, poll: float = 0.2,
           worker: str | None = None, stop=lambda: False) -> ApplyCounts:
     """Claim and apply batches.
 
@@ -68,6 +83,8 @@ def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, fl
     `idle_exit` seconds (None: never), or when `stop()` says so.
     """
     size = batch_size or settings.SYNC_BATCH_SIZE
+    largest = max(size, max_batch_size or settings.SYNC_MAX_BATCH_SIZE)
+    claim = size
     interval = settings.SYNC_FLUSH_INTERVAL if flush_interval is None else flush_interval
     name = worker or worker_name()
     total = ApplyCounts()
@@ -77,10 +94,15 @@ def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, fl
         work = ready_work(size)
         if work.count and (not flush or should_flush(work, size, interval)):
             urgent = flush and high_only(work, size, interval)
-            batch = queue.claim_batch(name, size, max_priority=Priority.HIGH if urgent else None)
+            if urgent:
+                batch = queue.claim_batch(name, size, max_priority=Priority.HIGH)
+            else:
+                batch = queue.claim_batch(name, claim)
             if batch:
-                counts = apply_events(batch)
+                counts = apply_events(batch, embed_limit=size)
                 total.add(counts)
+                if not urgent:
+                    claim = next_batch_size(claim, counts, len(batch), size, largest)
                 log.info("applied %d events in %.2fs: %s", len(batch), counts.seconds, counts)
                 idle_since = time.monotonic()
                 close_old_connections()

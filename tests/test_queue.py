@@ -171,3 +171,43 @@ def test_an_entity_in_flight_is_not_claimed_by_a_second_worker():
     assert [e.uid for e in queue.claim_batch("w2", 10)] == ["apt28"]
     queue.ack([first], "upserted")
     assert [e.version for e in queue.claim_batch("w2", 10)] == [2]
+
+
+def test_a_released_event_goes_back_untouched():
+    queue.enqueue(Work("ThreatActor", "apt29", version=1))
+    [event] = queue.claim_batch("w1", 10)
+    assert queue.release([event]) == 1
+    event.refresh_from_db()
+    assert (event.status, event.attempts, event.lease_expires_at) == (Status.QUEUED, 0, None)
+    assert queue.claim_batch("w2", 10)[0].id == event.id  # claimable again at once
+
+
+def test_a_released_event_folds_into_a_newer_queued_one():
+    queue.enqueue(Work("KEV", "CVE-1", version=1, priority=Priority.HIGH))
+    [event] = queue.claim_batch("w1", 10)
+    queue.enqueue(Work("KEV", "CVE-1", version=2, priority=Priority.LOW))
+    queue.release([event])
+    event.refresh_from_db()
+    assert (event.status, event.outcome) == (Status.DONE, "superseded")
+    queued = SyncEvent.objects.get(status=Status.QUEUED)
+    assert (queued.version, queued.priority) == (2, Priority.HIGH)
+
+
+@pytest.mark.parametrize(
+    ("current", "claimed", "upserted", "deferred", "expected"),
+    [
+        (100, 100, 0, 0, 200),     # cheap work and a backlog: double
+        (800, 800, 0, 0, 1000),    # ... up to the largest
+        (400, 150, 0, 0, 400),     # the queue ran short: no reason to grow
+        (400, 400, 4, 0, 800),     # little embedding: still grows, at most twofold
+        (1000, 1000, 500, 0, 200),  # half of it embedded: back to about 100 to embed
+        (1000, 1000, 100, 900, 100),  # a misjudged claim: the base again
+        (100, 100, 100, 0, 100),   # all embedding: the base
+    ],
+)
+def test_the_batch_grows_while_work_is_cheap(current, claimed, upserted, deferred, expected):
+    from sync.apply import ApplyCounts
+    from sync.worker import next_batch_size
+
+    counts = ApplyCounts(upserted=upserted, deferred=deferred, metadata_only=claimed - upserted - deferred)
+    assert next_batch_size(current, counts, claimed, base=100, largest=1000) == expected

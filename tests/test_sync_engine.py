@@ -128,6 +128,32 @@ def test_stored_chunks_that_do_not_cover_the_text_are_rebuilt(synced_graph, vect
     assert sorted(vectors.list_ids("Report:")) == ids
 
 
+def test_a_batch_embeds_at_most_its_limit_and_hands_the_rest_back(synced_graph, vectors, graph):
+    for n in range(5):
+        graph.write_entity("ThreatActor", f"a{n}", {"name": f"Actor {n}", "description": "new"}, source="t")
+    queue.enqueue_many([queue.Work("ThreatActor", f"a{n}") for n in range(5)])
+    counts = apply_events(queue.claim_batch("w", 10), embed_limit=2)
+    assert (counts.upserted, counts.deferred) == (2, 3)
+    back = SyncEvent.objects.filter(status="queued")
+    assert back.count() == 3 and {e.attempts for e in back} == {0}
+    assert SyncRecord.objects.count() == 2  # nothing recorded for the deferred entities
+    counts = worker.drain(idle_exit=0)
+    assert counts.upserted == 3 and vectors.stats().total == 5
+
+
+def test_records_are_upserted_and_a_failure_keeps_what_was_written():
+    now = timezone.now()
+    SyncRecord.upsert([SyncRecord(label="KEV", uid="CVE-1", graph_version=1, vector_version=1, content_hash="h1",
+                                  chunk_count=1, status="in_sync", changed_at=now, synced_at=now)],
+                      ["graph_version", "vector_version", "content_hash", "chunk_count", "status"])
+    SyncRecord.upsert([SyncRecord(label="KEV", uid="CVE-1", graph_version=2, status="failed", last_error="boom")],
+                      ["graph_version", "status", "last_error"])
+    record = SyncRecord.objects.get()
+    assert (record.graph_version, record.vector_version, record.content_hash, record.status, record.last_error) == (
+        2, 1, "h1", "failed", "boom")
+    assert record.synced_at == now and record.updated_at >= now
+
+
 def test_an_older_version_never_overwrites_a_newer_vector(synced_graph, vectors, graph):
     graph.write_entity("ThreatActor", "sandworm", {"name": "Sandworm", "description": "first"}, source="t")
     graph.write_entity("ThreatActor", "sandworm", {"description": "second, newer"}, source="t")
