@@ -250,8 +250,9 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER = {
     "name": "nightingale",
-    # One worker runs the change poller's minute-long loop; the others drain the queue.
-    "workers": env_int("Q_WORKERS", 3, minimum=2),
+    # The change poller's loop takes one worker, two at times (runs overlap, see sync.tasks); the
+    # others drain the queue and run reconciliation and upkeep.
+    "workers": env_int("Q_WORKERS", 4, minimum=3),
     "timeout": env_int("Q_TIMEOUT", 600, minimum=10),
     "retry": env_int("Q_RETRY", 660, minimum=20),
     "max_attempts": 1,

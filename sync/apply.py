@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.db import transaction
@@ -99,8 +101,7 @@ def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None)
             plan.outcome, plan.error, plan.permanent = "invalid", f"not a syncable entity key: {exc}", True
     valid = {key: plan for key, plan in plans.items() if not plan.error}
     try:
-        _read_graph(valid)
-        _run(valid, counts, embed_limit)
+        _run(valid, counts, embed_limit, read_graph=True)
     except Exception as exc:  # noqa: BLE001 — whatever broke, the batch's events must not stay in flight
         # A store failed as a whole (unreachable, rate limited, ...), or a bug: the batch retries
         # with backoff (idempotent writes make redoing the entities that got through safe), and
@@ -146,15 +147,23 @@ def apply_now(entity: Entity) -> str:
     return plan.outcome
 
 
-def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, embed_limit: int | None = None) -> None:
-    records = _records(plans)
-    for key, plan in plans.items():
-        status, chunk_count = records.get(key, (None, 0))
-        plan.previous_ids = _recorded_ids(key, chunk_count)
-        # Only an in_sync record knows every chunk written; otherwise (failed part-way, or no
-        # record) ask the store, so chunks of an older, longer text cannot be left behind.
-        plan.list_store = status != RecordStatus.IN_SYNC
-    existing = _fetch_existing(plans)
+def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, embed_limit: int | None = None,
+         read_graph: bool = False) -> None:
+    # The graph is read in a thread while our records and the stored vectors are read here: both
+    # stores answer without holding the GIL. Either order of the two reads is safe: what is
+    # written is the graph state read, and the version guard compares it with what was fetched.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-read") as pool:
+        reading = pool.submit(_read_graph, plans) if read_graph else None
+        records = _records(plans)
+        for key, plan in plans.items():
+            status, chunk_count = records.get(key, (None, 0))
+            plan.previous_ids = _recorded_ids(key, chunk_count)
+            # Only an in_sync record knows every chunk written; otherwise (failed part-way, or no
+            # record) ask the store, so chunks of an older, longer text cannot be left behind.
+            plan.list_store = status != RecordStatus.IN_SYNC
+        existing = _fetch_existing(plans)
+        if reading is not None:
+            reading.result()
     _build_documents(plans, existing)
     existing.update(_fetch_new_chunks(plans, existing))
     _write(_decide(plans, existing, embed_limit), counts)
@@ -348,6 +357,7 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
     records: list[SyncRecord] = []
     failed: list[_Plan] = []
     deferred: list[SyncEvent] = []
+    lags: dict[int, list[float]] = defaultdict(list)
     for plan in plans.values():
         if plan.outcome == "deferred" and not plan.error:
             deferred.extend(plan.events)
@@ -362,14 +372,19 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
             continue
         done.setdefault(plan.outcome, []).extend(plan.events)
         setattr(counts, plan.outcome, getattr(counts, plan.outcome) + 1)
-        EVENTS_APPLIED.labels(plan.outcome).inc()
         if plan.outcome == "stale":
             continue  # the newer write owns the record
         records.append(_record(plan, _status_after(plan), now))
         if plan.outcome in ("upserted", "metadata_only", "deleted", "unchanged"):
             changed_at = min((e.changed_at for e in plan.events if e.changed_at), default=None)
             if changed_at:
-                SYNC_LAG.labels(Priority(plan.priority).label).observe(max((now - changed_at).total_seconds(), 0))
+                lags[plan.priority].append(max((now - changed_at).total_seconds(), 0))
+    for outcome, events in done.items():
+        EVENTS_APPLIED.labels(outcome).inc(len({(e.label, e.uid) for e in events}))
+    for priority, seconds in lags.items():
+        histogram = SYNC_LAG.labels(Priority(priority).label)
+        for value in seconds:
+            histogram.observe(value)
     with transaction.atomic():
         _save_records(records)
         for outcome, events in done.items():

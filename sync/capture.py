@@ -172,19 +172,29 @@ def _pending_versions(changes: list[Change]) -> dict[tuple[str, str], int]:
 
 
 def run(owner: str, *, seconds: float, interval: float | None = None,
-        on_enqueued=lambda: None) -> CaptureResult:
-    """Poll repeatedly for `seconds` (a scheduled task runs this briefly, then returns)."""
+        after_poll=lambda result: None, stop=lambda: False) -> CaptureResult:
+    """Poll every `interval` seconds for `seconds` (or until `stop()`), then hand the lease over.
+
+    A run that does not hold the lease keeps trying at every interval: scheduled runs overlap on
+    purpose, so that when one ends the next takes over within an interval. `after_poll(result)`
+    runs after each poll this run made (it holds the lease then).
+    """
     total = CaptureResult()
     pause = settings.CAPTURE_INTERVAL if interval is None else interval
     deadline = time.monotonic() + seconds
-    while True:
-        result = poll_once(owner)
-        if result.enqueued:
-            on_enqueued()
-        for name in ("changes", "enqueued", "skipped", "tombstones_purged", "pages"):
-            setattr(total, name, getattr(total, name) + getattr(result, name))
-        total.polled = total.polled or result.polled
-        if time.monotonic() + pause >= deadline:
-            break
-        time.sleep(pause)
+    try:
+        while not stop():
+            started = time.monotonic()
+            result = poll_once(owner)
+            if result.polled:
+                after_poll(result)
+            for name in ("changes", "enqueued", "skipped", "tombstones_purged", "pages"):
+                setattr(total, name, getattr(total, name) + getattr(result, name))
+            total.polled = total.polled or result.polled
+            wait = max(0.0, started + pause - time.monotonic())
+            if time.monotonic() + wait >= deadline:
+                break
+            time.sleep(wait)
+    finally:
+        release_lease(owner)
     return total

@@ -24,6 +24,7 @@ plus `#`. The bare prefix also begins other uids' ids (`apt2` is a prefix of `ap
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from urllib.parse import quote, unquote
@@ -65,7 +66,11 @@ def check_uid(uid: object) -> str:
 
 def encode_uid(uid: str) -> str:
     """The uid as it appears in vector ids: percent-encoded, shortened when too long."""
-    check_uid(uid)
+    return _encode_uid(check_uid(uid))
+
+
+@functools.lru_cache(maxsize=16384)  # every step of a sync asks for the ids of the same entities
+def _encode_uid(uid: str) -> str:
     try:
         encoded = quote(uid, safe="", encoding="utf-8", errors="strict")
     except UnicodeEncodeError as exc:  # lone surrogates have no UTF-8 form

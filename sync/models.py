@@ -20,9 +20,15 @@ def for_entities(queryset, keys, size: int = 500):
     by_label: dict[str, list[str]] = {}
     for label, uid in keys:
         by_label.setdefault(label, []).append(uid)
+    quote = connection.ops.quote_name
+    column = f"{quote(queryset.model._meta.db_table)}.{quote(queryset.model._meta.get_field('uid').column)}"
     for label, uids in by_label.items():
         for start in range(0, len(uids), size):
-            yield queryset.filter(label=label, uid__in=uids[start:start + size])
+            chunk = uids[start:start + size]
+            # Not uid__in: Django compiles an IN list value by value through the field (about
+            # 10 µs a value), and the workers ask for thousands of entities a batch.
+            yield queryset.filter(label=label).extra(
+                where=[f"{column} IN ({', '.join(['%s'] * len(chunk))})"], params=chunk)
 
 
 class Priority(models.IntegerChoices):

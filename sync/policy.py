@@ -629,6 +629,18 @@ def _json_size(metadata: Mapping[str, Any]) -> int:
     return len(json.dumps(metadata, ensure_ascii=True, separators=(",", ":")))
 
 
+def _json_bound(value: Any) -> int:
+    """At least `_json_size` of the value, without serialising it: ASCII-escaped JSON spends at
+    most 12 bytes on a character (one outside the BMP becomes two \\uXXXX escapes)."""
+    if isinstance(value, str):
+        return 12 * len(value) + 2
+    if isinstance(value, Mapping):
+        return 2 + sum(_json_bound(k) + _json_bound(v) + 2 for k, v in value.items())
+    if isinstance(value, list):
+        return 2 + sum(_json_bound(item) + 1 for item in value)
+    return 32  # a number, a boolean or null
+
+
 def _shrink(value: str | list[str]) -> str | list[str] | None:
     """About half of a value, or None when there is no smaller form."""
     if isinstance(value, list):
@@ -736,8 +748,11 @@ def build_document(entity: Entity, *,
               "chunks": len(pieces), "updated_at": updated_at}
     engine_parts = [{**common, "chunk": n, "text": truncate(snippet, SNIPPET_MAX_CHARS)}
                     for n, snippet in enumerate(snippets)]
-    room = METADATA_BUDGET_BYTES - max((_json_size(part) for part in engine_parts), default=0)
-    shared = _fit(allowed_metadata(policy, entity.properties), room)
+    shared = allowed_metadata(policy, entity.properties)
+    # Nearly always far below the budget: then a cheap bound says so and nothing is serialised.
+    if max(map(_json_bound, engine_parts), default=0) + _json_bound(shared) > METADATA_BUDGET_BYTES:
+        room = METADATA_BUDGET_BYTES - max((_json_size(part) for part in engine_parts), default=0)
+        shared = _fit(shared, room)
     single = len(pieces) == 1
     chunks = tuple(
         Chunk(n, ids.vector_id(policy.label, uid, None if single else n), piece, {**shared, **part})

@@ -195,8 +195,7 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
         )
     if won < len(ids):
         log.debug("claim %s won %d of %d events; another worker took the rest", token, won, len(ids))
-    return list(SyncEvent.objects.filter(id__in=ids, claim_token=token, status=Status.IN_FLIGHT)
-                .order_by("priority", "id"))
+    return list(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT).order_by("priority", "id"))
 
 
 def _bury_lost_leases(now: datetime) -> None:

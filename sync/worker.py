@@ -6,7 +6,7 @@ is applied as soon as it is seen, since it must reach search within seconds.
 
 Embedding costs about 50 ms an entity on a CPU; everything else costs about as much per store
 call as per entity. So a batch aims at about SYNC_BATCH_SIZE entities to embed: while the work
-turns out cheap (metadata-only updates, deletes) the next claim doubles, up to
+turns out cheap (metadata-only updates, deletes) the next claim grows fourfold, up to
 SYNC_MAX_BATCH_SIZE, and it shrinks back as soon as embedding returns. Should a large claim meet
 more embedding than that, the surplus events go back to the queue untouched (`embed_limit`).
 """
@@ -64,12 +64,35 @@ def high_only(work: ReadyWork, batch_size: int, flush_interval: float) -> bool:
     return work.has_high and work.count < batch_size and work.oldest_age < flush_interval
 
 
+GROWTH = 4  # a batch that embedded little makes the next one up to this many times larger
+
+
 def next_batch_size(current: int, counts: ApplyCounts, claimed: int, base: int, largest: int) -> int:
-    """The next claim's size: about `base` entities to embed, growing at most twofold a batch."""
+    """The next claim's size: about `base` entities to embed, growing at most GROWTH-fold a batch."""
     embedded = counts.upserted + counts.deferred
     if not embedded:
-        return min(largest, current * 2) if claimed >= current else current
-    return max(base, min(largest, current * 2, base * claimed // embedded))
+        return min(largest, current * GROWTH) if claimed >= current else current
+    return max(base, min(largest, current * GROWTH, base * claimed // embedded))
+
+
+def apply_urgent(name: str, *, max_seconds: float = 5.0) -> ApplyCounts:
+    """Apply the ready HIGH priority events now, in this process.
+
+    The change poller calls this after every poll: a CISA KEV change then reaches the vector store
+    about a second after its commit, whatever the drain workers are busy embedding. Bounded in
+    time so that polling goes on; what is left is claimed by the drain workers (HIGH first).
+    """
+    size = settings.SYNC_BATCH_SIZE
+    total = ApplyCounts()
+    deadline = time.monotonic() + max_seconds
+    while time.monotonic() < deadline:
+        batch = queue.claim_batch(name, size, max_priority=Priority.HIGH)
+        if not batch:
+            break
+        total.add(apply_events(batch, embed_limit=size))
+        if len(batch) < size:
+            break
+    return total
 
 
 def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, flush: bool = False,

@@ -196,10 +196,10 @@ def test_a_released_event_folds_into_a_newer_queued_one():
 @pytest.mark.parametrize(
     ("current", "claimed", "upserted", "deferred", "expected"),
     [
-        (100, 100, 0, 0, 200),     # cheap work and a backlog: double
-        (800, 800, 0, 0, 1000),    # ... up to the largest
+        (100, 100, 0, 0, 400),     # cheap work and a backlog: fourfold
+        (400, 400, 0, 0, 1000),    # ... up to the largest
         (400, 150, 0, 0, 400),     # the queue ran short: no reason to grow
-        (400, 400, 4, 0, 800),     # little embedding: still grows, at most twofold
+        (100, 100, 1, 0, 400),     # little embedding: still grows, at most fourfold
         (1000, 1000, 500, 0, 200),  # half of it embedded: back to about 100 to embed
         (1000, 1000, 100, 900, 100),  # a misjudged claim: the base again
         (100, 100, 100, 0, 100),   # all embedding: the base

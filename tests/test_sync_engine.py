@@ -235,6 +235,32 @@ def test_the_overlap_window_does_not_requeue_an_entity_in_flight(synced_graph, v
     apply_events([in_flight])
 
 
+def test_the_poller_applies_high_priority_changes_itself(synced_graph, vectors, settings):
+    from sync import tasks
+
+    settings.SYNC_KICK_DRAIN = False
+    cypher(synced_graph, "CREATE (:KEV {uid: 'CVE-2026-0001', cve_id: 'CVE-2026-0001', vulnerability_name: 'RCE'})")
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt34', name: 'APT34', description: 'OilRig'})")
+    result = tasks.capture_changes(seconds=0.1)
+    assert result["enqueued"] == 2 and result["urgent"]["upserted"] == 1
+    assert stored(vectors, "KEV", "CVE-2026-0001") is not None
+    # MEDIUM work is the drain workers': still queued.
+    assert SyncEvent.objects.get(status="queued").uid == "apt34"
+
+
+def test_a_capture_run_hands_the_lease_over_when_it_ends(synced_graph, settings):
+    from sync.models import ChangeCursor
+
+    settings.SYNC_KICK_DRAIN = False
+    assert capture.take_lease("older-run", 60)
+    # The newer run polls nothing while the older one holds the lease ...
+    assert not capture.run("newer-run", seconds=0.3, interval=0.1).polled
+    capture.run("older-run", seconds=0.1, interval=0.1)
+    assert ChangeCursor.objects.get().lease_owner == ""
+    # ... and takes over as soon as it is free.
+    assert capture.run("newer-run", seconds=0.1, interval=0.1).polled
+
+
 def test_schedules_are_created_idempotently():
     from django.core.management import call_command
     from django_q.models import Schedule

@@ -199,6 +199,15 @@ def _check_key(key: Any) -> None:
 
 
 def _coerce_value(value: Any) -> Any:
+    kind = type(value)
+    # Exact built-in types first: metadata the engine builds is already in Pinecone's types, and
+    # the isinstance checks against numbers.Real below are slow (abstract base classes).
+    if kind is str or kind is bool:
+        return value
+    if kind is int or kind is float:
+        return _number(value)
+    if kind is list and all(type(item) is str for item in value):
+        return list(value)
     if isinstance(value, str):
         return _plain_str(value)
     if isinstance(value, (bool, np.bool_)):
