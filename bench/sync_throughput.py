@@ -22,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--encode-batch", type=int, default=None, help="default: EMBEDDING_BATCH_SIZE")
-    parser.add_argument("--metadata-rounds", type=int, default=3)
+    parser.add_argument("--metadata-rounds", type=int, default=5)
     parser.add_argument("--limit", type=int, default=1500,
                         help="sync an evenly spread sample of this many demo entities (0: all)")
     args = parser.parse_args()

@@ -28,7 +28,7 @@ from sync.metrics import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
 from sync.models import Priority, SyncEvent, SyncRecord, for_entities
 from sync.policy import MAX_UID_CHARS, build_document
 from sync.stores import graph_store, vector_store
-from sync.stores.base import Entity, RetryableStoreError, StoreError, VectorRecord
+from sync.stores.base import Entity, Metadata, RetryableStoreError, StoreError, VectorRecord
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def _read_graph(plans: dict[tuple[str, str], _Plan]) -> None:
         plan.entity = entities.get(key)
 
 
-def _build_documents(plans: dict[tuple[str, str], _Plan], existing: dict[str, VectorRecord]) -> None:
+def _build_documents(plans: dict[tuple[str, str], _Plan], existing: dict[str, Metadata]) -> None:
     for plan in plans.values():
         if plan.outcome:
             continue
@@ -208,8 +208,9 @@ def _build_documents(plans: dict[tuple[str, str], _Plan], existing: dict[str, Ve
             plan.action = "exclude"
 
 
-def _fetch_existing(plans: dict[tuple[str, str], _Plan]) -> dict[str, VectorRecord]:
-    """The stored vectors of every entity in the batch: the ids its record knows, or lists."""
+def _fetch_existing(plans: dict[tuple[str, str], _Plan]) -> dict[str, Metadata]:
+    """The stored vectors' metadata for every entity in the batch: the ids its record knows, or
+    all its ids in the store. Values are never needed: what is written is built from the graph."""
     wanted: set[str] = set()
     store = vector_store()
     for plan in plans.values():
@@ -219,10 +220,10 @@ def _fetch_existing(plans: dict[tuple[str, str], _Plan]) -> dict[str, VectorReco
             prefix = ids.entity_prefix(*plan.key)
             plan.previous_ids |= {vid for vid in store.list_ids(prefix) if ids.belongs_to_entity(vid, *plan.key)}
         wanted |= plan.previous_ids
-    return store.fetch(sorted(wanted)) if wanted else {}
+    return store.fetch_metadata(sorted(wanted)) if wanted else {}
 
 
-def _fetch_new_chunks(plans: dict[tuple[str, str], _Plan], existing: dict[str, VectorRecord]) -> dict[str, VectorRecord]:
+def _fetch_new_chunks(plans: dict[tuple[str, str], _Plan], existing: dict[str, Metadata]) -> dict[str, Metadata]:
     """Chunk ids a longer text now needs beyond those the record knew of: one of them may have
     been written meanwhile by a newer dual-write, which the version guard must see. (A listed
     entity's ids are all known already.)"""
@@ -231,25 +232,24 @@ def _fetch_new_chunks(plans: dict[tuple[str, str], _Plan], existing: dict[str, V
         if plan.outcome or plan.document is None or plan.list_store:
             continue
         wanted |= {chunk.vector_id for chunk in plan.document.chunks} - plan.previous_ids
-    return vector_store().fetch(sorted(wanted)) if wanted else {}
+    return vector_store().fetch_metadata(sorted(wanted)) if wanted else {}
 
 
-def _stored_snippets(plan: _Plan, existing: dict[str, VectorRecord]):
+def _stored_snippets(plan: _Plan, existing: dict[str, Metadata]):
     """For build_document: the stored chunks' snippets when they hold exactly the text with this
     content hash — every chunk present under the ids such a text gets, none extra — else None."""
-    present = [existing[vid] for vid in plan.previous_ids if vid in existing]
+    present = [(vid, existing[vid]) for vid in plan.previous_ids if vid in existing]
 
     def snippets(digest: str) -> list[str] | None:
         count = len(present)
         if not count:
             return None
         by_chunk: dict[int, str] = {}
-        for record in present:
-            meta = record.metadata
+        for vid, meta in present:
             chunk, text = _whole(meta.get("chunk")), meta.get("text")
             if (meta.get("content_hash") != digest or _whole(meta.get("chunks")) != count
                     or chunk is None or not isinstance(text, str)
-                    or record.id != ids.vector_id(*plan.key, None if count == 1 else chunk)):
+                    or vid != ids.vector_id(*plan.key, None if count == 1 else chunk)):
                 return None
             by_chunk[chunk] = text
         if sorted(by_chunk) != list(range(count)):
@@ -287,7 +287,7 @@ def _decide(plans, existing, embed_limit: int | None = None) -> _Work:
             plan.outcome = "stale"  # a newer graph version is already in the store
             continue
         same_content = bool(new_ids) and all(
-            vid in present and present[vid].metadata.get("content_hash") == document.content_hash
+            vid in present and present[vid].get("content_hash") == document.content_hash
             for vid in new_ids)
         if new_ids and not same_content:
             if embed_limit is not None and embedding >= embed_limit:
@@ -297,7 +297,7 @@ def _decide(plans, existing, embed_limit: int | None = None) -> _Work:
         # Surplus chunks of a text that shrank (or went from one chunk to several).
         work.to_delete |= present.keys() - new_ids
         if same_content:
-            changed = {c.vector_id: c.metadata for c in document.chunks if present[c.vector_id].metadata != c.metadata}
+            changed = {c.vector_id: c.metadata for c in document.chunks if present[c.vector_id] != c.metadata}
             work.to_update.update(changed)
             plan.outcome = "metadata_only" if changed else "unchanged"
         else:
@@ -316,9 +316,9 @@ def _whole(value) -> int | None:
     return int(value)
 
 
-def _version(record: VectorRecord) -> int:
+def _version(metadata: Metadata) -> int:
     try:
-        return int(record.metadata.get("version") or 0)
+        return int(metadata.get("version") or 0)
     except (TypeError, ValueError):
         return 0
 

@@ -109,10 +109,10 @@ class Reconciler:
         """Fetch metadata in batches; policy violations are found here, the rest grouped by entity."""
         stored: dict[tuple[str, str], StoredEntity] = defaultdict(StoredEntity)
         for start in range(0, len(vector_ids), FETCH_BATCH):
-            batch = self.vectors.fetch(vector_ids[start:start + FETCH_BATCH])
+            batch = self.vectors.fetch_metadata(vector_ids[start:start + FETCH_BATCH])
             self.run.vectors_checked += len(batch)
-            for vid, record in batch.items():
-                self._classify_vector(vid, record.metadata, stored)
+            for vid, metadata in batch.items():
+                self._classify_vector(vid, metadata, stored)
         return stored
 
     def _classify_vector(self, vid: str, metadata: dict, stored: dict) -> None:

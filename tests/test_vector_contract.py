@@ -89,6 +89,17 @@ def test_it_round_trips_values_and_metadata(store):
     assert type(fetched["ThreatActor:apt29"].metadata["version"]) is int
     assert type(fetched["ThreatActor:apt29"].metadata["active"]) is bool
 
+    only_metadata = store.fetch_metadata(ids + ["Report:unknown", "not an id"])
+    assert only_metadata == {vector_id: fetched[vector_id].metadata for vector_id in ids}
+    assert type(only_metadata["ThreatActor:apt29"]["version"]) is int
+
+
+def test_metadata_is_fetched_in_pages_for_many_ids(store):
+    records = [VectorRecord(f"Report:r{n}", v.tolist(), {"n": n}) for n, v in enumerate(random_vectors(2500))]
+    upsert_all(store, records)
+    found = store.fetch_metadata([r.id for r in records])
+    assert found == {r.id: {"n": n} for n, r in enumerate(records)}
+
 
 def test_it_takes_numpy_arrays_as_values(store):
     vectors = random_vectors(2).astype(np.float32)

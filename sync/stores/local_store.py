@@ -310,6 +310,11 @@ class LanceVectorStore:
         return {vector_id: VectorRecord(vector_id, row["vector"].tolist(), json.loads(row["metadata"]))
                 for vector_id, row in rows.items()}
 
+    def fetch_metadata(self, ids: Iterable[str]) -> dict[str, Metadata]:
+        """The metadata of the stored records among `ids`; the vector column is not read."""
+        rows = self._read_rows(_possible_ids(ids), ["id", "metadata"])
+        return {vector_id: json.loads(row["metadata"]) for vector_id, row in rows.items()}
+
     def list_ids(self, prefix: str = "") -> Iterator[str]:
         """Ids starting with `prefix`, in bytewise order, read a page of ids at a time.
 

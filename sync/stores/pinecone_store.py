@@ -182,6 +182,11 @@ class PineconeVectorStore:
     def fetch(self, ids: Iterable[str]) -> dict[str, VectorRecord]:
         return self._fetch(ids, self._deadline())
 
+    def fetch_metadata(self, ids: Iterable[str]) -> dict[str, Metadata]:
+        """Pinecone's fetch always sends the values too; they are dropped as each page arrives."""
+        return {vector_id: decode_metadata(vector.metadata)
+                for vector_id, vector in self._fetched(ids, self._deadline())}
+
     def list_ids(self, prefix: str = "") -> Iterator[str]:
         """Every id starting with `prefix`, in bytewise order, one /vectors/list page at a time."""
         if not _is_possible_prefix(prefix):
@@ -280,15 +285,16 @@ class PineconeVectorStore:
         return RetryableStoreError(f"Pinecone {action} failed: {exc}")
 
     def _fetch(self, ids: Iterable[str], deadline: float) -> dict[str, VectorRecord]:
-        found: dict[str, VectorRecord] = {}
+        return {vector_id: VectorRecord(vector_id, list(vector.values), decode_metadata(vector.metadata))
+                for vector_id, vector in self._fetched(ids, deadline)}
+
+    def _fetched(self, ids: Iterable[str], deadline: float) -> Iterator[tuple[str, Any]]:
+        """(id, SDK vector) for the stored records among `ids`, one fetch request per page."""
         for chunk in _chunks(_possible_ids(ids), MAX_IDS_PER_REQUEST, FETCH_QUERY_BUDGET,
                              size=lambda vector_id: len(quote(vector_id, safe="")) + len("&ids=")):
             answer = self._call("fetch", deadline, self._index.fetch, ids=chunk,
                                 namespace=self.namespace)
-            for vector_id, vector in answer.vectors.items():
-                found[vector_id] = VectorRecord(vector_id, list(vector.values),
-                                                decode_metadata(vector.metadata))
-        return found
+            yield from answer.vectors.items()
 
     def _wire(self, record: VectorRecord) -> WireItem:
         """A checked record as the SDK will send it, sized with orjson, which the SDK encodes with."""
