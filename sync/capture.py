@@ -25,10 +25,11 @@ from django.utils import timezone
 
 from sync import queue
 from sync.apply import check_key
+from sync.metrics import SYNC_ERRORS
 from sync.models import ChangeCursor, SyncEvent, SyncRecord, for_entities
 from sync.policy import synced_labels
 from sync.stores import graph_store
-from sync.stores.base import Change
+from sync.stores.base import Change, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,13 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
     try:
         while not stop():
             started = time.monotonic()
-            result = poll_once(owner)
+            try:
+                result = poll_once(owner)
+            except StoreError as exc:
+                # Recorded on the cursor (last_error, shown by sync_status); the next poll retries.
+                SYNC_ERRORS.labels("capture").inc()
+                log.warning("change capture poll failed, retrying in %.1fs: %s", pause, exc)
+                result = CaptureResult()
             if result.polled:
                 after_poll(result)
             for name in ("changes", "enqueued", "skipped", "tombstones_purged", "pages"):

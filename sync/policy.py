@@ -629,16 +629,21 @@ def _json_size(metadata: Mapping[str, Any]) -> int:
     return len(json.dumps(metadata, ensure_ascii=True, separators=(",", ":")))
 
 
-def _json_bound(value: Any) -> int:
-    """At least `_json_size` of the value, without serialising it: ASCII-escaped JSON spends at
-    most 12 bytes on a character (one outside the BMP becomes two \\uXXXX escapes)."""
-    if isinstance(value, str):
-        return 12 * len(value) + 2
-    if isinstance(value, Mapping):
-        return 2 + sum(_json_bound(k) + _json_bound(v) + 2 for k, v in value.items())
-    if isinstance(value, list):
-        return 2 + sum(_json_bound(item) + 1 for item in value)
-    return 32  # a number, a boolean or null
+def _json_bound(metadata: Mapping[str, Any]) -> int:
+    """At least `_json_size` of flat metadata, without serialising it: ASCII-escaped JSON spends
+    at most 12 bytes on a character (one outside the BMP becomes two \\uXXXX escapes)."""
+    total = 2
+    for key, value in metadata.items():
+        total += 12 * len(key) + 4
+        if isinstance(value, str):
+            total += 12 * len(value) + 2
+        elif isinstance(value, list):
+            total += 2 + sum(12 * len(item) + 3 if isinstance(item, str) else 64 for item in value)
+        elif value is None or isinstance(value, (bool, int, float)):
+            total += 64
+        else:
+            total += len(json.dumps(value, ensure_ascii=True, separators=(",", ":")))
+    return total
 
 
 def _shrink(value: str | list[str]) -> str | list[str] | None:

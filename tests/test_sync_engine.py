@@ -261,6 +261,36 @@ def test_a_capture_run_hands_the_lease_over_when_it_ends(synced_graph, settings)
     assert capture.run("newer-run", seconds=0.1, interval=0.1).polled
 
 
+def test_a_capture_run_outlives_a_failed_poll(synced_graph, settings):
+    from sync.models import ChangeCursor
+    from sync.stores import graph_store, use_graph_store
+    from sync.stores.base import RetryableStoreError
+
+    settings.SYNC_KICK_DRAIN = False
+    real = graph_store()
+
+    class Flaky:
+        failures = 1
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def changes_since(self, *args):
+            if self.failures:
+                self.failures -= 1
+                raise RetryableStoreError("Neo4j at bolt://… is unreachable")
+            return real.changes_since(*args)
+
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt35', name: 'APT35', description: 'Charming Kitten'})")
+    use_graph_store(Flaky())
+    try:
+        result = capture.run("p", seconds=0.35, interval=0.1)
+    finally:
+        use_graph_store(real)
+    assert result.enqueued == 1  # the poll after the failure found the change
+    assert ChangeCursor.objects.get().last_error == ""  # cleared by the successful poll
+
+
 def test_schedules_are_created_idempotently():
     from django.core.management import call_command
     from django_q.models import Schedule
