@@ -211,6 +211,9 @@ if SYNC_MAX_BATCH_SIZE < SYNC_BATCH_SIZE:
     raise ImproperlyConfigured(
         f"SYNC_MAX_BATCH_SIZE ({SYNC_MAX_BATCH_SIZE}) must be at least SYNC_BATCH_SIZE ({SYNC_BATCH_SIZE})")
 SYNC_FLUSH_INTERVAL = env_float("SYNC_FLUSH_INTERVAL", 5.0, minimum=0.0)
+# Drain tasks running at once (each embeds with every core torch is given): one suits a small
+# machine; the change poller applies HIGH priority work beside them.
+SYNC_DRAIN_WORKERS = env_int("SYNC_DRAIN_WORKERS", 1, minimum=1, maximum=64)
 SYNC_MAX_ATTEMPTS = env_int("SYNC_MAX_ATTEMPTS", 8, minimum=1)
 SYNC_VISIBILITY_TIMEOUT = env_int("SYNC_VISIBILITY_TIMEOUT", 300, minimum=1)
 SYNC_BACKOFF_BASE = env_float("SYNC_BACKOFF_BASE", 2.0, minimum=0.0)
@@ -250,8 +253,9 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 REDIS_URL = env_str("REDIS_URL")
 Q_CLUSTER = {
     "name": "nightingale",
-    # The change poller's loop takes one worker, two at times (runs overlap, see sync.tasks); the
-    # others drain the queue and run reconciliation and upkeep.
+    # The change poller's loop takes one worker, two at times (runs overlap, see sync.tasks);
+    # SYNC_DRAIN_WORKERS drain the queue; the rest run reconciliation, upkeep and the kicks (a
+    # kicked drain that finds every drain slot taken returns at once).
     "workers": env_int("Q_WORKERS", 4, minimum=3),
     "timeout": env_int("Q_TIMEOUT", 600, minimum=10),
     "retry": env_int("Q_RETRY", 660, minimum=20),
@@ -264,6 +268,10 @@ Q_CLUSTER = {
 }
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured("Q_RETRY must be larger than Q_TIMEOUT")
+if Q_CLUSTER["workers"] < SYNC_DRAIN_WORKERS + 2:
+    raise ImproperlyConfigured(
+        f"Q_WORKERS ({Q_CLUSTER['workers']}) must be at least SYNC_DRAIN_WORKERS + 2 "
+        f"({SYNC_DRAIN_WORKERS + 2}): change capture takes two workers while its runs overlap")
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

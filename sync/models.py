@@ -7,6 +7,7 @@ None of these is trusted alone: reconciliation checks them against both live sto
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, models
@@ -165,6 +166,42 @@ class ChangeCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.updated_at} {self.key}"
+
+
+class WorkerLease(models.Model):
+    """A named slot one process holds at a time: the drain tasks' SYNC_DRAIN_WORKERS slots.
+
+    Taken, renewed and released with conditional updates whose count is checked; a slot whose
+    holder died frees itself when its lease expires.
+    """
+
+    name = models.CharField(max_length=64, unique=True)
+    owner = models.CharField(max_length=128, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.owner or 'free'}"
+
+    @classmethod
+    def take(cls, names: Sequence[str], owner: str, seconds: float) -> str | None:
+        """The first of `names` that is free (or expired) and now `owner`'s, else None."""
+        now = timezone.now()
+        for name in names:
+            cls.objects.get_or_create(name=name)
+            free = Q(owner="") | Q(owner=owner) | Q(expires_at__lt=now) | Q(expires_at=None)
+            if cls.objects.filter(free, name=name).update(owner=owner, expires_at=now + timedelta(seconds=seconds)):
+                return name
+        return None
+
+    @classmethod
+    def renew(cls, name: str, owner: str, seconds: float) -> bool:
+        """False when the lease is no longer `owner`'s (it expired and another process took it)."""
+        return bool(cls.objects.filter(name=name, owner=owner).update(
+            expires_at=timezone.now() + timedelta(seconds=seconds)))
+
+    @classmethod
+    def release(cls, name: str, owner: str) -> None:
+        cls.objects.filter(name=name, owner=owner).update(owner="", expires_at=None)
 
 
 class SagaLog(models.Model):

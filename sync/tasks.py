@@ -2,19 +2,24 @@
 
 Schedules (created by `manage.py setup_schedules`, never at import time) start the change
 poller and a drain every minute. django-q2's scheduler looks at due schedules only every 30
-seconds, so a "every minute" task starts 60 to 90 s after the previous one: runs last RUN_SECONDS,
-longer than that, so one is always running. Overlapping runs are safe: only the holder of the
-cursor lease polls (the next run takes over within a poll interval when it ends), and drains
-claim work under row locks.
+seconds, so a "every minute" task starts 60 to 90 s after the previous one: capture runs last
+RUN_SECONDS, longer than that, so one is always polling. Overlapping runs are safe: only the
+holder of the cursor lease polls, and the next run takes over within a poll interval when it ends.
 
 The poller applies HIGH priority changes itself, right after each poll (`worker.apply_urgent`),
-so a CISA KEV change never waits behind a batch of lower-priority embeddings; it kicks a drain
-(debounced per process) for the rest, so write-through latency does not wait for the schedule.
+so a CISA KEV change never waits behind a batch of lower-priority embeddings, and kicks a drain
+(at most once a second per process) for the rest.
+
+Drains hold one of SYNC_DRAIN_WORKERS slots (`WorkerLease`): a drain that finds every slot taken
+returns at once, so kicks cannot pile up drains that would compete for the CPU or keep the
+poller's next run waiting for a worker. A drain that reaches RUN_SECONDS with work still ready
+kicks its successor before it returns.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 from datetime import timedelta
 
@@ -23,17 +28,20 @@ from django.core.cache import cache
 
 from sync import capture, queue, worker
 from sync.apply import ApplyCounts
+from sync.models import WorkerLease
 from sync.stores import vector_store
 
 log = logging.getLogger(__name__)
 
 KICK_KEY = "sync:drain-kicked"
 RUN_SECONDS = 95  # > the 90 s a one-minute schedule can take to start the next run
+DRAIN_LEASE_SECONDS = 60  # a drain slot whose holder died is free again after this
+DRAIN_RENEW_SECONDS = 10
 
 
-def kick_drain() -> bool:
-    """Ask the cluster for a drain now, at most once per second per process."""
-    if not settings.SYNC_KICK_DRAIN or not cache.add(KICK_KEY, 1, timeout=1):
+def kick_drain(*, debounce: bool = True) -> bool:
+    """Ask the cluster for a drain now (unless one was asked for in the last second here)."""
+    if not settings.SYNC_KICK_DRAIN or (debounce and not cache.add(KICK_KEY, 1, timeout=1)):
         return False
     from django_q.tasks import async_task
 
@@ -41,10 +49,36 @@ def kick_drain() -> bool:
     return True
 
 
+def drain_slots() -> list[str]:
+    return [f"drain:{n}" for n in range(settings.SYNC_DRAIN_WORKERS)]
+
+
 def drain_queue(seconds: float = RUN_SECONDS) -> dict:
-    """Apply ready events; return once the queue has been idle for a flush interval."""
-    counts = worker.drain(max_seconds=seconds, idle_exit=settings.SYNC_FLUSH_INTERVAL + 1, flush=True)
-    return asdict(counts)
+    """Apply ready events in one of the drain slots; return once the queue has been idle for a
+    flush interval, or after `seconds`."""
+    name = worker.worker_name()
+    slot = WorkerLease.take(drain_slots(), name, DRAIN_LEASE_SECONDS)
+    if slot is None:
+        return {"skipped": f"all {settings.SYNC_DRAIN_WORKERS} drain slots are taken"}
+    renewed = time.monotonic()
+
+    def slot_lost() -> bool:
+        nonlocal renewed
+        if time.monotonic() - renewed < DRAIN_RENEW_SECONDS:
+            return False
+        renewed = time.monotonic()
+        if WorkerLease.renew(slot, name, DRAIN_LEASE_SECONDS):
+            return False
+        log.warning("drain %s lost its slot %s (its lease expired): stopping", name, slot)
+        return True
+
+    try:
+        counts = worker.drain(max_seconds=seconds, idle_exit=settings.SYNC_FLUSH_INTERVAL + 1, flush=True,
+                              stop=slot_lost)
+    finally:
+        WorkerLease.release(slot, name)
+    successor = bool(worker.ready_work(1).count) and kick_drain(debounce=False)
+    return {**asdict(counts), "slot": slot, "successor": successor}
 
 
 def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:

@@ -40,6 +40,7 @@ def test_it_requires_pinecone_credentials_without_printing_them(tmp_path):
         ("SYNC_BATCH_SIZE", "lots", "SYNC_BATCH_SIZE must be an integer, got 'lots'"),
         ("SYNC_BATCH_SIZE", "0", "SYNC_BATCH_SIZE must be at least 1"),
         ("SYNC_MAX_BATCH_SIZE", "50", "SYNC_MAX_BATCH_SIZE (50) must be at least SYNC_BATCH_SIZE (100)"),
+        ("SYNC_DRAIN_WORKERS", "3", "Q_WORKERS (4) must be at least SYNC_DRAIN_WORKERS + 2 (5)"),
         ("DEBUG", "maybe", "DEBUG must be one of true/false"),
         ("NEO4J_URI", "http://127.0.0.1:7474", "NEO4J_URI must start with bolt://"),
         ("DATABASE_URL", "mysql://u:p@h/db", "DATABASE_URL must be a sqlite:// or postgres:// URL"),

@@ -291,6 +291,39 @@ def test_a_capture_run_outlives_a_failed_poll(synced_graph, settings):
     assert ChangeCursor.objects.get().last_error == ""  # cleared by the successful poll
 
 
+def test_a_drain_task_holds_a_slot_and_extra_drains_return_at_once(synced_graph, vectors, graph, settings):
+    from sync import tasks
+    from sync.models import WorkerLease
+
+    settings.SYNC_FLUSH_INTERVAL = 0
+    graph.write_entity("ThreatActor", "apt36", {"name": "APT36", "description": "Transparent Tribe"}, source="t")
+    queue.enqueue(queue.Work("ThreatActor", "apt36"))
+    assert WorkerLease.take(tasks.drain_slots(), "busy-elsewhere", 60) == "drain:0"
+    assert tasks.drain_queue(seconds=1) == {"skipped": "all 1 drain slots are taken"}
+    assert SyncEvent.objects.get().status == "queued"
+
+    WorkerLease.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # its holder died
+    result = tasks.drain_queue(seconds=1)
+    assert (result["slot"], result["upserted"], result["successor"]) == ("drain:0", 1, False)
+    assert WorkerLease.objects.get().owner == ""  # released
+
+
+def test_a_drain_that_runs_out_of_time_kicks_its_successor(synced_graph, vectors, graph, settings):
+    from django_q.models import OrmQ
+
+    from sync import tasks
+
+    settings.SYNC_FLUSH_INTERVAL = 0
+    settings.SYNC_KICK_DRAIN = True
+    settings.SYNC_BATCH_SIZE = 1
+    for n in range(3):
+        graph.write_entity("ThreatActor", f"slow-{n}", {"name": f"Actor {n}", "description": "x"}, source="t")
+    queue.enqueue_many([queue.Work("ThreatActor", f"slow-{n}") for n in range(3)])
+    result = tasks.drain_queue(seconds=0.01)  # one batch of one, then out of time
+    assert result["upserted"] == 1 and result["successor"] is True
+    assert OrmQ.objects.count() == 1
+
+
 def test_schedules_are_created_idempotently():
     from django.core.management import call_command
     from django_q.models import Schedule
