@@ -3,7 +3,9 @@
 Each poll re-reads an overlap window (CAPTURE_OVERLAP_SECONDS) before the cursor, because a
 transaction stamps `updated_at` when it runs but becomes visible only when it commits: a slow
 transaction can appear behind a cursor that has already moved past its timestamp. Re-reading
-is cheap — enqueue coalesces, and changes already synced at that version are skipped.
+is cheap — enqueue coalesces, and changes already synced at that version are skipped — and
+bounded: the window never reaches further back than the overlap before the last complete poll
+began (`read_through`, on Neo4j's clock, which stamps `updated_at` too).
 
 Only one poller reads at a time, whatever the number of worker processes: the poller holds a
 lease on the cursor row, taken and renewed with conditional updates. The cursor advances only
@@ -71,11 +73,22 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
     graph = graph_store()
     labels = synced_labels()
     cursor = ChangeCursor.objects.get(name=CURSOR)
-    after = (cursor.updated_at - window, "") if cursor.updated_at else None
+    after = None
+    if cursor.updated_at:
+        since = cursor.updated_at - window
+        if cursor.read_through:
+            # Every change stamped more than the overlap before the last complete poll began
+            # had committed by then, and that poll read them all: no need to read them again
+            # (after a bulk import, every poll would otherwise re-read its last ten seconds).
+            since = max(since, cursor.read_through - window)
+        after = (since, "")
+    complete = False
     try:
+        started = graph.server_time()
         for _ in range(max_pages):
             changes = graph.changes_since(labels, after, size)
             if not changes:
+                complete = True
                 break
             result.pages += 1
             result.changes += len(changes)
@@ -98,9 +111,11 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
             if tombstones:
                 result.tombstones_purged += graph.purge_tombstones(tombstones)
             if len(changes) < size:
+                complete = True
                 break
+        done = {"read_through": started} if complete else {}
         ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(
-            polled_at=timezone.now(), changes_seen=F("changes_seen") + result.enqueued)
+            polled_at=timezone.now(), changes_seen=F("changes_seen") + result.enqueued, **done)
     except Exception as exc:
         ChangeCursor.objects.filter(name=CURSOR).update(last_error=f"{type(exc).__name__}: {exc}"[:5000])
         raise

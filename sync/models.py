@@ -161,6 +161,8 @@ class ChangeCursor(models.Model):
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     polled_at = models.DateTimeField(null=True, blank=True)
+    # Neo4j's time when the last poll that read every page began: what was committed by then is read.
+    read_through = models.DateTimeField(null=True, blank=True)
     changes_seen = models.BigIntegerField(default=0)
     last_error = models.TextField(blank=True)
 

@@ -235,6 +235,36 @@ def test_the_overlap_window_does_not_requeue_an_entity_in_flight(synced_graph, v
     apply_events([in_flight])
 
 
+def test_a_late_committing_transaction_is_found_in_the_overlap_window(synced_graph):
+    # A writer that stamps its own version and updated_at (as ours does, and the APOC trigger
+    # then leaves alone) stamps when its statement runs, and becomes visible only at commit:
+    # behind a cursor that may have moved past that time meanwhile.
+    with synced_graph.driver.session(database=synced_graph.database) as session:
+        slow = session.begin_transaction()
+        slow.run("CREATE (:ThreatActor {uid: 'slow', name: 'Slow', description: 'committed late', "
+                 "version: 1, updated_at: datetime()})").consume()
+        cypher(synced_graph, "CREATE (:ThreatActor {uid: 'quick', name: 'Quick', description: 'committed first'})")
+        first = capture.poll_once("p", overlap=10)
+        slow.commit()
+    assert first.enqueued == 1
+    second = capture.poll_once("p", overlap=10)
+    assert second.enqueued == 1
+    assert set(SyncEvent.objects.values_list("uid", flat=True)) == {"quick", "slow"}
+
+
+def test_complete_polls_bound_the_overlap_re_reads(synced_graph):
+    import time
+
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'bulk', name: 'Bulk', description: 'imported'})")
+    reads = []
+    for _ in range(3):
+        reads.append(capture.poll_once("p", overlap=0.5).changes)
+        time.sleep(0.6)
+    # Re-read while within the overlap of a complete poll's start, then no more: the cursor
+    # alone would have it re-read on every poll (it stays at the change's time).
+    assert reads[0] == 1 and reads[-1] == 0
+
+
 def test_the_poller_applies_high_priority_changes_itself(synced_graph, vectors, settings):
     from sync import tasks
 
