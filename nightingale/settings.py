@@ -257,7 +257,8 @@ Q_CLUSTER = {
     # SYNC_DRAIN_WORKERS drain the queue; the rest run reconciliation, upkeep and the kicks (a
     # kicked drain that finds every drain slot taken returns at once).
     "workers": env_int("Q_WORKERS", 4, minimum=3),
-    "timeout": env_int("Q_TIMEOUT", 600, minimum=10),
+    # Capture and drain runs last 95 s plus their last batch (sync.tasks.RUN_SECONDS).
+    "timeout": env_int("Q_TIMEOUT", 600, minimum=180),
     "retry": env_int("Q_RETRY", 660, minimum=20),
     "max_attempts": 1,
     "queue_limit": 50,

@@ -26,7 +26,7 @@ from sync import ids, queue
 from sync.embedding import get_embedder
 from sync.metrics import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
 from sync.models import Priority, SyncEvent, SyncRecord, for_entities
-from sync.policy import MAX_UID_CHARS, build_document
+from sync.policy import ELLIPSIS, MAX_UID_CHARS, build_document
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, Metadata, RetryableStoreError, StoreError, VectorRecord
 
@@ -57,8 +57,9 @@ class ApplyCounts:
 
     @property
     def events(self) -> int:
+        """Events finished or failed; deferred ones are back in the queue and counted when applied."""
         return (self.upserted + self.metadata_only + self.unchanged + self.deleted + self.excluded
-                + self.stale + self.retried + self.dead + self.deferred)
+                + self.stale + self.retried + self.dead)
 
 
 @dataclass
@@ -107,8 +108,8 @@ def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None)
         # with backoff (idempotent writes make redoing the entities that got through safe), and
         # goes dead after SYNC_MAX_ATTEMPTS with the error.
         for plan in valid.values():
-            if plan.error:
-                continue  # already failed on its own (e.g. a document that cannot be built)
+            if plan.error or plan.outcome == "deferred":
+                continue  # failed on its own (e.g. a document that cannot be built), or never tried
             plan.error = f"{type(exc).__name__}: {exc}"
             plan.permanent = isinstance(exc, StoreError) and not exc.retryable
             plan.retry_after = getattr(exc, "retry_after", None)
@@ -236,24 +237,33 @@ def _fetch_new_chunks(plans: dict[tuple[str, str], _Plan], existing: dict[str, M
 
 
 def _stored_snippets(plan: _Plan, existing: dict[str, Metadata]):
-    """For build_document: the stored chunks' snippets when they hold exactly the text with this
-    content hash — every chunk present under the ids such a text gets, none extra — else None."""
+    """For build_document: the stored chunks' snippets when they hold the text with this content
+    hash — every chunk present under the ids such a text gets, none extra, each snippet found in
+    the text — else None."""
     present = [(vid, existing[vid]) for vid in plan.previous_ids if vid in existing]
 
-    def snippets(digest: str) -> list[str] | None:
+    def snippets(digest: str, text: str) -> list[str] | None:
         count = len(present)
         if not count:
             return None
         by_chunk: dict[int, str] = {}
         for vid, meta in present:
-            chunk, text = _whole(meta.get("chunk")), meta.get("text")
+            chunk, snippet = _whole(meta.get("chunk")), meta.get("text")
             if (meta.get("content_hash") != digest or _whole(meta.get("chunks")) != count
-                    or chunk is None or not isinstance(text, str)
+                    or chunk is None or not isinstance(snippet, str)
                     or vid != ids.vector_id(*plan.key, None if count == 1 else chunk)):
                 return None
-            by_chunk[chunk] = text
+            by_chunk[chunk] = snippet
         if sorted(by_chunk) != list(range(count)):
             return None
+        # The content hash ignores whitespace; the chunks do not (they prefer to end at paragraph
+        # and line breaks). Each snippet must still be found in the text, in order.
+        position = 0
+        for n in range(count):
+            found = text.find(by_chunk[n].removesuffix(ELLIPSIS), position)
+            if found < 0:
+                return None
+            position = found + 1
         return [by_chunk[n] for n in range(count)]
 
     return snippets

@@ -5,7 +5,9 @@ transaction stamps `updated_at` when it runs but becomes visible only when it co
 transaction can appear behind a cursor that has already moved past its timestamp. Re-reading
 is cheap — enqueue coalesces, and changes already synced at that version are skipped — and
 bounded: the window never reaches further back than the overlap before the last complete poll
-began (`read_through`, on Neo4j's clock, which stamps `updated_at` too).
+began (`read_through`). That is Neo4j's clock, which stamps `updated_at` on our writes and, through
+the APOC trigger, on other tools' writes; a tool that stamps `updated_at` itself (no APOC) with a
+clock behind Neo4j's by more than the overlap can be missed here, and is found by reconciliation.
 
 Only one poller reads at a time, whatever the number of worker processes: the poller holds a
 lease on the cursor row, taken and renewed with conditional updates. The cursor advances only
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -113,7 +115,7 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
             if len(changes) < size:
                 complete = True
                 break
-        done = {"read_through": started} if complete else {}
+        done = {"read_through": started, "last_error": ""} if complete else {}
         ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(
             polled_at=timezone.now(), changes_seen=F("changes_seen") + result.enqueued, **done)
     except Exception as exc:
@@ -203,13 +205,18 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
             started = time.monotonic()
             try:
                 result = poll_once(owner)
-            except StoreError as exc:
-                # Recorded on the cursor (last_error, shown by sync_status); the next poll retries.
+            except (StoreError, DatabaseError) as exc:
+                # Neo4j unreachable, SQLite busy, ...: recorded on the cursor when it can be
+                # (last_error, shown by sync_status); the next poll retries.
                 SYNC_ERRORS.labels("capture").inc()
                 log.warning("change capture poll failed, retrying in %.1fs: %s", pause, exc)
                 result = CaptureResult()
             if result.polled:
-                after_poll(result)
+                try:
+                    after_poll(result)
+                except Exception:  # noqa: BLE001 — polling must go on; what failed is logged and counted
+                    SYNC_ERRORS.labels("capture").inc()
+                    log.exception("change capture: the work after a poll failed; polling goes on")
             for name in ("changes", "enqueued", "skipped", "tombstones_purged", "pages"):
                 setattr(total, name, getattr(total, name) + getattr(result, name))
             total.polled = total.polled or result.polled

@@ -719,13 +719,14 @@ class Document:
 
 
 def build_document(entity: Entity, *,
-                   stored_snippets: Callable[[str], Sequence[str] | None] | None = None) -> Document | None:
+                   stored_snippets: Callable[[str, str], Sequence[str] | None] | None = None) -> Document | None:
     """The entity as the vector index should see it; None when its label is never synced.
 
-    `stored_snippets(content_hash)` may return the `text` snippets of the chunks the vector store
-    already holds for exactly this text (same content hash), in chunk order: the text is then not
-    split again (tokenizing is most of the cost of a metadata-only update) and the chunks are
-    rebuilt from the snippets, with `text=None` since their vectors are kept as they are.
+    `stored_snippets(content_hash, text)` may return the `text` snippets of the chunks the vector
+    store already holds for this text (same content hash, snippets found in the text), in chunk
+    order: the text is then not split again (tokenizing is most of the cost of a metadata-only
+    update) and the chunks are rebuilt from the snippets, with `text=None` since their vectors
+    are kept as they are.
     """
     policy = policy_for(entity.label)
     if not policy.synced:
@@ -742,7 +743,7 @@ def build_document(entity: Entity, *,
 
     text = build_text(policy, entity.properties)
     digest = content_hash(text)
-    snippets = list(stored_snippets(digest) or ()) if (text and stored_snippets) else []
+    snippets = list(stored_snippets(digest, text) or ()) if (text and stored_snippets) else []
     pieces: list[str | None]
     if snippets:
         pieces = [None] * len(snippets)  # the stored vectors are kept: nothing to embed

@@ -19,12 +19,13 @@ kicks its successor before it returns.
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from dataclasses import asdict
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db import DatabaseError, connections
 
 from sync import capture, queue, worker
 from sync.apply import ApplyCounts
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 KICK_KEY = "sync:drain-kicked"
 RUN_SECONDS = 95  # > the 90 s a one-minute schedule can take to start the next run
 DRAIN_LEASE_SECONDS = 60  # a drain slot whose holder died is free again after this
-DRAIN_RENEW_SECONDS = 10
+DRAIN_RENEW_SECONDS = 10  # renewed by a thread of the drain, also in the middle of a batch
 
 
 def kick_drain(*, debounce: bool = True) -> bool:
@@ -60,22 +61,30 @@ def drain_queue(seconds: float = RUN_SECONDS) -> dict:
     slot = WorkerLease.take(drain_slots(), name, DRAIN_LEASE_SECONDS)
     if slot is None:
         return {"skipped": f"all {settings.SYNC_DRAIN_WORKERS} drain slots are taken"}
-    renewed = time.monotonic()
+    finished, lost = threading.Event(), threading.Event()
 
-    def slot_lost() -> bool:
-        nonlocal renewed
-        if time.monotonic() - renewed < DRAIN_RENEW_SECONDS:
-            return False
-        renewed = time.monotonic()
-        if WorkerLease.renew(slot, name, DRAIN_LEASE_SECONDS):
-            return False
-        log.warning("drain %s lost its slot %s (its lease expired): stopping", name, slot)
-        return True
+    def keep_slot() -> None:
+        """Renew the slot while the drain runs, however long one batch takes."""
+        try:
+            while not finished.wait(DRAIN_RENEW_SECONDS):
+                try:
+                    if not WorkerLease.renew(slot, name, DRAIN_LEASE_SECONDS):
+                        log.warning("drain %s lost its slot %s (its lease expired): stopping", name, slot)
+                        lost.set()
+                        return
+                except DatabaseError as exc:  # the lease outlives a few failed renewals
+                    log.warning("drain %s could not renew its slot %s: %s", name, slot, exc)
+        finally:
+            connections.close_all()  # this thread's own connection
 
+    keeper = threading.Thread(target=keep_slot, name=f"{slot}-lease", daemon=True)
+    keeper.start()
     try:
         counts = worker.drain(max_seconds=seconds, idle_exit=settings.SYNC_FLUSH_INTERVAL + 1, flush=True,
-                              stop=slot_lost)
+                              stop=lost.is_set)
     finally:
+        finished.set()
+        keeper.join()
         WorkerLease.release(slot, name)
     successor = bool(worker.ready_work(1).count) and kick_drain(debounce=False)
     return {**asdict(counts), "slot": slot, "successor": successor}

@@ -69,6 +69,8 @@ GROWTH = 4  # a batch that embedded little makes the next one up to this many ti
 
 def next_batch_size(current: int, counts: ApplyCounts, claimed: int, base: int, largest: int) -> int:
     """The next claim's size: about `base` entities to embed, growing at most GROWTH-fold a batch."""
+    if counts.retried or counts.dead:
+        return base  # a store in trouble: nothing suggests the work is cheap
     embedded = counts.upserted + counts.deferred
     if not embedded:
         return min(largest, current * GROWTH) if claimed >= current else current

@@ -211,3 +211,10 @@ def test_the_batch_grows_while_work_is_cheap(current, claimed, upserted, deferre
 
     counts = ApplyCounts(upserted=upserted, deferred=deferred, metadata_only=claimed - upserted - deferred)
     assert next_batch_size(current, counts, claimed, base=100, largest=1000) == expected
+
+
+def test_a_failing_batch_does_not_grow_the_next():
+    from sync.apply import ApplyCounts
+    from sync.worker import next_batch_size
+
+    assert next_batch_size(400, ApplyCounts(retried=400), 400, base=100, largest=1000) == 100

@@ -141,6 +141,32 @@ def test_a_batch_embeds_at_most_its_limit_and_hands_the_rest_back(synced_graph, 
     assert counts.upserted == 3 and vectors.stats().total == 5
 
 
+def test_a_failed_batch_hands_back_what_it_never_tried(synced_graph, vectors, graph):
+    from sync.stores import use_vector_store
+    from tests.faults import FailingWrites
+
+    for n in range(5):
+        graph.write_entity("ThreatActor", f"b{n}", {"name": f"Actor {n}", "description": "new"}, source="t")
+    queue.enqueue_many([queue.Work("ThreatActor", f"b{n}") for n in range(5)])
+    use_vector_store(FailingWrites(vectors))
+    counts = apply_events(queue.claim_batch("w", 10), embed_limit=2)
+    assert (counts.retried, counts.deferred) == (2, 3)
+    untried = SyncEvent.objects.filter(attempts=0, status="queued")
+    assert untried.count() == 3 and not SyncRecord.objects.filter(uid__in=[e.uid for e in untried]).exists()
+
+
+def test_a_whitespace_only_edit_rebuilds_the_snippets_without_embedding(synced_graph, vectors, graph):
+    graph.write_entity("Report", "r4", {"title": "Notes", "summary": "First paragraph.\n\nSecond paragraph."},
+                       source="t")
+    queue.enqueue(queue.Work("Report", "r4"))
+    worker.drain(idle_exit=0)
+    graph.write_entity("Report", "r4", {"summary": "First paragraph. Second paragraph."}, source="t")
+    queue.enqueue(queue.Work("Report", "r4"))
+    counts = worker.drain(idle_exit=0)
+    assert (counts.metadata_only, counts.embedded_chunks) == (1, 0)  # same content hash
+    assert stored(vectors, "Report", "r4").metadata["text"] == "Title: Notes\nSummary: First paragraph. Second paragraph."
+
+
 def test_records_are_upserted_and_a_failure_keeps_what_was_written():
     now = timezone.now()
     SyncRecord.upsert([SyncRecord(label="KEV", uid="CVE-1", graph_version=1, vector_version=1, content_hash="h1",
@@ -244,10 +270,11 @@ def test_a_late_committing_transaction_is_found_in_the_overlap_window(synced_gra
         slow.run("CREATE (:ThreatActor {uid: 'slow', name: 'Slow', description: 'committed late', "
                  "version: 1, updated_at: datetime()})").consume()
         cypher(synced_graph, "CREATE (:ThreatActor {uid: 'quick', name: 'Quick', description: 'committed first'})")
-        first = capture.poll_once("p", overlap=10)
+        first = capture.poll_once("p", overlap=1)
         slow.commit()
     assert first.enqueued == 1
-    second = capture.poll_once("p", overlap=10)
+    # The window reaches back a second before that complete poll began: far enough for this one.
+    second = capture.poll_once("p", overlap=1)
     assert second.enqueued == 1
     assert set(SyncEvent.objects.values_list("uid", flat=True)) == {"quick", "slow"}
 
@@ -338,6 +365,31 @@ def test_a_drain_task_holds_a_slot_and_extra_drains_return_at_once(synced_graph,
     assert WorkerLease.objects.get().owner == ""  # released
 
 
+def test_a_drain_keeps_its_slot_through_a_long_batch(synced_graph, vectors, graph, settings, monkeypatch):
+    import time
+
+    from sync import tasks
+    from sync import worker as worker_module
+    from sync.models import WorkerLease
+
+    settings.SYNC_FLUSH_INTERVAL = 0
+    monkeypatch.setattr(tasks, "DRAIN_LEASE_SECONDS", 0.3)
+    monkeypatch.setattr(tasks, "DRAIN_RENEW_SECONDS", 0.05)
+    intruder = []
+    real_apply = worker_module.apply_events
+
+    def slow_apply(events, **kwargs):
+        time.sleep(0.6)  # twice the lease: only renewals keep the slot
+        intruder.append(WorkerLease.take(tasks.drain_slots(), "intruder", 60))
+        return real_apply(events, **kwargs)
+
+    monkeypatch.setattr(worker_module, "apply_events", slow_apply)
+    graph.write_entity("ThreatActor", "apt37", {"name": "APT37", "description": "Reaper"}, source="t")
+    queue.enqueue(queue.Work("ThreatActor", "apt37"))
+    result = tasks.drain_queue(seconds=5)
+    assert result["upserted"] == 1 and intruder == [None]
+
+
 def test_a_drain_that_runs_out_of_time_kicks_its_successor(synced_graph, vectors, graph, settings):
     from django_q.models import OrmQ
 
@@ -349,9 +401,10 @@ def test_a_drain_that_runs_out_of_time_kicks_its_successor(synced_graph, vectors
     for n in range(3):
         graph.write_entity("ThreatActor", f"slow-{n}", {"name": f"Actor {n}", "description": "x"}, source="t")
     queue.enqueue_many([queue.Work("ThreatActor", f"slow-{n}") for n in range(3)])
-    result = tasks.drain_queue(seconds=0.01)  # one batch of one, then out of time
-    assert result["upserted"] == 1 and result["successor"] is True
+    result = tasks.drain_queue(seconds=0.01)  # a batch of one at most, then out of time
+    assert result["upserted"] <= 1 and result["successor"] is True
     assert OrmQ.objects.count() == 1
+    assert SyncEvent.objects.filter(status="queued").count() >= 2
 
 
 def test_schedules_are_created_idempotently():

@@ -29,7 +29,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"events: {counts.events} (upserted {counts.upserted}, metadata-only {counts.metadata_only}, "
             f"unchanged {counts.unchanged}, deleted {counts.deleted}, excluded {counts.excluded}, "
-            f"stale {counts.stale}, retried {counts.retried}, dead {counts.dead}); "
+            f"stale {counts.stale}, retried {counts.retried}, dead {counts.dead}, handed back {counts.deferred}); "
             f"embedded chunks {counts.embedded_chunks}, vectors written {counts.vectors_written}, "
             f"deleted {counts.vectors_deleted}"
         )
