@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 
 import lancedb
 import numpy as np
+import orjson
 import pyarrow as pa
 from lancedb.index import BTree
 from lancedb.query import ColumnOrdering
@@ -313,7 +314,8 @@ class LanceVectorStore:
     def fetch_metadata(self, ids: Iterable[str]) -> dict[str, Metadata]:
         """The metadata of the stored records among `ids`; the vector column is not read."""
         rows = self._read_rows(_possible_ids(ids), ["id", "metadata"])
-        return {vector_id: json.loads(row["metadata"]) for vector_id, row in rows.items()}
+        # orjson: reconciliation and the workers decode every record they read.
+        return {vector_id: orjson.loads(row["metadata"]) for vector_id, row in rows.items()}
 
     def list_ids(self, prefix: str = "") -> Iterator[str]:
         """Ids starting with `prefix`, in bytewise order, read a page of ids at a time.
