@@ -15,6 +15,15 @@ from django.db.models import Q
 from django.utils import timezone
 
 
+def with_ids(queryset, ids: Sequence[int]):
+    """`queryset` restricted to these primary keys, the IN list written directly (see for_entities)."""
+    quote = connection.ops.quote_name
+    column = f"{quote(queryset.model._meta.db_table)}.{quote(queryset.model._meta.pk.column)}"
+    if not ids:
+        return queryset.none()
+    return queryset.extra(where=[f"{column} IN ({', '.join(['%s'] * len(ids))})"], params=[int(i) for i in ids])
+
+
 def for_entities(queryset, keys, size: int = 500):
     """`queryset` restricted to the (label, uid) keys: one query per label and `size` uids, so a
     batch of thousands of entities never builds one oversized IN clause."""

@@ -24,7 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, Min, OuterRef, Q
 from django.utils import timezone
 
-from sync.models import AuditEntry, Priority, SyncEvent, for_entities
+from sync.models import AuditEntry, Priority, SyncEvent, for_entities, with_ids
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
         ids = aged + rest
         if not ids:
             return []
-        won = SyncEvent.objects.filter(_claimable(now), id__in=ids).update(
+        won = with_ids(SyncEvent.objects.filter(_claimable(now)), ids).update(
             status=Status.IN_FLIGHT, claim_token=token, lease_expires_at=now + timedelta(seconds=timeout),
             attempts=F("attempts") + 1,
         )
@@ -224,10 +224,9 @@ def ack(events: Sequence[SyncEvent], outcome: str) -> int:
         by_token.setdefault(event.claim_token, []).append(event.id)
     for token, ids in by_token.items():
         for start in range(0, len(ids), 500):
-            done += SyncEvent.objects.filter(
-                id__in=ids[start:start + 500], claim_token=token, status=Status.IN_FLIGHT,
-            ).update(status=Status.DONE, finished_at=now, outcome=outcome, lease_expires_at=None,
-                     last_error="")
+            mine = with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids[start:start + 500])
+            done += mine.update(status=Status.DONE, finished_at=now, outcome=outcome, lease_expires_at=None,
+                                last_error="")
     if done < len(events):
         log.warning("acked %d of %d events: the rest lost their lease to another worker",
                     done, len(events))
