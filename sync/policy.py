@@ -481,10 +481,8 @@ def html_to_text(value: str) -> str:
 
 
 # Control characters (Cc, except tab and newline) and lone surrogates cannot be embedded or stored
-# meaningfully; a translate table removes them in one C-speed pass, even over megabytes.
-_UNSTORABLE = dict.fromkeys(
-    [c for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\t\n"] + list(range(0xD800, 0xE000))
-)
+# meaningfully; one C-speed regex pass finds (and removes) them, even over megabytes.
+_UNSTORABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def clean_text(value: str, *, multiline: bool = False) -> str:
@@ -508,8 +506,8 @@ def _clean(value: str, multiline: bool) -> str:
     # Characters are removed before the markup pass, never after it: removing the NUL from
     # "<\x00script>" afterwards would assemble the very tag the pass let through as text.
     text = value.replace("\r\n", "\n").replace("\r", "\n") if "\r" in value else value
-    if not text.isprintable():  # printable text holds no control characters or surrogates
-        text = text.translate(_UNSTORABLE)
+    if not text.isprintable() and _UNSTORABLE.search(text):  # printable: no control characters or surrogates
+        text = _UNSTORABLE.sub("", text)
     text = html_to_text(unicodedata.normalize("NFC", text))
     if not multiline:
         return " ".join(text.split())
