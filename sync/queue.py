@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 Status = SyncEvent.Status
 Operation = SyncEvent.Operation
 STARVATION_SHARE = 0.25  # of each batch, for the oldest events whatever their priority
+CLAIMED_FIELDS = ("id", "label", "uid", "operation", "version", "priority", "status", "source", "attempts",
+                  "claim_token", "changed_at")
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,10 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
         )
     if won < len(ids):
         log.debug("claim %s won %d of %d events; another worker took the rest", token, won, len(ids))
-    return list(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT).order_by("priority", "id"))
+    # What applying needs: a worker claims up to SYNC_MAX_BATCH_SIZE events at a time, and SQLite
+    # parses every datetime column of every row read (other fields load on first access).
+    return list(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT).order_by("priority", "id")
+                .only(*CLAIMED_FIELDS))
 
 
 def _bury_lost_leases(now: datetime) -> None:
