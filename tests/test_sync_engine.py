@@ -32,6 +32,14 @@ def stored(vectors, label, uid):
     return vectors.fetch([vector_id(label, uid)]).get(vector_id(label, uid))
 
 
+def synced_long_report(graph, uid, sentences, **properties):
+    """A Report whose summary spans several chunks, written and synced."""
+    long_text = " ".join(f"Sentence {n} about the actor's tooling and infrastructure." for n in range(sentences))
+    graph.write_entity("Report", uid, {"title": "Long", "summary": long_text, **properties}, source="t")
+    queue.enqueue(queue.Work("Report", uid))
+    worker.drain(idle_exit=0)
+
+
 def test_a_foreign_write_reaches_the_vector_store_with_its_version(synced_graph, vectors):
     cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt29', name: 'APT29', description: 'Russian SVR actor'})")
     cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'apt29'}) SET a.description = 'Cozy Bear, SVR'")
@@ -94,10 +102,7 @@ def test_a_metadata_only_change_reuses_the_stored_chunks_without_tokenizing(sync
     from sync.embedding import Embedder
     from sync.policy import build_document
 
-    long_text = " ".join(f"Sentence {n} about the actor's tooling and infrastructure." for n in range(300))
-    graph.write_entity("Report", "r2", {"title": "Long", "summary": long_text, "doc_type": "report"}, source="t")
-    queue.enqueue(queue.Work("Report", "r2"))
-    worker.drain(idle_exit=0)
+    synced_long_report(graph, "r2", 300, doc_type="report")
     graph.write_entity("Report", "r2", {"doc_type": "advisory"}, source="t")
     entity = graph.get_entities([("Report", "r2")])[("Report", "r2")]
     expected = build_document(entity)
@@ -115,10 +120,7 @@ def test_a_metadata_only_change_reuses_the_stored_chunks_without_tokenizing(sync
 
 
 def test_stored_chunks_that_do_not_cover_the_text_are_rebuilt(synced_graph, vectors, graph):
-    long_text = " ".join(f"Sentence {n} about the actor's tooling and infrastructure." for n in range(300))
-    graph.write_entity("Report", "r3", {"title": "Long", "summary": long_text}, source="t")
-    queue.enqueue(queue.Work("Report", "r3"))
-    worker.drain(idle_exit=0)
+    synced_long_report(graph, "r3", 300)
     ids = sorted(vectors.list_ids("Report:"))
     vectors.delete([ids[1]])  # one chunk lost behind our back; the record still says in_sync
     graph.write_entity("Report", "r3", {"doc_type": "blog"}, source="t")
@@ -203,10 +205,7 @@ def test_a_replayed_old_event_reads_the_current_state(synced_graph, vectors, gra
 
 
 def test_a_text_that_shrinks_removes_its_surplus_chunks(synced_graph, vectors, graph):
-    long_text = " ".join(f"Sentence {n} about the actor's tooling and infrastructure." for n in range(400))
-    graph.write_entity("Report", "r1", {"title": "Long", "summary": long_text}, source="t")
-    queue.enqueue(queue.Work("Report", "r1"))
-    worker.drain(idle_exit=0)
+    synced_long_report(graph, "r1", 400)
     chunks = list(vectors.list_ids("Report:"))
     assert len(chunks) > 2 and all("#" in c for c in chunks)
     graph.write_entity("Report", "r1", {"summary": "Short now."}, source="t")
