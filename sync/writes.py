@@ -145,9 +145,6 @@ def enqueue_entity(entity: Entity, *, source: str) -> None:
         label=entity.label, uid=entity.uid, version=entity.version,
         priority=queue.priority_of(entity.label), changed_at=entity.updated_at, source=source,
     ))
-    from sync.tasks import kick_drain
-
-    kick_drain()
 
 
 def _dual_write(label, uid, properties, *, source, confidence, expected_version, actor) -> WriteOutcome:

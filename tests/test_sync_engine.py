@@ -63,8 +63,12 @@ def test_a_deleted_node_loses_its_vectors(synced_graph, vectors):
     result, counts = sync_all()
     assert counts.deleted == 1
     assert list(vectors.list_ids("ThreatActor:")) == []
-    assert SyncRecord.objects.get(uid="apt28").status == "deleted"
-    assert result.tombstones_purged == 1
+    record = SyncRecord.objects.get(uid="apt28")
+    assert record.status == "deleted" and record.graph_version == 2  # the tombstone's version
+    # The tombstone stays (versions continue from it on a re-creation); read again, it is done.
+    assert cypher(synced_graph, "MATCH (t:_SyncTombstone {uid: 'apt28'}) RETURN t.version") == [[2]]
+    again = capture.poll_once("test-poller", overlap=3600)
+    assert again.changes == 1 and again.enqueued == 0
 
 
 def test_a_label_outside_the_policy_never_reaches_the_store(synced_graph, vectors):
