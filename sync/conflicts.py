@@ -11,7 +11,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from sync.models import AuditEntry, Conflict, ReconcileRun
+from sync.models import AuditEntry, Conflict, ReconcileRun, SyncRecord
 from sync.rules import Proposal, Side
 from sync.stores.base import Entity
 
@@ -28,8 +28,10 @@ class ConflictError(ValueError):
 def open_conflict(kind: str, label: str, uid: str, *, graph_version: int | None, graph_side: dict,
                   other_side: dict, graph_meta: Side | None = None, other_meta: Side | None = None,
                   proposal: Proposal | None = None, run: ReconcileRun | None = None,
-                  explanation: str = "") -> Conflict:
-    """Open a conflict, or refresh the one already open for this entity and kind."""
+                  explanation: str = "", with_created: bool = False):
+    """Open a conflict, or refresh the one already open for this entity and kind. Returns the
+    conflict (with `with_created`, a (conflict, created) pair). The entity's sync record says
+    `conflict` while one is open."""
     fields = {
         "graph_version": graph_version,
         "graph_side": _jsonable(graph_side),
@@ -52,11 +54,36 @@ def open_conflict(kind: str, label: str, uid: str, *, graph_version: int | None,
                     for name, value in fields.items():
                         setattr(existing, name, value)
                     existing.save()
-                    return existing
-                return Conflict.objects.create(kind=kind, label=label, uid=uid, **fields)
+                    return (existing, False) if with_created else existing
+                conflict = Conflict.objects.create(kind=kind, label=label, uid=uid, **fields)
+                SyncRecord.objects.filter(label=label, uid=uid, status=SyncRecord.Status.IN_SYNC).update(
+                    status=SyncRecord.Status.CONFLICT)
+                return (conflict, True) if with_created else conflict
         except IntegrityError:
             continue  # opened concurrently: the next round refreshes that one
     raise ConflictError(f"could not open a {kind} conflict on {label}:{uid}")
+
+
+def withdraw(opened: list[Conflict]) -> None:
+    """Conflicts opened for a write that did not happen after all: nothing is held back."""
+    if opened:
+        Conflict.objects.filter(pk__in=[c.pk for c in opened], status=Status.OPEN).delete()
+        for conflict in opened:
+            closed(conflict.label, conflict.uid)
+
+
+def move_to_version(opened: list[Conflict], version: int) -> None:
+    """The write that held these values back is in the graph: its version is the one shown. (The
+    held-back fields kept their values, so the graph side stands as recorded.)"""
+    if opened:
+        Conflict.objects.filter(pk__in=[c.pk for c in opened], status=Status.OPEN).update(graph_version=version)
+
+
+def closed(label: str, uid: str) -> None:
+    """A conflict on the entity closed: its record says in_sync again once none is open."""
+    if not Conflict.objects.filter(label=label, uid=uid, status=Status.OPEN).exists():
+        SyncRecord.objects.filter(label=label, uid=uid, status=SyncRecord.Status.CONFLICT).update(
+            status=SyncRecord.Status.IN_SYNC)
 
 
 def record_auto_resolved(kind: str, entity: Entity, graph: Side, incoming: Side,

@@ -308,8 +308,9 @@ class ReconcileRun(models.Model):
                                      on_delete=models.SET_NULL, related_name="+")
     dry_run = models.BooleanField(default=False)
     window_start = models.DateTimeField(null=True, blank=True)  # incremental: changes since
-    started_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(default=timezone.now)  # when queued, until the run starts
     finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)  # last progress saved: a dead run stops moving
     duration = models.FloatField(null=True, blank=True)  # seconds
     entities_checked = models.PositiveIntegerField(default=0)
     vectors_checked = models.PositiveIntegerField(default=0)

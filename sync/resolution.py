@@ -15,7 +15,7 @@ from typing import Any
 from django.utils import timezone
 
 from sync import ids
-from sync.conflicts import STORE_KINDS, ConflictError, _jsonable
+from sync.conflicts import STORE_KINDS, ConflictError, _jsonable, closed
 from sync.models import AuditEntry, Conflict
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, VersionConflict
@@ -92,6 +92,7 @@ def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
                                 "review the new state") from exc
         raise
     conflict.refresh_from_db()
+    closed(conflict.label, conflict.uid)
     AuditEntry.record(actor, "conflict.resolve", f"{conflict.label}:{conflict.uid}",
                       before={k: conflict.graph_side.get(k) for k in values} or conflict.graph_side,
                       after=_jsonable(values), note=note or f"chose {choice}")
@@ -105,6 +106,7 @@ def dismiss(conflict_id: int, *, actor, note: str = "") -> Resolution:
         resolved_at=timezone.now())
     conflict = Conflict.objects.get(pk=conflict_id)
     if updated:
+        closed(conflict.label, conflict.uid)
         AuditEntry.record(actor, "conflict.dismiss", f"{conflict.label}:{conflict.uid}", note=note)
     return Resolution(conflict, bool(updated), "dismissed" if updated else f"already {conflict.status}")
 

@@ -127,12 +127,22 @@ def purge_finished_events(days: int = 7) -> int:
     return queue.purge_finished(timedelta(days=days))
 
 
+def run_reconciliation(run_id: int) -> dict:
+    """A run queued by `sync.reconcile.start` (the dashboard, the API)."""
+    from sync import reconcile
+    from sync.models import ReconcileRun
+
+    run = reconcile.execute(ReconcileRun.objects.get(pk=run_id))
+    return {"run": run.pk, "status": run.status, "drift": run.drift, "repaired": run.repaired}
+
+
 def reconcile_incremental() -> dict:
     from sync import reconcile
     from sync.models import ReconcileRun
 
+    abandoned = reconcile.fail_abandoned()
     run = reconcile.incremental(trigger=ReconcileRun.Trigger.SCHEDULE)
-    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired, "abandoned": abandoned}
 
 
 def reconcile_full() -> dict:

@@ -404,6 +404,8 @@ def test_a_drain_that_runs_out_of_time_kicks_its_successor(synced_graph, vectors
     for n in range(3):
         graph.write_entity("ThreatActor", f"slow-{n}", {"name": f"Actor {n}", "description": "x"}, source="t")
     queue.enqueue_many([queue.Work("ThreatActor", f"slow-{n}") for n in range(3)])
+    assert OrmQ.objects.count() == 1  # storing work kicked a drain
+    OrmQ.objects.all().delete()
     result = tasks.drain_queue(seconds=0.01)  # a batch of one at most, then out of time
     assert result["upserted"] <= 1 and result["successor"] is True
     assert OrmQ.objects.count() == 1
