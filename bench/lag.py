@@ -32,8 +32,8 @@ def main() -> None:
     from django.conf import settings
 
     from sync.models import SyncRecord
+    from sync.observe.status import percentile
     from sync.policy import synced_labels
-    from sync.status import percentile
     from sync.stores import graph_store
 
     wipe_graph()

@@ -1,7 +1,7 @@
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
-from sync.health import check_services
+from sync.observe.health import check_services
 
 
 @login_required

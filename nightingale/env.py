@@ -1,11 +1,13 @@
 """Small readers for settings that come from the environment.
 
 Each one fails loudly with the variable's name, so a typo in a deployment stops start-up instead of
-running with a silent default. Secrets are never echoed in these messages.
+running with a silent default. Numbers must be finite (no nan or inf). Secrets are never echoed
+in these messages.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -57,6 +59,9 @@ def env_float(name: str, default: float, minimum: float | None = None,
         number = float(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        # float() reads "nan" and "inf", which pass every range check: an interval of nan busy-polls.
+        raise ImproperlyConfigured(f"{name} must be a finite number, got {value!r}")
     _check_range(name, number, minimum, maximum)
     return number
 

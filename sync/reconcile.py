@@ -56,8 +56,8 @@ from django.utils import timezone
 
 from sync import conflicts, ids, queue
 from sync.embedding import content_hash, model_id
-from sync.metrics import CONSISTENCY_VIOLATIONS
 from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
+from sync.observe.metrics import CONSISTENCY_VIOLATIONS
 from sync.policy import (
     ENGINE_KEYS,
     allowed_metadata,

@@ -6,8 +6,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sync.health import check_services
-from sync.metrics import register_collectors
+from sync.observe.health import check_services
+from sync.observe.metrics import register_collectors
 
 
 @never_cache

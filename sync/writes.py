@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from sync import conflicts, queue, rules
 from sync.apply import apply_now
-from sync.metrics import SAGAS, SYNC_ERRORS
 from sync.models import SagaLog
+from sync.observe.metrics import SAGAS, SYNC_ERRORS
 from sync.policy import WriteMode, policy_for
 from sync.stores import graph_store
 from sync.stores.base import Entity, StoreError, VersionConflict

@@ -74,3 +74,40 @@ def test_deploy_settings_follow_the_environment(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def numeric_reads():
+    """Every `env_int`/`env_float` read in the settings module, found in its source."""
+    import ast
+
+    tree = ast.parse((ROOT / "nightingale" / "settings.py").read_text())
+    reads = sorted({
+        (node.args[0].value, node.func.id) for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        and node.func.id in ("env_int", "env_float")
+        and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+    })
+    assert len(reads) >= 20 and any(kind == "env_float" for _, kind in reads)  # the search found them
+    return reads
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+@pytest.mark.parametrize(("variable", "reader"), numeric_reads())
+def test_it_refuses_non_finite_numbers(tmp_path, monkeypatch, variable, reader, value):
+    """Start-up reads the settings module with the variable set: it stops, naming the variable."""
+    import runpy
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    for key in [k for k in os.environ if k.startswith(("VECTOR_", "PINECONE_", "DATABASE_", "REDIS_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ImproperlyConfigured, match=rf"^{variable} must be a"):
+        runpy.run_path(str(ROOT / "nightingale" / "settings.py"))
+
+
+def test_a_nan_interval_stops_start_up(tmp_path):
+    result = run_check(tmp_path, CAPTURE_INTERVAL="nan")
+    assert result.returncode != 0
+    assert "CAPTURE_INTERVAL must be a finite number, got 'nan'" in result.stderr

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from sync.status import snapshot
+from sync.observe.status import snapshot
 
 
 def seconds(value):
