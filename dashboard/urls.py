@@ -1,7 +1,8 @@
 from django.urls import path
 
-from dashboard import views
+from dashboard.views import overview
 
+# Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", overview.home, name="home"),
 ]
