@@ -210,6 +210,9 @@ SYNC_MAX_BATCH_SIZE = env_int("SYNC_MAX_BATCH_SIZE", 1000, minimum=1, maximum=50
 if SYNC_MAX_BATCH_SIZE < SYNC_BATCH_SIZE:
     raise ImproperlyConfigured(
         f"SYNC_MAX_BATCH_SIZE ({SYNC_MAX_BATCH_SIZE}) must be at least SYNC_BATCH_SIZE ({SYNC_BATCH_SIZE})")
+# Chunks one batch may embed (about 20 s of embedding on 2 CPU cores): with SYNC_BATCH_SIZE it
+# keeps a batch of long documents within its task's timeout.
+SYNC_MAX_BATCH_CHUNKS = env_int("SYNC_MAX_BATCH_CHUNKS", 400, minimum=1)
 SYNC_FLUSH_INTERVAL = env_float("SYNC_FLUSH_INTERVAL", 5.0, minimum=0.0)
 # Drain tasks running at once (each embeds with every core torch is given): one suits a small
 # machine; the change poller applies HIGH priority work beside them.
@@ -222,6 +225,9 @@ SYNC_STARVATION_SECONDS = env_float("SYNC_STARVATION_SECONDS", 30.0, minimum=0.0
 CAPTURE_INTERVAL = env_float("CAPTURE_INTERVAL", 1.0, minimum=0.1)
 CAPTURE_OVERLAP_SECONDS = env_float("CAPTURE_OVERLAP_SECONDS", 10.0, minimum=0.0)
 CAPTURE_PAGE_SIZE = env_int("CAPTURE_PAGE_SIZE", 500, minimum=1, maximum=10000)
+# Deleted nodes' tombstones are kept this long after their delete is applied: a node re-created
+# meanwhile continues its version from the tombstone.
+TOMBSTONE_RETENTION_DAYS = env_int("TOMBSTONE_RETENTION_DAYS", 90, minimum=1)
 RECONCILE_INCREMENTAL_MINUTES = env_int("RECONCILE_INCREMENTAL_MINUTES", 5, minimum=1)
 RECONCILE_WINDOW_MINUTES = env_int("RECONCILE_WINDOW_MINUTES", 60, minimum=1)
 RECONCILE_FULL_HOURS = env_int("RECONCILE_FULL_HOURS", 24, minimum=1)

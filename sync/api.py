@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from functools import wraps
 
 from django.conf import settings
@@ -14,6 +15,8 @@ from django.views.decorators.http import require_POST
 from sync.ingest import IngestError, parse_items
 from sync.stores.base import PermanentStoreError, RetryableStoreError, VersionConflict
 from sync.writes import CompensationFailed, SyncWriteError, write_entity
+
+log = logging.getLogger(__name__)
 
 
 def error(status: int, message: str, **extra) -> JsonResponse:
@@ -59,12 +62,17 @@ def ingest_entities(request):
         except CompensationFailed as exc:
             return error(500, str(exc), label=item.label, uid=item.uid, saga=exc.saga.pk, written=results)
         except SyncWriteError as exc:
-            return error(503, str(exc), label=item.label, uid=item.uid,
+            return error(503 if exc.retryable else 500, str(exc), label=item.label, uid=item.uid,
                          saga=exc.saga.pk if exc.saga else None, written=results)
         except RetryableStoreError as exc:
             return error(503, f"the graph is unavailable: {exc}", written=results)
         except (PermanentStoreError, ValueError) as exc:
             return error(400, str(exc), label=item.label, uid=item.uid, written=results)
+        except Exception as exc:  # noqa: BLE001 — the client gets a body that says what happened
+            log.exception("ingest of %s:%s failed unexpectedly", item.label, item.uid)
+            return error(500, f"the write failed unexpectedly ({type(exc).__name__}: {exc}); the entities "
+                              "in `written` are stored, this one may not be: retry it and those after it",
+                         label=item.label, uid=item.uid, written=results)
         results.append({
             "label": item.label, "uid": item.uid, "version": outcome.entity.version,
             "created": outcome.created, "mode": outcome.mode, "vector": outcome.vector_outcome,

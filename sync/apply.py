@@ -1,30 +1,43 @@
 """Apply a claimed batch of sync events: make each entity's vectors match its current graph state.
 
 An event only says "look at this entity"; what gets written is always read from Neo4j at apply
-time, so a late or repeated event cannot write old content. What can still go wrong is two
-workers racing on one entity: the version guard refuses to replace a vector built from a newer
-graph version with an older one (Pinecone has no conditional write, so the guard is ours).
+time, so a late or repeated event cannot write old content. Two workers never race on one entity:
+a claim is a lease, renewed by a thread while the batch runs, and every write after the claim is
+fenced by it — the vector writes go ahead only for events still ours (`queue.hold`, right before
+writing), and records and acks are written in one transaction only for events still ours
+(`queue.held`). A worker that lost its lease (it stalled past the visibility timeout and another
+worker took the events) drops its results and counts them as `fenced`; should its vectors have
+reached the store before it noticed, the entity is queued again so the current holder's state
+wins. The version guard still refuses to replace a vector built from a newer graph version with
+an older one (Pinecone has no conditional write, so the guard is ours).
 
-Per batch: one graph read per label, one vector fetch, one embedding call, one upsert, one
-delete, bulk record updates. Content whose hash is unchanged is not embedded again: only its
-metadata is rewritten (or nothing, when that is unchanged too).
+Per batch: one graph read per label, two vector metadata fetches, one embedding call, one upsert,
+one delete, bulk record updates. Content whose hash is unchanged and that the configured model
+embedded is not embedded again: only its metadata is rewritten (or nothing, when that is
+unchanged too). A batch embeds at most `embed_limit` entities and `chunk_limit` chunks, so a run
+fits its task timeout; the rest goes back to the queue untouched.
+
+Interrupted (django-q2's timeout is a SystemExit, so is a SIGTERM turned into one, and Ctrl-C):
+the batch's unfinished events are released without an attempt counted, and the interruption goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connections, transaction
 from django.utils import timezone
 
 from sync import ids, queue
-from sync.embedding import get_embedder
-from sync.models import Priority, SyncEvent, SyncRecord, for_entities
+from sync.embedding import get_embedder, model_id
+from sync.models import Conflict, Priority, SyncEvent, SyncRecord, for_entities
 from sync.observe.metrics import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
 from sync.policy import ELLIPSIS, MAX_UID_CHARS, build_document
 from sync.stores import graph_store, vector_store
@@ -33,6 +46,10 @@ from sync.stores.base import Entity, Metadata, RetryableStoreError, StoreError, 
 log = logging.getLogger(__name__)
 
 RecordStatus = SyncRecord.Status
+# Records that know every chunk the last write left (their chunk_count is the truth).
+KNOWN_CHUNKS = (RecordStatus.IN_SYNC, RecordStatus.PENDING, RecordStatus.CONFLICT)
+# Outcomes that put something of the graph into the index (or took it out).
+WRITING = ("upserted", "metadata_only", "deleted")
 
 
 @dataclass
@@ -45,7 +62,8 @@ class ApplyCounts:
     stale: int = 0  # dropped by the version guard
     retried: int = 0  # failed transiently, back in the queue
     dead: int = 0  # failed for good, in the dead-letter queue
-    deferred: int = 0  # needed embedding beyond the batch's embed_limit: handed back to the queue
+    deferred: int = 0  # needed embedding beyond the batch's limits: handed back to the queue
+    fenced: int = 0  # another worker holds the events now (our lease ran out): results dropped
     embedded_chunks: int = 0
     vectors_written: int = 0
     vectors_deleted: int = 0
@@ -57,7 +75,8 @@ class ApplyCounts:
 
     @property
     def events(self) -> int:
-        """Events finished or failed; deferred ones are back in the queue and counted when applied."""
+        """Entities finished or failed here; deferred ones are back in the queue and fenced ones
+        another worker's, each counted where it is finished."""
         return (self.upserted + self.metadata_only + self.unchanged + self.deleted + self.excluded
                 + self.stale + self.retried + self.dead)
 
@@ -71,8 +90,15 @@ class _Plan:
     entity: Entity | None = None
     document: object | None = None  # sync.policy.Document
     action: str = "upsert"  # upsert | delete | exclude
+    record_status: str | None = None  # our record's status before this apply (None: no record)
+    vector_version: int | None = None  # our record's vector version before this apply
     previous_ids: set[str] = field(default_factory=set)
     list_store: bool = False  # list the entity's ids in the store instead of trusting the record
+    probe: bool = False  # no record knows the chunks: look for the ids any text would have
+    to_write: list = field(default_factory=list)  # chunks to embed and upsert
+    to_update: dict = field(default_factory=dict)  # vector id -> new metadata
+    to_delete: set = field(default_factory=set)  # vector ids
+    wrote: bool = False  # something reached the vector store
     outcome: str = ""
     error: str = ""
     permanent: bool = False
@@ -82,11 +108,20 @@ class _Plan:
     def priority(self) -> int:
         return min((e.priority for e in self.events), default=Priority.HIGH)
 
+    @property
+    def graph_version(self) -> int | None:
+        """The graph version this apply settles: the node's, or for a delete its tombstone's."""
+        if self.entity is not None:
+            return self.entity.version
+        return max((e.version for e in self.events if e.version is not None), default=None)
 
-def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None) -> ApplyCounts:
-    """Apply a claimed batch. At most `embed_limit` entities are embedded (None: all); events of
-    entities beyond it are handed back to the queue untouched, so a large batch claimed in the
-    expectation of cheap (metadata-only) work cannot turn into minutes of embedding."""
+
+def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None,
+                 chunk_limit: int | None = None) -> ApplyCounts:
+    """Apply a claimed batch. At most `embed_limit` entities (None: all) and `chunk_limit` chunks
+    (default SYNC_MAX_BATCH_CHUNKS) are embedded; events of entities beyond them are handed back to
+    the queue untouched, so a large batch claimed in the expectation of cheap (metadata-only) work
+    cannot turn into minutes of embedding."""
     started = time.monotonic()
     counts = ApplyCounts()
     if not events:
@@ -95,32 +130,44 @@ def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None)
     for event in events:
         key = (event.label, event.uid)
         plans.setdefault(key, _Plan(key=key, events=[])).events.append(event)
-    for plan in plans.values():
-        try:
-            check_key(*plan.key)
-        except ValueError as exc:  # no vector can ever exist for it: fail it alone, for good
-            plan.outcome, plan.error, plan.permanent = "invalid", f"not a syncable entity key: {exc}", True
-    valid = {key: plan for key, plan in plans.items() if not plan.error}
+    limit = settings.SYNC_MAX_BATCH_CHUNKS if chunk_limit is None else chunk_limit
     try:
-        _run(valid, counts, embed_limit, read_graph=True)
-    except Exception as exc:  # noqa: BLE001 — whatever broke, the batch's events must not stay in flight
-        # A store failed as a whole (unreachable, rate limited, ...), or a bug: the batch retries
-        # with backoff (idempotent writes make redoing the entities that got through safe), and
-        # goes dead after SYNC_MAX_ATTEMPTS with the error.
-        for plan in valid.values():
-            if plan.error or plan.outcome == "deferred":
-                continue  # failed on its own (e.g. a document that cannot be built), or never tried
-            plan.error = f"{type(exc).__name__}: {exc}"
-            plan.permanent = isinstance(exc, StoreError) and not exc.retryable
-            plan.retry_after = getattr(exc, "retry_after", None)
-        SYNC_ERRORS.labels("store" if isinstance(exc, StoreError) else "bug").inc()
-        if isinstance(exc, StoreError):
-            log.warning("batch of %d events failed: %s", len(events), exc)
-        else:
-            log.exception("batch of %d events failed unexpectedly", len(events))
-    _finish(plans, counts)
+        with _LeaseKeeper(events):
+            _apply(plans, counts, embed_limit=embed_limit, chunk_limit=limit, read_graph=True)
+    except BaseException:
+        _release_interrupted(events)
+        raise
     counts.seconds = time.monotonic() - started
     return counts
+
+
+def apply_now(entity: Entity, *, worker: str | None = None) -> str:
+    """Bring one entity's vectors in line right now (the dual-write path); raises on failure.
+
+    The entity is claimed like queued work (an in-flight event of its own, waiting for a worker
+    that holds the entity), so the one-applier-per-entity rule and the fencing hold here too. A
+    failure leaves the event queued for retry, like any failed apply, and raises. Returns the
+    outcome (upserted, metadata_only, unchanged, excluded, stale).
+    """
+    event = queue.claim_entity(queue.Work(
+        label=entity.label, uid=entity.uid, version=entity.version, priority=queue.priority_of(entity.label),
+        changed_at=entity.updated_at, source="write"), worker or queue.worker_name())
+    plans = {entity.key: _Plan(key=entity.key, events=[event], entity=entity)}
+    counts = ApplyCounts()
+    try:
+        _apply(plans, counts, embed_limit=None, chunk_limit=None, read_graph=False)
+    except BaseException:
+        _release_interrupted([event])
+        raise
+    plan = plans[entity.key]
+    if plan.error:
+        if plan.permanent:
+            raise ValueError(plan.error)
+        raise RetryableStoreError(plan.error, plan.retry_after)
+    if plan.outcome == "fenced":
+        raise RetryableStoreError(f"{entity.label}:{entity.uid}: another worker took over the entity "
+                                  "while it was being written")
+    return plan.outcome
 
 
 def check_key(label: str, uid: str) -> None:
@@ -130,26 +177,79 @@ def check_key(label: str, uid: str) -> None:
         raise ValueError(f"uid longer than {MAX_UID_CHARS} characters")
 
 
-def apply_now(entity: Entity) -> str:
-    """Bring one entity's vectors in line right now (the dual-write path); raises on failure.
+def _apply(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, *, embed_limit: int | None,
+           chunk_limit: int | None, read_graph: bool) -> None:
+    for plan in plans.values():
+        try:
+            check_key(*plan.key)
+        except ValueError as exc:  # no vector can ever exist for it: fail it alone, for good
+            plan.outcome, plan.error, plan.permanent = "invalid", f"not a syncable entity key: {exc}", True
+    valid = {key: plan for key, plan in plans.items() if not plan.error}
+    try:
+        _run(valid, counts, embed_limit, chunk_limit, read_graph)
+    except Exception as exc:  # noqa: BLE001 — whatever broke, the batch's events must not stay in flight
+        # A store failed as a whole (unreachable, rate limited, ...), the model would not load, or
+        # a bug: the batch retries with backoff (idempotent writes make redoing the entities that
+        # got through safe), and goes dead after SYNC_MAX_ATTEMPTS with the error.
+        for plan in valid.values():
+            if plan.error or plan.outcome in ("deferred", "fenced"):
+                continue  # failed on its own, never tried, or another worker's now
+            plan.error = f"{type(exc).__name__}: {exc}"
+            plan.permanent = isinstance(exc, StoreError) and not exc.retryable
+            plan.retry_after = getattr(exc, "retry_after", None)
+        SYNC_ERRORS.labels("store" if isinstance(exc, StoreError) else "bug").inc()
+        if isinstance(exc, StoreError):
+            log.warning("batch of %d entities failed: %s", len(plans), exc)
+        else:
+            log.exception("batch of %d entities failed unexpectedly", len(plans))
+    _finish(plans, counts)
 
-    Returns the outcome (upserted, metadata_only, unchanged, excluded, stale).
-    """
-    plans = {entity.key: _Plan(key=entity.key, events=[], entity=entity)}
-    counts = ApplyCounts()
-    _run(plans, counts)
-    plan = plans[entity.key]
-    if plan.error:
-        if plan.permanent:
-            raise ValueError(plan.error)
-        raise RetryableStoreError(plan.error, plan.retry_after)
-    if plan.outcome != "stale":  # the newer write owns the record
-        _save_records([_record(plan, _status_after(plan), timezone.now())])
-    return plan.outcome
+
+def _release_interrupted(events: Sequence[SyncEvent]) -> None:
+    """The batch was interrupted: hand back what is still ours, no attempt counted."""
+    try:
+        released = queue.release(events)
+    except Exception:  # noqa: BLE001 — the interruption goes on; the leases expire instead
+        log.exception("an interrupted batch could not hand back its %d events; they return when "
+                      "their lease expires", len(events))
+        return
+    log.warning("batch interrupted: %d events handed back to the queue", released)
+
+
+class _LeaseKeeper:
+    """Renews a batch's leases from a thread while the batch runs, however long one step takes."""
+
+    def __init__(self, events: Sequence[SyncEvent]):
+        self.events = list(events)
+        self.every = max(0.2, settings.SYNC_VISIBILITY_TIMEOUT / 3)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._done.wait(self.every):
+                try:
+                    renewed = queue.extend_lease(self.events)
+                except Exception as exc:  # noqa: BLE001 — the lease outlives a few failed renewals
+                    log.warning("could not renew the lease of a batch of %d events: %s", len(self.events), exc)
+                    continue
+                if renewed < len(self.events):
+                    log.warning("%d of %d events of this batch are no longer ours (lease expired); "
+                                "their results will be dropped", len(self.events) - renewed, len(self.events))
+        finally:
+            connections.close_all()  # this thread's own connection
 
 
 def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, embed_limit: int | None = None,
-         read_graph: bool = False) -> None:
+         chunk_limit: int | None = None, read_graph: bool = False) -> None:
     # The graph is read in a thread while our records and the stored vectors are read here: both
     # stores answer without holding the GIL. Either order of the two reads is safe: what is
     # written is the graph state read, and the version guard compares it with what was fetched.
@@ -157,34 +257,36 @@ def _run(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, embed_limit: 
         reading = pool.submit(_read_graph, plans) if read_graph else None
         records = _records(plans)
         for key, plan in plans.items():
-            status, chunk_count = records.get(key, (None, 0))
-            plan.previous_ids = _recorded_ids(key, chunk_count)
-            # Only an in_sync record knows every chunk written; otherwise (failed part-way, or no
-            # record) ask the store, so chunks of an older, longer text cannot be left behind.
-            plan.list_store = status != RecordStatus.IN_SYNC
+            status, chunk_count, vector_version = records.get(key, (None, 0, None))
+            plan.record_status, plan.vector_version = status, vector_version
+            # Only a record whose last write completed knows every chunk written. A failed one may
+            # have left part of a write behind, and reconciliation's repairs look for strays: list
+            # the store. Without a record (or after a delete), look for the ids any text would have.
+            plan.list_store = status == RecordStatus.FAILED or any(e.source == "reconcile" for e in plan.events)
+            plan.probe = status not in KNOWN_CHUNKS and not plan.list_store
+            if status in KNOWN_CHUNKS:
+                plan.previous_ids = _recorded_ids(key, chunk_count)
         existing = _fetch_existing(plans)
         if reading is not None:
             reading.result()
     _build_documents(plans, existing)
     existing.update(_fetch_new_chunks(plans, existing))
-    _write(_decide(plans, existing, embed_limit), counts)
+    _decide(plans, existing, embed_limit, chunk_limit)
+    _write(plans, counts)
 
 
-def _records(plans: dict[tuple[str, str], _Plan]) -> dict[tuple[str, str], tuple[str, int]]:
-    """(status, chunk count) of each entity's sync record."""
-    return {(label, uid): (status, chunk_count)
+def _records(plans: dict[tuple[str, str], _Plan]) -> dict[tuple[str, str], tuple[str, int, int | None]]:
+    """(status, chunk count, vector version) of each entity's sync record."""
+    return {(label, uid): (status, chunk_count, vector_version)
             for rows in for_entities(SyncRecord.objects.all(), plans)
-            for label, uid, status, chunk_count in rows.values_list("label", "uid", "status", "chunk_count")}
+            for label, uid, status, chunk_count, vector_version
+            in rows.values_list("label", "uid", "status", "chunk_count", "vector_version")}
 
 
 def _recorded_ids(key: tuple[str, str], chunk_count: int) -> set[str]:
     label, uid = key
-    try:
-        base = ids.vector_id(label, uid)
-    except ValueError:
-        return set()
     # Whether the last write had one chunk (no suffix) or several, these ids cover it.
-    return {base} | {ids.vector_id(label, uid, n) for n in range(max(chunk_count, 1))}
+    return {ids.vector_id(label, uid)} | {ids.vector_id(label, uid, n) for n in range(max(chunk_count, 1))}
 
 
 def _read_graph(plans: dict[tuple[str, str], _Plan]) -> None:
@@ -210,22 +312,43 @@ def _build_documents(plans: dict[tuple[str, str], _Plan], existing: dict[str, Me
 
 
 def _fetch_existing(plans: dict[tuple[str, str], _Plan]) -> dict[str, Metadata]:
-    """The stored vectors' metadata for every entity in the batch: the ids its record knows, or
-    all its ids in the store. Values are never needed: what is written is built from the graph."""
-    wanted: set[str] = set()
+    """The stored vectors' metadata for every entity in the batch: the ids its record knows, all
+    its ids in the store (listed), or — for entities no record describes, such as a first sync —
+    the ids any text would have, asked for in one fetch for the whole batch, and then the further
+    chunks a stored first chunk declares. Values are never needed: what is written is built from
+    the graph."""
     store = vector_store()
+    wanted: set[str] = set()
+    probed: list[_Plan] = []
     for plan in plans.values():
         if plan.outcome:
             continue
         if plan.list_store:
             prefix = ids.entity_prefix(*plan.key)
             plan.previous_ids |= {vid for vid in store.list_ids(prefix) if ids.belongs_to_entity(vid, *plan.key)}
+        elif plan.probe:
+            plan.previous_ids |= {ids.vector_id(*plan.key), ids.vector_id(*plan.key, 0)}
+            probed.append(plan)
         wanted |= plan.previous_ids
-    return store.fetch_metadata(sorted(wanted)) if wanted else {}
+    found = store.fetch_metadata(sorted(wanted)) if wanted else {}
+    further: set[str] = set()
+    for plan in probed:
+        first = found.get(ids.vector_id(*plan.key, 0))
+        declared = _whole(first.get("chunks")) if first else None
+        if declared and declared > 1:
+            more = {ids.vector_id(*plan.key, n) for n in range(1, min(declared, MAX_PROBED_CHUNKS))}
+            plan.previous_ids |= more
+            further |= more
+    if further:
+        found.update(store.fetch_metadata(sorted(further)))
+    return found
+
+
+MAX_PROBED_CHUNKS = 10_000  # a declared chunk count beyond this is nonsense metadata, not a text
 
 
 def _fetch_new_chunks(plans: dict[tuple[str, str], _Plan], existing: dict[str, Metadata]) -> dict[str, Metadata]:
-    """Chunk ids a longer text now needs beyond those the record knew of: one of them may have
+    """Chunk ids a longer text now needs beyond those already looked at: one of them may have
     been written meanwhile by a newer dual-write, which the version guard must see. (A listed
     entity's ids are all known already.)"""
     wanted: set[str] = set()
@@ -238,9 +361,10 @@ def _fetch_new_chunks(plans: dict[tuple[str, str], _Plan], existing: dict[str, M
 
 def _stored_snippets(plan: _Plan, existing: dict[str, Metadata]):
     """For build_document: the stored chunks' snippets when they hold the text with this content
-    hash — every chunk present under the ids such a text gets, none extra, each snippet found in
-    the text — else None."""
+    hash, split by this model's tokenizer — every chunk present under the ids such a text gets,
+    none extra, each snippet found in the text — else None."""
     present = [(vid, existing[vid]) for vid in plan.previous_ids if vid in existing]
+    model = model_id()
 
     def snippets(digest: str, text: str) -> list[str] | None:
         count = len(present)
@@ -249,8 +373,8 @@ def _stored_snippets(plan: _Plan, existing: dict[str, Metadata]):
         by_chunk: dict[int, str] = {}
         for vid, meta in present:
             chunk, snippet = _whole(meta.get("chunk")), meta.get("text")
-            if (meta.get("content_hash") != digest or _whole(meta.get("chunks")) != count
-                    or chunk is None or not isinstance(snippet, str)
+            if (meta.get("content_hash") != digest or meta.get("model") != model
+                    or _whole(meta.get("chunks")) != count or chunk is None or not isinstance(snippet, str)
                     or vid != ids.vector_id(*plan.key, None if count == 1 else chunk)):
                 return None
             by_chunk[chunk] = snippet
@@ -269,24 +393,16 @@ def _stored_snippets(plan: _Plan, existing: dict[str, Metadata]):
     return snippets
 
 
-@dataclass
-class _Work:
-    to_write: list = field(default_factory=list)  # (plan, chunk) pairs to embed and upsert
-    to_update: dict = field(default_factory=dict)  # vector id -> new metadata
-    to_delete: set = field(default_factory=set)  # vector ids
-    owner: dict = field(default_factory=dict)  # vector id -> plan, for per-record failures
-
-
-def _decide(plans, existing, embed_limit: int | None = None) -> _Work:
-    """Split the batch into texts to embed, metadata to rewrite and ids to delete."""
-    work = _Work()
-    embedding = 0
+def _decide(plans, existing, embed_limit: int | None = None, chunk_limit: int | None = None) -> None:
+    """For each entity: the texts to embed, metadata to rewrite and ids to delete."""
+    model = model_id()
+    embedding = chunks = 0
     for plan in plans.values():
         if plan.outcome:
             continue
         present = {vid: existing[vid] for vid in plan.previous_ids if vid in existing}
         if plan.action in ("delete", "exclude"):
-            work.to_delete |= present.keys()
+            plan.to_delete |= present.keys()
             plan.outcome = "deleted" if plan.action == "delete" else "excluded"
             continue
         document = plan.document
@@ -296,25 +412,26 @@ def _decide(plans, existing, embed_limit: int | None = None) -> _Work:
         if stored_version > document.version:
             plan.outcome = "stale"  # a newer graph version is already in the store
             continue
+        # Same text embedded by the same model: the vectors stand, only metadata may change.
         same_content = bool(new_ids) and all(
             vid in present and present[vid].get("content_hash") == document.content_hash
-            for vid in new_ids)
+            and present[vid].get("model") == model for vid in new_ids)
         if new_ids and not same_content:
-            if embed_limit is not None and embedding >= embed_limit:
+            size = len(document.chunks)
+            if ((embed_limit is not None and embedding >= embed_limit)
+                    or (chunk_limit is not None and chunks and chunks + size > chunk_limit)):
                 plan.outcome = "deferred"
                 continue
             embedding += 1
+            chunks += size
         # Surplus chunks of a text that shrank (or went from one chunk to several).
-        work.to_delete |= present.keys() - new_ids
+        plan.to_delete |= present.keys() - new_ids
         if same_content:
-            changed = {c.vector_id: c.metadata for c in document.chunks if present[c.vector_id] != c.metadata}
-            work.to_update.update(changed)
-            plan.outcome = "metadata_only" if changed else "unchanged"
+            plan.to_update = {c.vector_id: c.metadata for c in document.chunks if present[c.vector_id] != c.metadata}
+            plan.outcome = "metadata_only" if plan.to_update else "unchanged"
         else:
-            work.to_write.extend((plan, chunk) for chunk in document.chunks)
+            plan.to_write = list(document.chunks)
             plan.outcome = "upserted"
-        work.owner.update(dict.fromkeys(new_ids, plan))
-    return work
 
 
 def _whole(value) -> int | None:
@@ -333,23 +450,49 @@ def _version(metadata: Metadata) -> int:
         return 0
 
 
-def _write(work: _Work, counts: ApplyCounts) -> None:
+def _write(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
+    active = [p for p in plans.values() if not p.error and (p.to_write or p.to_update or p.to_delete)]
+    if not active:
+        return
+    writing = [(plan, chunk) for plan in active for chunk in plan.to_write]
+    values = None
+    if writing:
+        values = get_embedder().encode([chunk.text for _, chunk in writing])
+        counts.embedded_chunks += len(writing)
+        EMBEDDED_CHUNKS.inc(len(writing))
+    # The fence: embedding may have taken long enough for our lease to run out and another worker
+    # to take the events (and write a newer version). Only what is still ours is written.
+    ours = queue.hold([event for plan in active for event in plan.events])
+    for plan in active:
+        if not all(event.id in ours for event in plan.events):
+            plan.outcome = "fenced"
+    live = [p for p in active if p.outcome != "fenced"]
     store = vector_store()
-    if work.to_write:
-        values = get_embedder().encode([chunk.text for _, chunk in work.to_write])
-        counts.embedded_chunks += len(work.to_write)
-        EMBEDDED_CHUNKS.inc(len(work.to_write))
-        records = [VectorRecord(chunk.vector_id, vector.tolist(), chunk.metadata)
-                   for (_, chunk), vector in zip(work.to_write, values, strict=True)]
+    owner = {vid: plan for plan in live for vid in (*(c.vector_id for c in plan.to_write), *plan.to_update)}
+    records = [VectorRecord(chunk.vector_id, vector.tolist(), chunk.metadata)
+               for (plan, chunk), vector in zip(writing, values if values is not None else [], strict=True)
+               if plan.outcome != "fenced"]
+    if records:
+        _mark_written(live, lambda p: p.to_write)
         result = store.upsert(records)
         counts.vectors_written += result.written
-        _record_failures(result, work.owner)
-    if work.to_update:
-        result = store.update_metadata(work.to_update)
+        _record_failures(result, owner)
+    updates = {vid: meta for plan in live for vid, meta in plan.to_update.items()}
+    if updates:
+        _mark_written(live, lambda p: p.to_update)
+        result = store.update_metadata(updates)
         counts.vectors_written += result.written
-        _record_failures(result, work.owner)
-    if work.to_delete:
-        counts.vectors_deleted += store.delete(sorted(work.to_delete))
+        _record_failures(result, owner)
+    doomed = {vid for plan in live for vid in plan.to_delete}
+    if doomed:
+        _mark_written(live, lambda p: p.to_delete)
+        counts.vectors_deleted += store.delete(sorted(doomed))
+
+
+def _mark_written(plans: list[_Plan], part) -> None:
+    for plan in plans:
+        if part(plan):
+            plan.wrote = True
 
 
 def _record_failures(result, owner) -> None:
@@ -363,55 +506,117 @@ def _record_failures(result, owner) -> None:
 
 def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
     now = timezone.now()
+    neo4j_now = now + timedelta(seconds=_clock_offset())
+    deferred = [e for p in plans.values() if p.outcome == "deferred" and not p.error for e in p.events]
+    settling = [p for p in plans.values() if not (p.outcome == "deferred" and not p.error)]
+    conflicted = _open_conflicts([p.key for p in settling if p.outcome in ("upserted", "metadata_only", "unchanged")])
     done: dict[str, list[SyncEvent]] = {}
+    lags: dict[int, float] = {}
     records: list[SyncRecord] = []
     failed: list[_Plan] = []
-    deferred: list[SyncEvent] = []
-    lags: dict[int, list[float]] = defaultdict(list)
-    for plan in plans.values():
-        if plan.outcome == "deferred" and not plan.error:
-            deferred.extend(plan.events)
-            counts.deferred += 1
-            continue
-        if plan.error:
-            # The record is saved before the event is requeued: once requeued, another worker may
-            # claim it at once, and its newer record must not be overwritten by this failure.
-            failed.append(plan)
-            SYNC_ERRORS.labels("permanent" if plan.permanent else "retryable").inc()
-            records.append(_record(plan, RecordStatus.FAILED, now, error=plan.error))
-            continue
-        done.setdefault(plan.outcome, []).extend(plan.events)
-        setattr(counts, plan.outcome, getattr(counts, plan.outcome) + 1)
-        if plan.outcome == "stale":
-            continue  # the newer write owns the record
-        records.append(_record(plan, _status_after(plan), now))
-        if plan.outcome in ("upserted", "metadata_only", "deleted", "unchanged"):
-            changed_at = min((e.changed_at for e in plan.events if e.changed_at), default=None)
-            if changed_at:
-                lags[plan.priority].append(max((now - changed_at).total_seconds(), 0))
-    for outcome, events in done.items():
-        EVENTS_APPLIED.labels(outcome).inc(len({(e.label, e.uid) for e in events}))
-    for priority, seconds in lags.items():
-        histogram = SYNC_LAG.labels(Priority(priority).label)
-        for value in seconds:
-            histogram.observe(value)
+    fenced: list[_Plan] = []
     with transaction.atomic():
+        # Records and acks only for events still ours, locked until this commits: a worker that
+        # lost its lease must not overwrite what the worker that took over wrote.
+        ours = queue.held([e for p in settling for e in p.events])
+        for plan in settling:
+            if plan.outcome == "fenced" or not all(e.id in ours for e in plan.events):
+                plan.outcome = "fenced"
+                fenced.append(plan)
+                continue
+            if plan.error:
+                # The record is saved before the event is requeued: once requeued, another worker
+                # may claim it at once, and its newer record must not be overwritten by this failure.
+                failed.append(plan)
+                records.append(_record(plan, RecordStatus.FAILED, now, error=plan.error))
+                continue
+            done.setdefault(plan.outcome, []).extend(plan.events)
+            if plan.outcome == "stale":
+                continue  # the newer write owns the record
+            records.append(_record(plan, _status_after(plan, conflicted), now))
+            lag = _lag(plan, neo4j_now)
+            if lag is not None:
+                lags.update(dict.fromkeys((e.id for e in plan.events), lag))
         _save_records(records)
         for outcome, events in done.items():
-            queue.ack(events, outcome)
+            queue.ack(events, outcome, lags)
+    for outcome, events in done.items():
+        keys = {(e.label, e.uid) for e in events}
+        setattr(counts, outcome, getattr(counts, outcome) + len(keys))
+        EVENTS_APPLIED.labels(outcome).inc(len(keys))
+    for plan in plans.values():
+        if plan.events and plan.events[0].id in lags:
+            SYNC_LAG.labels(Priority(plan.priority).label).observe(lags[plan.events[0].id])
     queue.release(deferred)
+    counts.deferred += len({(e.label, e.uid) for e in deferred})
     for plan in failed:
+        SYNC_ERRORS.labels("permanent" if plan.permanent else "retryable").inc()
         for event in plan.events:
             if queue.fail(event, plan.error, permanent=plan.permanent,
                           retry_after=plan.retry_after) == SyncEvent.Status.DEAD:
                 counts.dead += 1
             else:
                 counts.retried += 1
+    _after_fencing(fenced, counts)
 
 
-def _status_after(plan: _Plan) -> str:
-    return {"deleted": RecordStatus.DELETED, "excluded": RecordStatus.EXCLUDED}.get(
-        plan.outcome, RecordStatus.IN_SYNC)
+def _after_fencing(fenced: list[_Plan], counts: ApplyCounts) -> None:
+    if not fenced:
+        return
+    counts.fenced += len(fenced)
+    EVENTS_APPLIED.labels("fenced").inc(len(fenced))
+    log.warning("%d entities of this batch were taken over by another worker after our lease ran out; "
+                "their results were dropped", len(fenced))
+    # Vectors that reached the store before we noticed may be older than the other worker's:
+    # apply the entity once more, from the graph as it is then.
+    repair = [queue.Work(label=p.key[0], uid=p.key[1], priority=p.priority, source="fenced")
+              for p in fenced if p.wrote]
+    if repair:
+        queue.enqueue_many(repair)
+
+
+def _clock_offset() -> float:
+    try:
+        return graph_store().clock_offset()
+    except Exception as exc:  # noqa: BLE001 — lag is then measured on this host's clock
+        log.warning("could not read Neo4j's clock, measuring lag on this host's: %s", exc)
+        return 0.0
+
+
+def _lag(plan: _Plan, neo4j_now) -> float | None:
+    """Seconds from the first unsynced change to now (Neo4j's clock), for an apply that brought a
+    graph version the index did not have; None for work that changed nothing (a resync of
+    unchanged data must not report the data's age as lag)."""
+    if plan.outcome not in WRITING:
+        return None  # unchanged: the index had this version already
+    if plan.outcome == "deleted":
+        brought = plan.record_status not in (None, RecordStatus.DELETED, RecordStatus.EXCLUDED)
+    else:
+        version = plan.graph_version
+        brought = version is not None and (plan.vector_version is None or version > plan.vector_version)
+    if not brought:
+        return None
+    changes = [e.changed_at for e in plan.events if e.changed_at is not None]
+    if plan.entity is not None:
+        changes.append(plan.entity.updated_at)
+    if not changes:
+        return None
+    return max((neo4j_now - min(changes)).total_seconds(), 0.0)
+
+
+def _open_conflicts(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    if not keys:
+        return set()
+    return {(label, uid) for rows in for_entities(Conflict.objects.filter(status=Conflict.Status.OPEN), keys)
+            for label, uid in rows.values_list("label", "uid")}
+
+
+def _status_after(plan: _Plan, conflicted: set[tuple[str, str]]) -> str:
+    if plan.outcome == "deleted":
+        return RecordStatus.DELETED
+    if plan.outcome == "excluded":
+        return RecordStatus.EXCLUDED
+    return RecordStatus.CONFLICT if plan.key in conflicted else RecordStatus.IN_SYNC
 
 
 def _record(plan: _Plan, status: str, now, error: str = "") -> SyncRecord:
@@ -420,7 +625,7 @@ def _record(plan: _Plan, status: str, now, error: str = "") -> SyncRecord:
     synced = status != RecordStatus.FAILED
     return SyncRecord(
         label=label, uid=uid,
-        graph_version=entity.version if entity else None,
+        graph_version=plan.graph_version,
         vector_version=document.version if (document is not None and synced) else None,
         content_hash=document.content_hash if document is not None else "",
         chunk_count=len(document.chunks) if document is not None else 0,

@@ -11,8 +11,13 @@ clock behind Neo4j's by more than the overlap can be missed here, and is found b
 
 Only one poller reads at a time, whatever the number of worker processes: the poller holds a
 lease on the cursor row, taken and renewed with conditional updates. The cursor advances only
-after the events of a page are stored, and tombstones are purged only after their delete
-events are.
+after the events of a page are stored.
+
+Tombstones stay in the graph after capture reads them: a node re-created under the same key
+continues its version from the tombstone, so versions never go backwards across a delete (a
+re-creation whose version restarted at 1 would look older than the pending delete and be dropped
+as stale, leaving the deleted text searchable). `purge_tombstones` removes those whose delete is
+applied and older than TOMBSTONE_RETENTION_DAYS.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ class CaptureResult:
     changes: int = 0
     enqueued: int = 0
     skipped: int = 0  # already synced at that version (re-read in the overlap window)
-    tombstones_purged: int = 0
     pages: int = 0
 
 
@@ -101,7 +105,7 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
             after = (last.updated_at, f"{last.label}:{last.uid}")
             with transaction.atomic():
                 moved = ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(
-                    updated_at=_later(cursor.updated_at, last.updated_at), key=after[1],
+                    updated_at=_later(cursor.updated_at, last.updated_at),
                     polled_at=timezone.now(), lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds),
                     last_error="",
                 )
@@ -109,9 +113,6 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
                 log.warning("change capture lost its lease mid-poll; stopping")
                 break
             cursor.updated_at = _later(cursor.updated_at, last.updated_at)
-            tombstones = [c for c in changes if c.deleted]
-            if tombstones:
-                result.tombstones_purged += graph.purge_tombstones(tombstones)
             if len(changes) < size:
                 complete = True
                 break
@@ -143,10 +144,10 @@ def _enqueue(changes: list[Change]) -> tuple[int, int]:
             skipped += 1
             continue
         status, version = known.get(key, ("", -1))
-        # A tombstone is read once and then purged, so it is always queued: a record that says
-        # "deleted" may predate a re-creation whose vector is being written right now.
-        done = not change.deleted and (
-            status in (SyncRecord.Status.IN_SYNC, SyncRecord.Status.EXCLUDED) and version >= change.version)
+        # Versions only grow, across deletes too: a change at or below the version our record
+        # handled (re-read in the overlap window) is done.
+        settled = SyncRecord.Status.DELETED if change.deleted else SETTLED_LIVE
+        done = status in settled and version >= change.version
         # An event created at or after this version reads the graph after this change committed
         # (apply always reads current state), so it covers the change: the overlap window's
         # re-reads must not queue a second apply of an entity that is in flight.
@@ -164,6 +165,10 @@ def _enqueue(changes: list[Change]) -> tuple[int, int]:
     return len(work), skipped
 
 
+# Record statuses meaning "the vectors are as the graph was at the handled version".
+SETTLED_LIVE = (SyncRecord.Status.IN_SYNC, SyncRecord.Status.CONFLICT, SyncRecord.Status.EXCLUDED)
+
+
 def _keys(changes: list[Change]) -> list[tuple[str, str]]:
     return [(change.label, change.uid) for change in changes]
 
@@ -174,7 +179,8 @@ def _sync_state(changes: list[Change]) -> dict[tuple[str, str], tuple[str, int]]
     for records in for_entities(SyncRecord.objects.all(), _keys(changes)):
         rows = records.values_list("label", "uid", "status", "vector_version", "graph_version")
         for label, uid, status, vector_version, graph_version in rows:
-            handled = vector_version if status == SyncRecord.Status.IN_SYNC else graph_version
+            in_sync = status in (SyncRecord.Status.IN_SYNC, SyncRecord.Status.CONFLICT)
+            handled = vector_version if in_sync else graph_version
             found[(label, uid)] = (status, handled or 0)
     return found
 
@@ -187,6 +193,27 @@ def _pending_versions(changes: list[Change]) -> dict[tuple[str, str], int]:
         for label, uid, version in events.values_list("label", "uid", "version"):
             found[(label, uid)] = max(found.get((label, uid), -1), version or -1)
     return found
+
+
+def purge_tombstones(retention: timedelta | None = None, page: int = 1000) -> int:
+    """Delete the graph's tombstones older than the retention whose delete our records show as
+    applied (status deleted at that version or later). Returns how many went."""
+    keep = retention if retention is not None else timedelta(days=settings.TOMBSTONE_RETENTION_DAYS)
+    graph = graph_store()
+    labels = synced_labels()
+    before = graph.server_time() - keep
+    purged = 0
+    while True:
+        old = graph.old_tombstones(labels, before, page)
+        if not old:
+            return purged
+        known = _sync_state(old)
+        applied = [c for c in old if known.get((c.label, c.uid), ("", -1))[0] == SyncRecord.Status.DELETED
+                   and known[(c.label, c.uid)][1] >= c.version]
+        if applied:
+            purged += graph.purge_tombstones(applied)
+        if len(old) < page or not applied:
+            return purged  # the rest wait for their deletes to be applied
 
 
 def run(owner: str, *, seconds: float, interval: float | None = None,
@@ -217,7 +244,7 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
                 except Exception:  # noqa: BLE001 — polling must go on; what failed is logged and counted
                     SYNC_ERRORS.labels("capture").inc()
                     log.exception("change capture: the work after a poll failed; polling goes on")
-            for name in ("changes", "enqueued", "skipped", "tombstones_purged", "pages"):
+            for name in ("changes", "enqueued", "skipped", "pages"):
                 setattr(total, name, getattr(total, name) + getattr(result, name))
             total.polled = total.polled or result.polled
             wait = max(0.0, started + pause - time.monotonic())

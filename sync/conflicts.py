@@ -1,46 +1,37 @@
-"""Conflicts: raising them (write path, reconciliation) and applying a resolution.
+"""Conflicts: how they are stored when the write path or reconciliation raises them.
 
-A resolution is written to Neo4j as a new version and reaches the vector store through the
-normal path. It is idempotent (a resolved conflict is never applied again), refused when the
-entity changed since the analyst saw it (the conflict is refreshed so the analyst sees the new
-state), and audited.
+Applying an analyst's decision is `sync.resolution`'s work: this module only records.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from sync import ids
-from sync.models import AuditEntry, Conflict, ReconcileRun
+from sync.models import AuditEntry, Conflict, ReconcileRun, SyncRecord
 from sync.rules import Proposal, Side
-from sync.stores import graph_store, vector_store
-from sync.stores.base import Entity, VersionConflict
+from sync.stores.base import Entity
 
 log = logging.getLogger(__name__)
 
 Status = Conflict.Status
-STORE_KINDS = (Conflict.Kind.VECTOR_AHEAD, Conflict.Kind.CONTENT_DRIFT)
-CHOICES = ("graph", "other", "merged", "fields")
+STORE_KINDS = (Conflict.Kind.VECTOR_AHEAD,)
 
 
 class ConflictError(ValueError):
-    """The resolution asked for is not possible as given."""
-
-
-class StaleConflict(ConflictError):
-    """The entity changed since the analyst looked; the conflict now shows the new state."""
+    """The resolution asked for is not possible as given (or the conflict cannot be stored)."""
 
 
 def open_conflict(kind: str, label: str, uid: str, *, graph_version: int | None, graph_side: dict,
                   other_side: dict, graph_meta: Side | None = None, other_meta: Side | None = None,
                   proposal: Proposal | None = None, run: ReconcileRun | None = None,
-                  explanation: str = "") -> Conflict:
-    """Open a conflict, or refresh the one already open for this entity and kind."""
+                  explanation: str = "", with_created: bool = False):
+    """Open a conflict, or refresh the one already open for this entity and kind. Returns the
+    conflict (with `with_created`, a (conflict, created) pair). The entity's sync record says
+    `conflict` while one is open."""
     fields = {
         "graph_version": graph_version,
         "graph_side": _jsonable(graph_side),
@@ -63,11 +54,36 @@ def open_conflict(kind: str, label: str, uid: str, *, graph_version: int | None,
                     for name, value in fields.items():
                         setattr(existing, name, value)
                     existing.save()
-                    return existing
-                return Conflict.objects.create(kind=kind, label=label, uid=uid, **fields)
+                    return (existing, False) if with_created else existing
+                conflict = Conflict.objects.create(kind=kind, label=label, uid=uid, **fields)
+                SyncRecord.objects.filter(label=label, uid=uid, status=SyncRecord.Status.IN_SYNC).update(
+                    status=SyncRecord.Status.CONFLICT)
+                return (conflict, True) if with_created else conflict
         except IntegrityError:
             continue  # opened concurrently: the next round refreshes that one
     raise ConflictError(f"could not open a {kind} conflict on {label}:{uid}")
+
+
+def withdraw(opened: list[Conflict]) -> None:
+    """Conflicts opened for a write that did not happen after all: nothing is held back."""
+    if opened:
+        Conflict.objects.filter(pk__in=[c.pk for c in opened], status=Status.OPEN).delete()
+        for conflict in opened:
+            closed(conflict.label, conflict.uid)
+
+
+def move_to_version(opened: list[Conflict], version: int) -> None:
+    """The write that held these values back is in the graph: its version is the one shown. (The
+    held-back fields kept their values, so the graph side stands as recorded.)"""
+    if opened:
+        Conflict.objects.filter(pk__in=[c.pk for c in opened], status=Status.OPEN).update(graph_version=version)
+
+
+def closed(label: str, uid: str) -> None:
+    """A conflict on the entity closed: its record says in_sync again once none is open."""
+    if not Conflict.objects.filter(label=label, uid=uid, status=Status.OPEN).exists():
+        SyncRecord.objects.filter(label=label, uid=uid, status=SyncRecord.Status.CONFLICT).update(
+            status=SyncRecord.Status.IN_SYNC)
 
 
 def record_auto_resolved(kind: str, entity: Entity, graph: Side, incoming: Side,
@@ -84,125 +100,6 @@ def record_auto_resolved(kind: str, entity: Entity, graph: Side, incoming: Side,
                       before=conflict.graph_side, after=conflict.resolved_values,
                       note=f"{proposal.rule}: {proposal.explanation}")
     return conflict
-
-
-@dataclass
-class Resolution:
-    conflict: Conflict
-    changed: bool
-    message: str
-    version: int | None = None
-
-
-def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
-            field_choices: dict[str, str] | None = None, edits: dict[str, Any] | None = None,
-            seen_version: int | None = None) -> Resolution:
-    """Apply an analyst's (or a rule's) decision to an open conflict."""
-    from sync.writes import enqueue_entity, write_entity
-
-    if choice not in CHOICES:
-        raise ConflictError(f"choose one of {', '.join(CHOICES)}")
-    conflict = Conflict.objects.get(pk=conflict_id)
-    if conflict.kind in STORE_KINDS and choice != "graph":
-        raise ConflictError("the graph is the source of truth for a store divergence: keep the graph "
-                            "(the vector is rebuilt from it) or dismiss")
-    if conflict.status != Status.OPEN:
-        who = conflict.resolver.get_username() if conflict.resolver else "a rule"
-        return Resolution(conflict, False, f"already {conflict.status.replace('_', ' ')} by {who}")
-    entity = graph_store().get_entities([(conflict.label, conflict.uid)]).get((conflict.label, conflict.uid))
-    shown = seen_version if seen_version is not None else conflict.graph_version
-    if entity is None or (shown is not None and entity.version != shown):
-        _refresh(conflict, entity)
-        now = f"now at version {entity.version}" if entity else "now deleted"
-        raise StaleConflict(f"{conflict.label}:{conflict.uid} changed since it was shown "
-                            f"(version {shown}, {now}); review the new state before resolving")
-    values = _chosen_values(conflict, choice, field_choices or {}, edits or {})
-    username = actor.get_username() if getattr(actor, "pk", None) else str(actor)
-    claimed = Conflict.objects.filter(pk=conflict.pk, status=Status.OPEN).update(
-        status=Status.RESOLVED, resolution=choice, resolved_values=_jsonable(values),
-        resolver=actor if getattr(actor, "pk", None) else None, note=note, resolved_at=timezone.now())
-    if not claimed:
-        conflict.refresh_from_db()
-        return Resolution(conflict, False, f"already {conflict.status.replace('_', ' ')}")
-    changes = {k: v for k, v in values.items() if entity.properties.get(k) != v}
-    version = entity.version
-    try:
-        if conflict.kind in STORE_KINDS:
-            # The graph is the truth: drop the divergent vectors (the version guard would keep a
-            # vector that is ahead) and let the normal path rebuild them.
-            _drop_vectors(conflict.label, conflict.uid)
-        if changes:
-            outcome = write_entity(conflict.label, conflict.uid, changes, source=f"analyst:{username}",
-                                   expected_version=entity.version, actor=username, apply_rules=False)
-            version = outcome.entity.version
-        elif conflict.kind in STORE_KINDS:
-            enqueue_entity(entity, source="resolution")
-    except Exception as exc:
-        # Nothing was decided after all: the conflict stays open (and shows the graph as it is now).
-        Conflict.objects.filter(pk=conflict.pk).update(status=Status.OPEN, resolution="", resolver=None,
-                                                        resolved_values=None, resolved_at=None)
-        conflict.refresh_from_db()
-        _refresh(conflict, graph_store().get_entities([(conflict.label, conflict.uid)]).get(
-            (conflict.label, conflict.uid)))
-        if isinstance(exc, VersionConflict):
-            raise StaleConflict(f"{conflict.label}:{conflict.uid} changed while resolving ({exc}); "
-                                "review the new state") from exc
-        raise
-    conflict.refresh_from_db()
-    AuditEntry.record(actor, "conflict.resolve", f"{conflict.label}:{conflict.uid}",
-                      before={k: conflict.graph_side.get(k) for k in values} or conflict.graph_side,
-                      after=_jsonable(values), note=note or f"chose {choice}")
-    return Resolution(conflict, True, f"resolved: {choice}" + (f", now version {version}" if changes else ""),
-                      version)
-
-
-def dismiss(conflict_id: int, *, actor, note: str = "") -> Resolution:
-    updated = Conflict.objects.filter(pk=conflict_id, status=Status.OPEN).update(
-        status=Status.DISMISSED, resolver=actor if getattr(actor, "pk", None) else None, note=note,
-        resolved_at=timezone.now())
-    conflict = Conflict.objects.get(pk=conflict_id)
-    if updated:
-        AuditEntry.record(actor, "conflict.dismiss", f"{conflict.label}:{conflict.uid}", note=note)
-    return Resolution(conflict, bool(updated), "dismissed" if updated else f"already {conflict.status}")
-
-
-def _chosen_values(conflict: Conflict, choice: str, field_choices: dict[str, str],
-                   edits: dict[str, Any]) -> dict[str, Any]:
-    if choice == "graph":
-        values = dict(conflict.graph_side)
-    elif choice == "other":
-        values = dict(conflict.other_side)
-    elif choice == "merged":
-        if not conflict.proposal:
-            raise ConflictError("this conflict has no proposal to accept")
-        values = dict(conflict.proposal)
-    else:
-        unknown = set(field_choices) - set(conflict.fields)
-        if unknown or set(field_choices.values()) - {"graph", "other"}:
-            raise ConflictError("choose graph or other for fields of this conflict only")
-        missing = set(conflict.fields) - set(field_choices) - set(edits)
-        if missing:
-            raise ConflictError(f"choose a side for: {', '.join(sorted(missing))}")
-        values = {name: (conflict.graph_side if side == "graph" else conflict.other_side).get(name)
-                  for name, side in field_choices.items()}
-    unknown_edits = set(edits) - set(conflict.fields)
-    if unknown_edits:
-        raise ConflictError(f"only this conflict's fields can be edited, not {', '.join(sorted(unknown_edits))}")
-    values.update(edits)
-    return values
-
-
-def _refresh(conflict: Conflict, entity: Entity | None) -> None:
-    conflict.graph_version = entity.version if entity else None
-    conflict.graph_side = _jsonable({k: entity.properties.get(k) for k in conflict.fields}) if entity else {}
-    conflict.save(update_fields=["graph_version", "graph_side", "updated_at"])
-
-
-def _drop_vectors(label: str, uid: str) -> int:
-    store = vector_store()
-    prefix = ids.entity_prefix(label, uid)
-    doomed = [vid for vid in store.list_ids(prefix) if ids.belongs_to_entity(vid, label, uid)]
-    return store.delete(doomed) if doomed else 0
 
 
 def _jsonable(value: Any) -> Any:

@@ -29,7 +29,9 @@ is linear in the text length.
 
 `content_hash(text)` is the SHA-256 of the canonical text (NFC, whitespace runs collapsed to one
 space, ends stripped): equal hashes mean re-embedding would give the same vector, so the engine
-skips it. The hash covers the text only — switching EMBEDDING_MODEL means a full re-embed.
+skips it. The hash covers the text only, so every vector also carries the identity of the model
+that made it (`model_id()`: the model's name and a fingerprint of its files): a vector from another
+model is re-embedded however equal the text, and reconciliation reports it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,32 @@ def resolve_model_path(name: str) -> Path:
     return path.resolve()
 
 
+_FINGERPRINT_FILES = ("modules.json", "config.json", "sentence_bert_config.json", "tokenizer.json")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_SAMPLE_BYTES = 1 << 20
+
+
+def model_fingerprint(path: Path, name: str) -> str:
+    """`name@hash`: which model a vector came from, read without loading the weights.
+
+    The hash covers the model's configuration and tokenizer files whole, and of its weights their
+    size and first megabyte: two different models (or two trainings of one) differ there, and it
+    stays cheap for a worker to compute at start-up.
+    """
+    digest = hashlib.sha256()
+    for name_ in _FINGERPRINT_FILES:
+        file = path / name_
+        if file.is_file():
+            digest.update(name_.encode() + b"\0" + file.read_bytes())
+    for name_ in _WEIGHT_FILES:
+        for file in sorted(path.rglob(name_)):
+            with file.open("rb") as handle:
+                digest.update(f"{file.relative_to(path)}:{file.stat().st_size}".encode())
+                digest.update(handle.read(_WEIGHT_SAMPLE_BYTES))
+    label = BUNDLED_MODEL if name in _BUNDLED_NAMES else path.name
+    return f"{label}@{digest.hexdigest()[:12]}"
+
+
 def _read_max_seq_length(path: Path) -> int:
     """The model window as sentence-transformers will apply it, read without loading the model."""
     config = path / "sentence_bert_config.json"
@@ -137,6 +165,7 @@ def resolve_device(requested: str) -> str:
 class ModelInfo:
     name: str  # EMBEDDING_MODEL as configured
     path: str  # the directory the weights come from
+    model_id: str  # the identity every vector records (name@fingerprint)
     dimension: int
     device: str
     max_seq_length: int  # word pieces the model reads, special tokens included
@@ -155,6 +184,7 @@ class Embedder:
         self.requested_device = device
         self.batch_size = batch_size
         self.max_seq_length = _read_max_seq_length(self.path)
+        self.model_id = model_fingerprint(self.path, model)
         self.load_count = 0  # how many times the weights were loaded: must stay at most 1
         self._device: str | None = None
         self._model: SentenceTransformer | None = None
@@ -368,7 +398,7 @@ class Embedder:
 
     def model_info(self) -> ModelInfo:
         return ModelInfo(
-            name=self.name, path=str(self.path), dimension=DIMENSION, device=self.device,
+            name=self.name, path=str(self.path), model_id=self.model_id, dimension=DIMENSION, device=self.device,
             max_seq_length=self.max_seq_length, chunk_tokens=self.chunk_tokens, loaded=self.is_loaded,
         )
 
@@ -391,6 +421,11 @@ def get_embedder() -> Embedder:
                 )
             embedder = _embedder
     return embedder
+
+
+def model_id() -> str:
+    """The identity of the configured model, as recorded on every vector it makes."""
+    return get_embedder().model_id
 
 
 def model_info() -> ModelInfo:

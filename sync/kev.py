@@ -434,11 +434,14 @@ def import_kev_feed(data: str | bytes | Mapping[str, Any], *, graph: KevGraph | 
 
 
 def write_through_sync(label: str, uid: str, properties: Metadata, *, source: str,
-                       confidence: float | None = None) -> tuple[Entity | None, Entity]:
+                       confidence: float | None = None, defer_vectors: bool = False) -> tuple[Entity | None, Entity]:
     """A `write` for `import_kev_feed` that goes through the sync engine (sync.writes).
 
-    KEV entries are then dual-written (embedded and upserted in the call, undone if the vector
-    write fails) and Vulnerability nodes queued, per sync.policy. A saga that failed for one entry
+    The conflict rules apply as to any write (a KEV severity another source raised stays raised,
+    CISA's score wins on a Vulnerability, an analyst is asked where the table says so). KEV
+    entries are then dual-written (embedded and upserted in the call, undone if the vector
+    write fails) — or queued with `defer_vectors` — and Vulnerability nodes queued, per
+    sync.policy. A saga that failed for one entry
     becomes that entry's error; one that failed because the vector store is unreachable aborts the
     run like any retryable store error, rather than failing every remaining entry the same way.
     """
@@ -446,7 +449,7 @@ def write_through_sync(label: str, uid: str, properties: Metadata, *, source: st
 
     try:
         outcome = writes.write_entity(label, uid, properties, source=source, confidence=confidence,
-                                      actor="import_kev")
+                                      actor="import_kev", defer_vectors=defer_vectors)
     except writes.SyncWriteError as exc:
         if isinstance(exc.__cause__, RetryableStoreError):
             raise RetryableStoreError(str(exc)) from exc

@@ -53,9 +53,9 @@ class SyncRecord(models.Model):
 
     class Status(models.TextChoices):
         IN_SYNC = "in_sync"
-        PENDING = "pending"
+        PENDING = "pending"  # work for the entity is queued or in flight
         FAILED = "failed"
-        CONFLICT = "conflict"
+        CONFLICT = "conflict"  # vectors follow the graph, but a conflict on the entity is open
         EXCLUDED = "excluded"
         DELETED = "deleted"
 
@@ -139,6 +139,9 @@ class SyncEvent(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=32, blank=True)  # upserted, deleted, unchanged, stale, ...
+    # Change-to-vector lag on Neo4j's clock, for an apply that brought a graph change to the index;
+    # null for work that changed nothing there (a resync of unchanged data, a stale or fenced event).
+    lag_seconds = models.FloatField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                     on_delete=models.SET_NULL, related_name="+")
@@ -166,7 +169,6 @@ class ChangeCursor(models.Model):
 
     name = models.CharField(max_length=64, unique=True, default="neo4j")
     updated_at = models.DateTimeField(null=True, blank=True)
-    key = models.CharField(max_length=1200, blank=True)
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     polled_at = models.DateTimeField(null=True, blank=True)
@@ -176,7 +178,7 @@ class ChangeCursor(models.Model):
     last_error = models.TextField(blank=True)
 
     def __str__(self) -> str:
-        return f"{self.name} @ {self.updated_at} {self.key}"
+        return f"{self.name} @ {self.updated_at}"
 
 
 class WorkerLease(models.Model):
@@ -288,6 +290,7 @@ class ReconcileRun(models.Model):
         FULL = "full"
 
     class Status(models.TextChoices):
+        QUEUED = "queued"  # handed to the task cluster, not started yet
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
@@ -305,8 +308,9 @@ class ReconcileRun(models.Model):
                                      on_delete=models.SET_NULL, related_name="+")
     dry_run = models.BooleanField(default=False)
     window_start = models.DateTimeField(null=True, blank=True)  # incremental: changes since
-    started_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(default=timezone.now)  # when queued, until the run starts
     finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)  # last progress saved: a dead run stops moving
     duration = models.FloatField(null=True, blank=True)  # seconds
     entities_checked = models.PositiveIntegerField(default=0)
     vectors_checked = models.PositiveIntegerField(default=0)
@@ -315,6 +319,11 @@ class ReconcileRun(models.Model):
     repaired = models.JSONField(default=dict)  # kind -> count repaired
     conflicts_opened = models.PositiveIntegerField(default=0)
     samples = models.JSONField(default=list)  # a few findings per kind, for the UI
+    # Live progress, saved every few seconds while the run goes: entities and vectors looked at,
+    # of about how many (the graph's and the store's counts when the run began).
+    progress_done = models.PositiveBigIntegerField(default=0)
+    progress_total = models.PositiveBigIntegerField(null=True, blank=True)
+    embedding_models = models.JSONField(default=dict)  # embedding model -> vectors checked that it made
     error = models.TextField(blank=True)
 
     class Meta:
@@ -338,7 +347,6 @@ class Conflict(models.Model):
         PROSPECT_METADATA = "prospect_metadata"
         VULNERABILITY_SCORE = "vulnerability_score"
         VECTOR_AHEAD = "vector_ahead"  # store divergence that is not safe to auto-repair
-        CONTENT_DRIFT = "content_drift"
 
     class Status(models.TextChoices):
         OPEN = "open"

@@ -66,7 +66,7 @@ What `build_document(entity)` makes of an entity:
 - Each chunk's metadata: the allow-listed properties in Pinecone's types (string, number, bool,
   list of strings; None, NaN and empty values left out; dates and datetimes as ISO 8601 strings,
   aware datetimes in UTC; dicts as JSON text) plus the engine keys `label`, `uid`, `version`,
-  `content_hash`, `chunk` (0-based), `chunks` (count), `updated_at` (ISO) and `text` (the
+  `content_hash`, `model` (the embedding model's identity), `chunk` (0-based), `chunks` (count), `updated_at` (ISO) and `text` (the
   chunk's first 1,000 characters, a display snippet).
 - Size: strings are cut to 2,000 characters, lists to 100 items of at most 256 characters; a cut
   value ends with "…". If a chunk's metadata would still exceed 36,000 bytes of ASCII-escaped JSON
@@ -102,7 +102,7 @@ from django.db import models
 from django.dispatch import receiver
 
 from sync import ids
-from sync.embedding import content_hash, get_embedder
+from sync.embedding import content_hash, get_embedder, model_id
 from sync.stores.base import Entity, Metadata
 
 
@@ -151,7 +151,7 @@ class VectorFailure(models.TextChoices):
     QUEUE = "queue", "Keep the graph write and queue the vector"
 
 
-ENGINE_KEYS = ("label", "uid", "version", "content_hash", "chunk", "chunks", "updated_at", "text")
+ENGINE_KEYS = ("label", "uid", "version", "content_hash", "model", "chunk", "chunks", "updated_at", "text")
 MAX_UID_CHARS = 1024
 SNIPPET_MAX_CHARS = 1_000
 FIELD_MAX_CHARS = 2_000
@@ -896,7 +896,7 @@ def build_document(entity: Entity, *,
         pieces = get_embedder().split(text) if text else []
         snippets = pieces
     common = {"label": policy.label, "uid": uid, "version": entity.version, "content_hash": digest,
-              "chunks": len(pieces), "updated_at": updated_at}
+              "model": model_id(), "chunks": len(pieces), "updated_at": updated_at}
     engine_parts = [{**common, "chunk": n, "text": truncate(snippet, SNIPPET_MAX_CHARS)}
                     for n, snippet in enumerate(snippets)]
     shared = allowed_metadata(policy, entity.properties)

@@ -13,7 +13,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,18 +24,27 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, Min, OuterRef, Q
+from django.db.models import Case, Count, Exists, F, FloatField, Min, OuterRef, Q, Value, When
+from django.dispatch import Signal
 from django.utils import timezone
 
-from sync.models import AuditEntry, Priority, SyncEvent, for_entities, with_ids
+from sync.models import AuditEntry, Priority, SyncEvent, SyncRecord, for_entities, with_ids
 
 log = logging.getLogger(__name__)
 
 Status = SyncEvent.Status
 Operation = SyncEvent.Operation
 STARVATION_SHARE = 0.25  # of each batch, for the oldest events whatever their priority
+# Sent once an enqueue that stored work has committed; the task runner connects "start a drain"
+# (sync.tasks.on_work_enqueued), so nothing on the write path imports the task runner.
+work_enqueued = Signal()
 CLAIMED_FIELDS = ("id", "label", "uid", "operation", "version", "priority", "status", "source", "attempts",
                   "claim_token", "changed_at")
+
+
+def worker_name() -> str:
+    """Who holds a claim: this host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ def enqueue_many(items: Iterable[Work]) -> EnqueueResult:
         try:
             with transaction.atomic():
                 result = _enqueue_folded(folded)
+                transaction.on_commit(lambda r=result: work_enqueued.send(sender=EnqueueResult, result=r))
             result.coalesced += arrivals - len(folded)
             return result
         except IntegrityError:
@@ -121,7 +134,7 @@ def _enqueue_folded(folded: dict[tuple[str, str], Work]) -> EnqueueResult:
         if event is None:
             new.append(SyncEvent(
                 label=work.label, uid=work.uid, operation=work.operation, version=work.version,
-                priority=work.priority, source=work.source, changed_at=work.changed_at or now,
+                priority=work.priority, source=work.source, changed_at=work.changed_at,
                 next_attempt_at=now, created_at=now,
             ))
             continue
@@ -141,7 +154,17 @@ def _enqueue_folded(folded: dict[tuple[str, str], Work]) -> EnqueueResult:
     if new:
         SyncEvent.objects.bulk_create(new, batch_size=500)
         result.created += len(new)
+    _mark_pending(list(folded))
     return result
+
+
+def _mark_pending(keys: Sequence[tuple[str, str]]) -> None:
+    """Records of entities with work queued say so (`pending`) until the work is applied. Only
+    records whose vectors are complete change: a `failed` record keeps telling apply that its
+    chunks must be listed, and `deleted`/`excluded` ones that nothing is stored."""
+    settled = [SyncRecord.Status.IN_SYNC, SyncRecord.Status.CONFLICT]
+    for records in for_entities(SyncRecord.objects.filter(status__in=settled), keys):
+        records.update(status=SyncRecord.Status.PENDING)
 
 
 def _queued_events(keys: Sequence[tuple[str, str]]) -> list[SyncEvent]:
@@ -203,6 +226,70 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
                 .only(*CLAIMED_FIELDS))
 
 
+class EntityBusy(Exception):
+    """Another worker is applying this entity right now."""
+
+
+def claim_entity(work: Work, worker: str, *, wait: float = 10.0, poll: float = 0.05) -> SyncEvent:
+    """An event for one entity, created in flight and leased to `worker` at once.
+
+    The dual-write path applies an entity inside the caller's request; as an event it keeps the
+    rules every worker keeps: one applier per entity (a worker holding the entity is waited for,
+    up to `wait` seconds, then EntityBusy), and every write after the claim fenced by its token.
+    """
+    deadline = time.monotonic() + wait
+    token = f"{worker[:40]}:{uuid.uuid4().hex[:16]}"
+    while True:
+        now = timezone.now()
+        with transaction.atomic():
+            busy = SyncEvent.objects.filter(label=work.label, uid=work.uid, status=Status.IN_FLIGHT,
+                                            lease_expires_at__gte=now).exists()
+            if not busy:
+                return SyncEvent.objects.create(
+                    label=work.label, uid=work.uid, operation=work.operation, version=work.version,
+                    priority=work.priority, status=Status.IN_FLIGHT, source=work.source, attempts=1,
+                    claim_token=token, changed_at=work.changed_at, created_at=now, next_attempt_at=now,
+                    lease_expires_at=now + timedelta(seconds=settings.SYNC_VISIBILITY_TIMEOUT))
+        if time.monotonic() >= deadline:
+            raise EntityBusy(f"{work.label}:{work.uid} is being applied by another worker; try again shortly")
+        time.sleep(poll)
+
+
+def _by_token(events: Sequence[SyncEvent], size: int = 500):
+    """(token, ids) chunks of claimed events: the IN lists the fenced updates are written with."""
+    grouped: dict[str, list[int]] = {}
+    for event in events:
+        grouped.setdefault(event.claim_token, []).append(event.id)
+    for token, ids in grouped.items():
+        for start in range(0, len(ids), size):
+            yield token, ids[start:start + size]
+
+
+def hold(events: Sequence[SyncEvent], seconds: float | None = None) -> set[int]:
+    """The fence before a worker writes: renew the lease of the claimed events that are still
+    ours and return their ids. An event missing from the answer was claimed by another worker
+    after our lease ran out: nothing may be written for it."""
+    timeout = seconds if seconds is not None else settings.SYNC_VISIBILITY_TIMEOUT
+    held: set[int] = set()
+    with transaction.atomic():
+        expires = timezone.now() + timedelta(seconds=timeout)
+        for token, ids in _by_token(events):
+            mine = with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids)
+            if mine.update(lease_expires_at=expires):
+                held.update(mine.values_list("id", flat=True))
+    return held
+
+
+def held(events: Sequence[SyncEvent]) -> set[int]:
+    """Ids of the claimed events still ours, locked until the surrounding transaction ends (call it
+    inside one, before writing records and acks: a worker that lost its lease writes neither)."""
+    found: set[int] = set()
+    for token, ids in _by_token(events):
+        mine = with_ids(_locked(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT)), ids)
+        found.update(mine.values_list("id", flat=True))
+    return found
+
+
 def _bury_lost_leases(now: datetime) -> None:
     """An event whose worker died on it every attempt is poison: dead-letter it, don't loop."""
     SyncEvent.objects.filter(
@@ -212,26 +299,25 @@ def _bury_lost_leases(now: datetime) -> None:
 
 
 def extend_lease(events: Sequence[SyncEvent], seconds: float | None = None) -> int:
-    if not events:
-        return 0
+    """Renew the lease of claimed events still ours (a long batch's heartbeat); returns how many."""
     timeout = seconds if seconds is not None else settings.SYNC_VISIBILITY_TIMEOUT
-    return SyncEvent.objects.filter(
-        id__in=[e.id for e in events], claim_token=events[0].claim_token, status=Status.IN_FLIGHT,
-    ).update(lease_expires_at=timezone.now() + timedelta(seconds=timeout))
+    expires = timezone.now() + timedelta(seconds=timeout)
+    return sum(with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids)
+               .update(lease_expires_at=expires) for token, ids in _by_token(events))
 
 
-def ack(events: Sequence[SyncEvent], outcome: str) -> int:
-    """Mark claimed events done. Returns how many were still ours (a lost lease is not acked)."""
+def ack(events: Sequence[SyncEvent], outcome: str, lags: dict[int, float] | None = None) -> int:
+    """Mark claimed events done, with the lag each brought to an end (`lags`: event id -> seconds).
+    Returns how many were still ours (a lost lease is not acked)."""
     done = 0
     now = timezone.now()
-    by_token: dict[str, list[int]] = {}
-    for event in events:
-        by_token.setdefault(event.claim_token, []).append(event.id)
-    for token, ids in by_token.items():
-        for start in range(0, len(ids), 500):
-            mine = with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids[start:start + 500])
-            done += mine.update(status=Status.DONE, finished_at=now, outcome=outcome, lease_expires_at=None,
-                                last_error="")
+    lags = lags or {}
+    for token, ids in _by_token(events):
+        mine = with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids)
+        timed = [When(id=i, then=Value(lags[i])) for i in ids if i in lags]
+        lag = Case(*timed, default=Value(None), output_field=FloatField()) if timed else None
+        done += mine.update(status=Status.DONE, finished_at=now, outcome=outcome, lease_expires_at=None,
+                            last_error="", lag_seconds=lag)
     if done < len(events):
         log.warning("acked %d of %d events: the rest lost their lease to another worker",
                     done, len(events))
@@ -269,21 +355,52 @@ def fail(event: SyncEvent, error: str, *, permanent: bool = False,
 
 def release(events: Sequence[SyncEvent]) -> int:
     """Hand claimed events back to the queue untouched: not a failure, so no attempt is counted
-    and there is no backoff. Returns how many were still ours."""
-    released = 0
+    and there is no backoff. Returns how many were still ours. One transaction for the batch."""
+    if not events:
+        return 0
+    try:
+        with transaction.atomic():
+            return _release(events)
+    except IntegrityError:
+        # A newer change was queued for one of these entities after we looked (PostgreSQL runs
+        # enqueues beside us): release them one at a time so each finds its own way.
+        return sum(_release_one(event) for event in events)
+
+
+def _release(events: Sequence[SyncEvent]) -> int:
     now = timezone.now()
-    for event in events:
-        mine = SyncEvent.objects.filter(id=event.id, claim_token=event.claim_token, status=Status.IN_FLIGHT)
-        try:
-            with transaction.atomic():
-                released += mine.update(status=Status.QUEUED, attempts=F("attempts") - 1, lease_expires_at=None,
-                                        claim_token="", next_attempt_at=now)
-        except IntegrityError:
-            # A newer change to this entity was queued meanwhile: that event covers this one.
-            released += mine.update(status=Status.DONE, finished_at=now, outcome="superseded",
-                                    lease_expires_at=None)
-            _fold_into_queued(event)
-    return released
+    ours = {e.id: e for e in events if e.id in held(events)}
+    if not ours:
+        return 0
+    keys = {(e.label, e.uid) for e in ours.values()}
+    queued = {(label, uid) for rows in for_entities(SyncEvent.objects.filter(status=Status.QUEUED), keys)
+              for label, uid in rows.values_list("label", "uid")}
+    covered = [e for e in ours.values() if (e.label, e.uid) in queued]
+    back = [e for e in ours.values() if (e.label, e.uid) not in queued]
+    for token, ids in _by_token(back):
+        with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids).update(
+            status=Status.QUEUED, attempts=F("attempts") - 1, lease_expires_at=None, claim_token="",
+            next_attempt_at=now)
+    for token, ids in _by_token(covered):
+        # A newer change to these entities is queued: that event covers this one.
+        with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids).update(
+            status=Status.DONE, finished_at=now, outcome="superseded", lease_expires_at=None)
+    for event in covered:
+        _fold_into_queued(event)
+    return len(ours)
+
+
+def _release_one(event: SyncEvent) -> int:
+    now = timezone.now()
+    mine = SyncEvent.objects.filter(id=event.id, claim_token=event.claim_token, status=Status.IN_FLIGHT)
+    try:
+        with transaction.atomic():
+            return mine.update(status=Status.QUEUED, attempts=F("attempts") - 1, lease_expires_at=None,
+                               claim_token="", next_attempt_at=now)
+    except IntegrityError:
+        released = mine.update(status=Status.DONE, finished_at=now, outcome="superseded", lease_expires_at=None)
+        _fold_into_queued(event)
+        return released
 
 
 def _fold_into_queued(event: SyncEvent) -> None:

@@ -1,9 +1,19 @@
 """Reconciliation: compare the graph, the vector store and our sync records; repair what is safe.
 
-The sync record is never trusted alone. A full run pages through every vector id (listed by
-prefix, metadata fetched in batches of ≤1000), then through every synced label in Neo4j (by
-uid), then through our records — no per-entity round trips. An incremental run does the same
-for the entities changed in a recent window.
+The sync record is never trusted alone. A full run reads everything in bounded pages, so its
+memory stays flat however large the index (8 bytes per entity and per vector, nothing more):
+
+1. The graph pass: each synced label in uid pages. For a page, the vectors any text of its
+   entities would have (`Label:uid`, `Label:uid#0`, then the further chunks a stored first chunk
+   declares) are fetched by id (≤1000 a request, metadata only) and compared with the entities.
+   The hashes of the vector ids looked at, and of the uids seen, are kept.
+2. Our records of each label: a record (older than the run) whose uid the graph pass did not
+   see is checked against the graph once more, then marked deleted.
+3. The vector pass: every id in the store, listed in pages. Ids the graph pass did not look at
+   are fetched: vectors of never-synced labels, orphans (no entity), and stray chunks beyond an
+   entity's text (found only here).
+
+An incremental run does steps 1's fetch and compare for the entities changed in a recent window.
 
 Drift and what is done about it (REPAIR):
 
@@ -13,28 +23,39 @@ Drift and what is done about it (REPAIR):
 | orphan_vector    | a vector whose entity does not exist (deleted)           | delete the vector       |
 | stale_vector     | vector version < graph version                           | enqueue a resync        |
 | vector_ahead     | vector version > graph version                           | open a conflict (never automatic) |
-| content_drift    | same version, different content hash or metadata         | enqueue a resync        |
-| policy_violation | a never-synced label, or a field outside the allow-list, in the store | delete at once (and resync a synced entity) |
+| content_drift    | same version, different content hash, metadata, chunks or embedding model | enqueue a resync |
+| policy_violation | a never-synced label, a field outside the allow-list, or contact details, in the store | delete at once (and resync a synced entity) |
 
-The vector store is read before the graph: a vector written after its snapshot cannot be taken
-for an orphan, and orphans are checked against the graph once more before they are deleted.
-Entities with queued or in-flight events are work in progress, not drift.
+A resync the reconciliation asks for lists the entity's ids in the store when applied, so stray
+chunks go too. Findings are acted upon in batches of ACT_EVERY as they come: no repair holds the
+database's write lock for long, and a run never holds every finding at once.
+
+The vector store is read before the graph (the vector pass's orphans are confirmed against the
+graph again before anything is deleted): a vector written after its snapshot cannot be taken for
+an orphan. Entities with queued or in-flight events are work in progress, not drift.
+
+A run ends `succeeded` or `failed` — also when it is interrupted (django-q2's timeout, SIGTERM);
+a run whose process was killed outright is marked failed by `fail_abandoned`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections import defaultdict
+from array import array
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from sync import conflicts, ids, queue
-from sync.embedding import content_hash
+from sync.embedding import content_hash, model_id
 from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
 from sync.observe.metrics import CONSISTENCY_VIOLATIONS
 from sync.policy import (
@@ -61,10 +82,15 @@ REPAIR = {
 }
 FETCH_BATCH = 1000
 GRAPH_PAGE = 2000
+ACT_EVERY = 1000  # findings acted upon (repairs committed) at a time
+REPAIR_BATCH = 500  # events enqueued per transaction
+PROGRESS_SECONDS = 2.0
+MAX_CHUNKS = 10_000  # a declared chunk count beyond this is broken metadata, not a text
 SAMPLES_PER_KIND = 5
 # Metadata fields are compared only below this size: above it, build_document shrinks them to fit
 # Pinecone's 40 KB limit and a field-by-field comparison would report drift that is not there.
 COMPARABLE_METADATA_BYTES = 30_000
+ABANDONED_AFTER = timedelta(minutes=10)  # a running run that saved no progress for this long died
 
 
 @dataclass
@@ -74,6 +100,7 @@ class StoredEntity:
     ids: list[str] = field(default_factory=list)
     versions: set[int] = field(default_factory=set)
     hashes: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
     chunks_declared: set[int] = field(default_factory=set)
     fields: dict[str, Any] | None = None  # allow-listed metadata of the first chunk seen
 
@@ -99,41 +126,69 @@ class Reconciler:
         self.run = run
         self.graph = graph_store()
         self.vectors = vector_store()
-        self.findings: list[Finding] = []
-        self.pending = _pending_keys()
-        self.violated: set[tuple[str, str]] = set()  # already reported (and rebuilt) as violations
+        self.model = model_id()
+        self.findings: list[Finding] = []  # found, not acted upon yet
+        self.drift: Counter[str] = Counter()
+        self.repaired: Counter[str] = Counter()
+        self.samples: dict[str, list] = defaultdict(list)
+        self.models: Counter[str] = Counter()
         self.records_repaired = 0
+        self._saved = time.monotonic()
 
     # --- reading the vector store ----------------------------------------------------------
-    def scan_vectors(self, vector_ids: list[str]) -> dict[tuple[str, str], StoredEntity]:
-        """Fetch metadata in batches; policy violations are found here, the rest grouped by entity."""
-        stored: dict[tuple[str, str], StoredEntity] = defaultdict(StoredEntity)
-        for start in range(0, len(vector_ids), FETCH_BATCH):
-            batch = self.vectors.fetch_metadata(vector_ids[start:start + FETCH_BATCH])
-            self.run.vectors_checked += len(batch)
-            for vid, metadata in batch.items():
-                self._classify_vector(vid, metadata, stored)
-        return stored
+    def fetch(self, vector_ids) -> dict[str, dict]:
+        wanted = sorted(vector_ids)
+        found: dict[str, dict] = {}
+        for start in range(0, len(wanted), FETCH_BATCH):
+            found.update(self.vectors.fetch_metadata(wanted[start:start + FETCH_BATCH]))
+        self.run.vectors_checked += len(found)
+        return found
 
-    def _classify_vector(self, vid: str, metadata: dict, stored: dict) -> None:
+    def fetch_entities(self, keys) -> tuple[dict[tuple[str, str], StoredEntity], list[str], set]:
+        """What the store holds for these entities, asked by id: the ids any text would have,
+        then the further chunks a stored first chunk declares. Returns (by entity, ids fetched,
+        entities with a policy violation)."""
+        first = {vid for key in keys for vid in (ids.vector_id(*key), ids.vector_id(*key, 0))}
+        metadata = self.fetch(first)
+        further = set()
+        for key in keys:
+            leading = metadata.get(ids.vector_id(*key, 0))
+            declared = min(_int(leading.get("chunks"), 1), MAX_CHUNKS) if leading else 1
+            further |= {ids.vector_id(*key, n) for n in range(1, declared)}
+        if further:
+            metadata.update(self.fetch(further))
+        stored, violated = self.classify(metadata)
+        return stored, list(metadata), violated
+
+    def classify(self, metadata: dict[str, dict]) -> tuple[dict[tuple[str, str], StoredEntity], set]:
+        """Group fetched vectors by entity; policy violations are reported here."""
+        stored: dict[tuple[str, str], StoredEntity] = defaultdict(StoredEntity)
+        violated: set[tuple[str, str]] = set()
+        for vid, meta in metadata.items():
+            self._classify_vector(vid, meta, stored, violated)
+        return stored, violated
+
+    def _classify_vector(self, vid: str, metadata: dict, stored: dict, violated: set) -> None:
         label, uid = _identity(vid, metadata)
         policy = policy_for(label) if label else None
+        self.models[str(metadata.get("model") or "unknown")] += 1
         if policy is None or not policy.synced:
-            self.findings.append(Finding("policy_violation", label or "?", uid or vid,
-                                         f"label {label or '?'} is never synced", [vid]))
+            self.found(Finding("policy_violation", label or "?", uid or vid,
+                               f"label {label or '?'} is never synced", [vid]))
             return
         extra = sorted(set(metadata) - set(policy.metadata_fields) - set(ENGINE_KEYS))
         private = any(has_contact_details(v) for k, v in metadata.items() if k == "text" or k not in ENGINE_KEYS)
         if extra or private:
             detail = ("fields outside the allow-list: " + ", ".join(extra) if extra
                       else "an e-mail address or phone number in the metadata")
-            self.findings.append(Finding("policy_violation", label, uid, detail, [vid], other={"fields": extra}))
-            self.violated.add((label, uid))
+            self.found(Finding("policy_violation", label, uid, detail, [vid], other={"fields": extra}))
+            violated.add((label, uid))
             return
         entity = stored[(label, uid)]
         entity.ids.append(vid)
         entity.versions.add(_int(metadata.get("version")))
         entity.hashes.add(str(metadata.get("content_hash", "")))
+        entity.models.add(str(metadata.get("model") or ""))
         entity.chunks_declared.add(_int(metadata.get("chunks"), 1))
         if entity.fields is None:
             entity.fields = {k: metadata[k] for k in policy.metadata_fields if k in metadata}
@@ -141,33 +196,30 @@ class Reconciler:
     # --- comparing one entity ----------------------------------------------------------------
     def compare(self, entity: Entity | None, key: tuple[str, str], stored: StoredEntity | None) -> None:
         label, uid = key
-        if key in self.pending or key in self.violated:
-            return  # queued, in flight, or being rebuilt after a violation: not drift of its own
         if entity is None:
             if stored and stored.ids:
-                self.findings.append(Finding("orphan_vector", label, uid, "no such entity in the graph",
-                                             list(stored.ids), vector_version=stored.version))
+                self.found(Finding("orphan_vector", label, uid, "no such entity in the graph",
+                                   list(stored.ids), vector_version=stored.version))
             return
         self.run.entities_checked += 1
         policy = policy_for(label)
         text = build_text(policy, entity.properties)
         if not stored or not stored.ids:
             if text:
-                self.findings.append(Finding("missing_vector", label, uid, "the entity has no vector",
-                                             graph_version=entity.version))
+                self.found(Finding("missing_vector", label, uid, "the entity has no vector",
+                                   graph_version=entity.version))
             return
         found = dict(vector_ids=list(stored.ids), graph_version=entity.version, vector_version=stored.version)
         if stored.version < entity.version:
-            self.findings.append(Finding("stale_vector", label, uid,
-                                         f"vector v{stored.version} < graph v{entity.version}", **found))
+            self.found(Finding("stale_vector", label, uid, f"vector v{stored.version} < graph v{entity.version}",
+                               **found))
         elif stored.version > entity.version:
-            self.findings.append(Finding("vector_ahead", label, uid,
-                                         f"vector v{stored.version} > graph v{entity.version}", **found,
-                                         other={"version": stored.version, "content_hash": sorted(stored.hashes)}))
+            self.found(Finding("vector_ahead", label, uid, f"vector v{stored.version} > graph v{entity.version}",
+                               **found, other={"version": stored.version, "content_hash": sorted(stored.hashes)}))
         else:
             problem = self._content_problem(policy, entity, text, stored)
             if problem:
-                self.findings.append(Finding("content_drift", label, uid, problem, **found))
+                self.found(Finding("content_drift", label, uid, problem, **found))
 
     def _content_problem(self, policy, entity: Entity, text: str, stored: StoredEntity) -> str:
         if not text:
@@ -176,6 +228,9 @@ class Reconciler:
             return "content hash differs from the graph's text"
         if len(stored.versions) > 1 or stored.chunks_declared != {len(stored.ids)}:
             return f"chunks disagree ({len(stored.ids)} stored, {sorted(stored.chunks_declared)} declared)"
+        if stored.models != {self.model}:
+            others = ", ".join(sorted(m or "an unrecorded model" for m in stored.models - {self.model}))
+            return f"embedded by {others}, not by {self.model}"
         try:
             expected = allowed_metadata(policy, entity.properties)
         except ValueError as exc:
@@ -186,20 +241,28 @@ class Reconciler:
             return "metadata differs: " + ", ".join(changed)
         return ""
 
+    def surplus(self, key: tuple[str, str], stored: StoredEntity, entity: Entity) -> None:
+        """Vectors of a live entity that its text's chunk ids do not account for."""
+        self.found(Finding("content_drift", *key, f"{len(stored.ids)} stray vector(s) beyond the text's chunks",
+                           list(stored.ids), graph_version=entity.version, vector_version=stored.version))
+
     # --- acting on findings --------------------------------------------------------------------
+    def found(self, finding: Finding) -> None:
+        self.findings.append(finding)
+        if len(self.findings) >= ACT_EVERY:
+            self.act()
+
     def act(self) -> None:
-        self._confirm_orphans()
-        drift: dict[str, int] = dict.fromkeys(KINDS, 0)
-        repaired: dict[str, int] = dict.fromkeys(KINDS, 0)
-        samples: dict[str, list] = defaultdict(list)
+        """Count, sample and repair the findings gathered so far, in bounded transactions."""
+        findings, self.findings = self._confirm_orphans(self.findings), []
         resync: list[queue.Work] = []
         doomed: list[str] = []
-        for finding in self.findings:
-            drift[finding.kind] += 1
+        for finding in findings:
+            self.drift[finding.kind] += 1
             CONSISTENCY_VIOLATIONS.labels(finding.kind).inc()
-            if len(samples[finding.kind]) < SAMPLES_PER_KIND:
-                samples[finding.kind].append({"label": finding.label, "uid": finding.uid,
-                                              "detail": finding.detail})
+            if len(self.samples[finding.kind]) < SAMPLES_PER_KIND:
+                self.samples[finding.kind].append({"label": finding.label, "uid": finding.uid,
+                                                   "detail": finding.detail})
             if finding.kind == "vector_ahead":
                 log.error("consistency error: %s:%s %s", finding.label, finding.uid, finding.detail)
             if self.run.dry_run:
@@ -209,30 +272,25 @@ class Reconciler:
                 doomed.extend(finding.vector_ids)
                 if finding.kind == "policy_violation" and policy_for(finding.label).synced:
                     resync.append(self._work(finding))  # rebuild the clean vector
-                repaired[finding.kind] += 1
+                self.repaired[finding.kind] += 1
             elif action == "resync":
                 resync.append(self._work(finding))
-                repaired[finding.kind] += 1
+                self.repaired[finding.kind] += 1
             else:
                 self._open_conflict(finding)
-        if doomed:
-            self.vectors.delete(sorted(set(doomed)))
-        if resync:
-            queue.enqueue_many(resync)
-        self.run.drift = {k: v for k, v in drift.items() if v}
-        self.run.repaired = {k: v for k, v in repaired.items() if v}
-        if self.records_repaired:
-            self.run.repaired["records"] = self.records_repaired
-        self.run.samples = [{"kind": k, **s} for k, items in samples.items() for s in items]
+        doomed = sorted(set(doomed))
+        for start in range(0, len(doomed), FETCH_BATCH):
+            self.vectors.delete(doomed[start:start + FETCH_BATCH])
+        for start in range(0, len(resync), REPAIR_BATCH):
+            queue.enqueue_many(resync[start:start + REPAIR_BATCH])
 
-    def _confirm_orphans(self) -> None:
+    def _confirm_orphans(self, findings: list[Finding]) -> list[Finding]:
         """An orphan is deleted only if the graph still has no such entity right now."""
-        keys = [(f.label, f.uid) for f in self.findings if f.kind == "orphan_vector"]
+        keys = [(f.label, f.uid) for f in findings if f.kind == "orphan_vector"]
         if not keys:
-            return
+            return findings
         alive = set(self.graph.get_entities(keys))
-        self.findings = [f for f in self.findings
-                         if not (f.kind == "orphan_vector" and (f.label, f.uid) in alive)]
+        return [f for f in findings if not (f.kind == "orphan_vector" and (f.label, f.uid) in alive)]
 
     def _work(self, finding: Finding) -> queue.Work:
         return queue.Work(label=finding.label, uid=finding.uid, version=finding.graph_version,
@@ -247,51 +305,127 @@ class Reconciler:
         )
         self.run.conflicts_opened += 1
 
+    def finish(self) -> None:
+        self.act()
+        self.run.drift = {k: self.drift[k] for k in KINDS if self.drift[k]}
+        self.run.repaired = {k: self.repaired[k] for k in KINDS if self.repaired[k]}
+        if self.records_repaired:
+            self.run.repaired["records"] = self.records_repaired
+        self.run.samples = [{"kind": k, **s} for k, items in self.samples.items() for s in items]
+        self.run.embedding_models = dict(self.models)
+
+    # --- progress --------------------------------------------------------------------------------
+    def progress(self, done: int) -> None:
+        self.run.progress_done += done
+        if time.monotonic() - self._saved >= PROGRESS_SECONDS:
+            self.save_progress()
+
+    def save_progress(self) -> None:
+        self._saved = time.monotonic()
+        ReconcileRun.objects.filter(pk=self.run.pk).update(
+            progress_done=self.run.progress_done, progress_total=self.run.progress_total,
+            entities_checked=self.run.entities_checked, vectors_checked=self.run.vectors_checked,
+            records_checked=self.run.records_checked, updated_at=timezone.now())
+
+    # --- one page of entities ----------------------------------------------------------------------
+    def check_entities(self, entities: dict[tuple[str, str], Entity | None], examined: array | None = None) -> None:
+        """Fetch what the store holds for these entities and compare (graph pass and incremental)."""
+        keys = sorted(entities)
+        pending = _pending_keys(keys)
+        stored, fetched, violated = self.fetch_entities([k for k in keys if k not in pending])
+        if examined is not None:
+            examined.extend(hash(vid) for vid in fetched)
+        for key in keys:
+            if key in pending or key in violated:
+                continue  # queued, in flight, or being rebuilt after a violation: not drift of its own
+            self.compare(entities[key], key, stored.get(key))
+
     # --- records ---------------------------------------------------------------------------------
-    def check_records(self, label: str, graph_uids: set[str]) -> None:
+    def check_records(self, label: str, seen: np.ndarray) -> None:
         """Our records must not claim entities that are gone.
 
         Only records older than this run count, and the graph is asked again: an entity created
-        during the label scan is not in `graph_uids` yet is very much alive.
+        during the label scan is not among the uids seen yet is very much alive.
         """
-        gone = (SyncRecord.objects.filter(label=label, updated_at__lt=self.run.started_at)
+        rows = (SyncRecord.objects.filter(label=label, updated_at__lt=self.run.started_at)
                 .exclude(status=SyncRecord.Status.DELETED).values_list("uid", flat=True))
-        vanished = [uid for uid in gone.iterator(chunk_size=5000) if uid not in graph_uids]
-        if vanished:
-            alive = self.graph.get_entities([(label, uid) for uid in vanished])
-            vanished = [uid for uid in vanished if (label, uid) not in alive]
-        self.run.records_checked += SyncRecord.objects.filter(label=label).count()
-        if vanished and not self.run.dry_run:
-            for start in range(0, len(vanished), 500):
-                SyncRecord.objects.filter(label=label, uid__in=vanished[start:start + 500]).update(
-                    status=SyncRecord.Status.DELETED, last_error="")
-            self.records_repaired += len(vanished)
+        candidates: list[str] = []
+        for uid in rows.iterator(chunk_size=5000):
+            self.run.records_checked += 1
+            if not _member(seen, hash(uid)):
+                candidates.append(uid)
+                if len(candidates) >= REPAIR_BATCH:
+                    self._vanished(label, candidates)
+                    candidates = []
+        self._vanished(label, candidates)
+
+    def _vanished(self, label: str, uids: list[str]) -> None:
+        if not uids:
+            return
+        alive = self.graph.get_entities([(label, uid) for uid in uids])
+        gone = [uid for uid in uids if (label, uid) not in alive]
+        if gone and not self.run.dry_run:
+            SyncRecord.objects.filter(label=label, uid__in=gone).update(status=SyncRecord.Status.DELETED,
+                                                                         last_error="")
+            self.records_repaired += len(gone)
+
+
+# --- starting and running ----------------------------------------------------------------------
+
+def start(mode: str, *, dry_run: bool = False, trigger: str = ReconcileRun.Trigger.UI, user=None,
+          window: timedelta | None = None) -> ReconcileRun:
+    """A queued run, handed to the task cluster (sync.tasks.run_reconciliation) once committed."""
+    if mode not in ReconcileRun.Mode.values:
+        raise ValueError(f"mode must be one of {', '.join(ReconcileRun.Mode.values)}")
+    run = ReconcileRun.objects.create(mode=mode, status=ReconcileRun.Status.QUEUED, dry_run=dry_run,
+                                      trigger=trigger, triggered_by=user, window_start=_window_start(mode, window))
+
+    def hand_over() -> None:
+        from django_q.tasks import async_task
+
+        async_task("sync.tasks.run_reconciliation", run.pk, group="reconcile",
+                   q_options={"timeout": settings.Q_CLUSTER["timeout"]})
+
+    transaction.on_commit(hand_over)
+    return run
 
 
 def full(*, dry_run: bool = False, trigger: str = ReconcileRun.Trigger.COMMAND, user=None) -> ReconcileRun:
-    run = ReconcileRun.objects.create(mode=ReconcileRun.Mode.FULL, dry_run=dry_run, trigger=trigger,
-                                      triggered_by=user)
-    return _execute(run, _full)
+    """Run a full reconciliation in the foreground."""
+    return execute(ReconcileRun.objects.create(mode=ReconcileRun.Mode.FULL, dry_run=dry_run, trigger=trigger,
+                                               triggered_by=user, status=ReconcileRun.Status.QUEUED))
 
 
 def incremental(*, window: timedelta | None = None, dry_run: bool = False,
                 trigger: str = ReconcileRun.Trigger.COMMAND, user=None) -> ReconcileRun:
-    span = window or timedelta(minutes=settings.RECONCILE_WINDOW_MINUTES)
-    run = ReconcileRun.objects.create(mode=ReconcileRun.Mode.INCREMENTAL, dry_run=dry_run, trigger=trigger,
-                                      triggered_by=user, window_start=timezone.now() - span)
-    return _execute(run, _incremental)
+    """Run an incremental reconciliation (entities changed in the window) in the foreground."""
+    mode = ReconcileRun.Mode.INCREMENTAL
+    return execute(ReconcileRun.objects.create(mode=mode, dry_run=dry_run, trigger=trigger, triggered_by=user,
+                                               window_start=_window_start(mode, window),
+                                               status=ReconcileRun.Status.QUEUED))
 
 
-def _execute(run: ReconcileRun, body) -> ReconcileRun:
+def execute(run: ReconcileRun) -> ReconcileRun:
+    """Run a queued run to its end (once: a second call for the same run does nothing)."""
+    now = timezone.now()
+    if not ReconcileRun.objects.filter(pk=run.pk, status=ReconcileRun.Status.QUEUED).update(
+            status=ReconcileRun.Status.RUNNING, started_at=now, updated_at=now):
+        run.refresh_from_db()
+        return run
+    run.status, run.started_at = ReconcileRun.Status.RUNNING, now
     started = time.monotonic()
+    reconciler = None
     try:
         reconciler = Reconciler(run)
-        body(reconciler)
-        reconciler.act()
+        (_full if run.mode == ReconcileRun.Mode.FULL else _incremental)(reconciler)
+        reconciler.finish()
         run.status = ReconcileRun.Status.SUCCEEDED
-    except Exception as exc:
+    except BaseException as exc:
+        # Interrupted too (django-q2's timeout, SIGTERM, Ctrl-C): the run must not stay "running".
         run.status = ReconcileRun.Status.FAILED
-        run.error = f"{type(exc).__name__}: {exc}"[:5000]
+        run.error = f"{type(exc).__name__}: {exc}"[:5000] if str(exc) else f"interrupted ({type(exc).__name__})"
+        if reconciler is not None:
+            _keep_counts(reconciler)
         log.exception("%s reconciliation failed", run.mode)
         raise
     finally:
@@ -301,26 +435,80 @@ def _execute(run: ReconcileRun, body) -> ReconcileRun:
     return run
 
 
+def _keep_counts(reconciler: Reconciler) -> None:
+    """A failed run still shows what it found and did before it stopped."""
+    try:
+        reconciler.findings = []  # not acted upon: the next run finds them again
+        reconciler.finish()
+    except Exception:  # noqa: BLE001 — the run is failing already; its counts are a courtesy
+        log.exception("could not record the counts of a failed reconciliation")
+
+
+def fail_abandoned() -> int:
+    """Mark failed the runs whose process died (no progress saved for ABANDONED_AFTER) and the
+    queued runs the cluster never started. Returns how many."""
+    now = timezone.now()
+    stuck = ReconcileRun.objects.filter(status=ReconcileRun.Status.RUNNING, updated_at__lt=now - ABANDONED_AFTER)
+    died = stuck.update(status=ReconcileRun.Status.FAILED, finished_at=now, updated_at=now,
+                        error="the process running this reconciliation stopped before it finished")
+    never = ReconcileRun.objects.filter(
+        status=ReconcileRun.Status.QUEUED,  # started_at is when it was queued, until it starts
+        started_at__lt=now - timedelta(seconds=settings.Q_CLUSTER["retry"]) - ABANDONED_AFTER,
+    ).update(status=ReconcileRun.Status.FAILED, finished_at=now, updated_at=now,
+             error="the task cluster never started this reconciliation (are the workers running?)")
+    return died + never
+
+
+def _window_start(mode: str, window: timedelta | None):
+    if mode != ReconcileRun.Mode.INCREMENTAL:
+        return None
+    return timezone.now() - (window or timedelta(minutes=settings.RECONCILE_WINDOW_MINUTES))
+
+
 def _full(r: Reconciler) -> None:
     labels = synced_labels()
-    # Every id in the store, by label prefix and then the rest (never-synced labels, strays).
-    all_ids = list(r.vectors.list_ids(""))
-    stored = r.scan_vectors(all_ids)
-    del all_ids
+    r.run.progress_total = sum(r.graph.count_label(label) for label in labels) + r.vectors.stats().total
+    r.save_progress()
+    examined = array("q")  # hashes of the vector ids the graph pass looked at
     for label in labels:
-        uids: set[str] = set()
+        seen = array("q")  # hashes of this label's uids
         after = None
         while True:
             page = r.graph.scan_label(label, after, GRAPH_PAGE)
             if not page:
                 break
-            for entity in page:
-                uids.add(entity.uid)
-                r.compare(entity, entity.key, stored.pop(entity.key, None))
+            seen.extend(hash(entity.uid) for entity in page)
+            r.check_entities({entity.key: entity for entity in page}, examined)
+            r.progress(len(page))
             after = page[-1].uid
-        r.check_records(label, uids)
-    for key, rest in stored.items():  # vectors no graph entity claimed
-        r.compare(None, key, rest)
+        r.check_records(label, np.sort(np.frombuffer(seen, dtype=np.int64)))
+    looked_at = np.sort(np.frombuffer(examined, dtype=np.int64))
+    del examined
+    listing = r.vectors.list_ids("")
+    while page := list(itertools.islice(listing, FETCH_BATCH)):
+        r.progress(len(page))
+        known = _members(looked_at, np.fromiter((hash(vid) for vid in page), dtype=np.int64, count=len(page)))
+        unexplained = [vid for vid, seen in zip(page, known, strict=True) if not seen]
+        if unexplained:
+            _strays(r, unexplained)
+
+
+def _strays(r: Reconciler, vector_ids: list[str]) -> None:
+    """Vectors the graph pass did not look at: never-synced labels, orphans, stray chunks."""
+    stored, violated = r.classify(r.fetch(vector_ids))
+    keys = sorted(stored)
+    if not keys:
+        return
+    pending = _pending_keys(keys)
+    alive = r.graph.get_entities(keys)
+    for key in keys:
+        if key in pending or key in violated:
+            continue
+        entity = alive.get(key)
+        if entity is None:
+            r.compare(None, key, stored[key])
+        else:
+            r.surplus(key, stored[key], entity)
 
 
 def _incremental(r: Reconciler) -> None:
@@ -334,30 +522,38 @@ def _incremental(r: Reconciler) -> None:
             break
         after = (changes[-1].updated_at, f"{changes[-1].label}:{changes[-1].uid}")
     keys |= set(SyncRecord.objects.filter(updated_at__gte=r.run.window_start).values_list("label", "uid"))
-    keys = {k for k in keys if policy_for(k[0]).synced}
-    candidate_ids: set[str] = set()
-    chunk_counts = _chunk_counts(keys)
-    for key in keys:
-        # The ids our records know of, fetched in batches (no per-entity listing); chunks beyond
-        # them are found by the full run, which lists every id.
-        count = max(chunk_counts.get(key, 1), 1)
-        candidate_ids |= {ids.vector_id(*key)} | {ids.vector_id(*key, n) for n in range(count)}
+    ordered = sorted(k for k in keys if policy_for(k[0]).synced)
+    r.run.progress_total = len(ordered)
     # Vectors first, then the graph (as in a full run): a write landing in between makes the graph
-    # look newer (repaired by a resync), never the vector look ahead of it.
-    stored = r.scan_vectors(sorted(candidate_ids))
-    entities = r.graph.get_entities(sorted(keys))
-    for key in keys:
-        r.compare(entities.get(key), key, stored.pop(key, None))
+    # look newer (repaired by a resync), never the vector look ahead of it. Stray chunks beyond
+    # a text are found by the full run, which lists every id.
+    for start in range(0, len(ordered), GRAPH_PAGE):
+        page = ordered[start:start + GRAPH_PAGE]
+        pending = _pending_keys(page)
+        stored, _, violated = r.fetch_entities([k for k in page if k not in pending])
+        entities = r.graph.get_entities(page)
+        for key in page:
+            if key not in pending and key not in violated:
+                r.compare(entities.get(key), key, stored.get(key))
+        r.progress(len(page))
 
 
-def _chunk_counts(keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    return {(label, uid): n for records in for_entities(SyncRecord.objects.all(), keys)
-            for label, uid, n in records.values_list("label", "uid", "chunk_count")}
+def _pending_keys(keys) -> set[tuple[str, str]]:
+    pending = SyncEvent.objects.filter(status__in=[SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT])
+    return {(label, uid) for rows in for_entities(pending, keys) for label, uid in rows.values_list("label", "uid")}
 
 
-def _pending_keys() -> set[tuple[str, str]]:
-    return set(SyncEvent.objects.filter(status__in=[SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT])
-               .values_list("label", "uid"))
+def _member(sorted_hashes: np.ndarray, value: int) -> bool:
+    index = int(np.searchsorted(sorted_hashes, value))
+    return index < len(sorted_hashes) and int(sorted_hashes[index]) == value
+
+
+def _members(sorted_hashes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which of `values` are in `sorted_hashes` (a bool array)."""
+    if not len(sorted_hashes):
+        return np.zeros(len(values), dtype=bool)
+    index = np.minimum(np.searchsorted(sorted_hashes, values), len(sorted_hashes) - 1)
+    return sorted_hashes[index] == values
 
 
 def _identity(vid: str, metadata: dict) -> tuple[str | None, str | None]:

@@ -50,6 +50,14 @@ def kick_drain(*, debounce: bool = True) -> bool:
     return True
 
 
+def on_work_enqueued(sender, **kwargs) -> None:
+    """Receiver of `sync.queue.work_enqueued`: a drain starts soon after work is stored."""
+    try:
+        kick_drain()
+    except Exception:  # noqa: BLE001 — the work is stored; the next scheduled drain applies it
+        log.exception("could not kick a drain after an enqueue; the scheduled drains will apply the work")
+
+
 def drain_slots() -> list[str]:
     return [f"drain:{n}" for n in range(settings.SYNC_DRAIN_WORKERS)]
 
@@ -57,7 +65,7 @@ def drain_slots() -> list[str]:
 def drain_queue(seconds: float = RUN_SECONDS) -> dict:
     """Apply ready events in one of the drain slots; return once the queue has been idle for a
     flush interval, or after `seconds`."""
-    name = worker.worker_name()
+    name = queue.worker_name()
     slot = WorkerLease.take(drain_slots(), name, DRAIN_LEASE_SECONDS)
     if slot is None:
         return {"skipped": f"all {settings.SYNC_DRAIN_WORKERS} drain slots are taken"}
@@ -92,13 +100,12 @@ def drain_queue(seconds: float = RUN_SECONDS) -> dict:
 
 def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:
     """Poll Neo4j for changes every CAPTURE_INTERVAL seconds; apply HIGH priority work at once."""
-    name = worker.worker_name()
+    name = queue.worker_name()
     urgent = ApplyCounts()
 
     def after_poll(result: capture.CaptureResult) -> None:
+        # What capture enqueued has kicked a drain already (sync.queue.work_enqueued).
         urgent.add(worker.apply_urgent(name))
-        if result.enqueued:
-            kick_drain()
 
     result = capture.run(name, seconds=seconds, after_poll=after_poll, stop=stop)
     return {**asdict(result), "urgent": asdict(urgent)}
@@ -112,16 +119,30 @@ def compact_vectors() -> dict:
     return {"compacted": True, "result": str(compact())}
 
 
+def purge_tombstones() -> int:
+    return capture.purge_tombstones()
+
+
 def purge_finished_events(days: int = 7) -> int:
     return queue.purge_finished(timedelta(days=days))
+
+
+def run_reconciliation(run_id: int) -> dict:
+    """A run queued by `sync.reconcile.start` (the dashboard, the API)."""
+    from sync import reconcile
+    from sync.models import ReconcileRun
+
+    run = reconcile.execute(ReconcileRun.objects.get(pk=run_id))
+    return {"run": run.pk, "status": run.status, "drift": run.drift, "repaired": run.repaired}
 
 
 def reconcile_incremental() -> dict:
     from sync import reconcile
     from sync.models import ReconcileRun
 
+    abandoned = reconcile.fail_abandoned()
     run = reconcile.incremental(trigger=ReconcileRun.Trigger.SCHEDULE)
-    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired, "abandoned": abandoned}
 
 
 def reconcile_full() -> dict:

@@ -14,8 +14,6 @@ more embedding than that, the surplus events go back to the queue untouched (`em
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
 
@@ -29,10 +27,6 @@ from sync.apply import ApplyCounts, apply_events
 from sync.models import Priority, SyncEvent
 
 log = logging.getLogger(__name__)
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -111,7 +105,7 @@ def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, fl
     largest = max(size, max_batch_size or settings.SYNC_MAX_BATCH_SIZE)
     claim = size
     interval = settings.SYNC_FLUSH_INTERVAL if flush_interval is None else flush_interval
-    name = worker or worker_name()
+    name = worker or queue.worker_name()
     total = ApplyCounts()
     deadline = time.monotonic() + max_seconds if max_seconds else None
     idle_since = time.monotonic()

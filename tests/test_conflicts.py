@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from sync import conflicts
+from sync import conflicts, resolution
 from sync.models import AuditEntry, Conflict, SyncEvent
 from sync.writes import write_entity
 
@@ -62,7 +62,7 @@ def open_conflict(synced_graph, vectors, settings):
 def test_a_resolution_is_written_as_a_new_version_and_propagated(open_conflict, synced_graph, analyst):
     before = entity(synced_graph, "Prospect", "acme").version
     SyncEvent.objects.all().delete()
-    result = conflicts.resolve(open_conflict.pk, choice="fields", actor=analyst, note="checked the registry",
+    result = resolution.resolve(open_conflict.pk, choice="fields", actor=analyst, note="checked the registry",
                                field_choices={"sector": "other", "tier": "graph"}, seen_version=before)
     assert result.changed and result.version == before + 1
     acme = entity(synced_graph, "Prospect", "acme")
@@ -78,9 +78,9 @@ def test_a_resolution_is_written_as_a_new_version_and_propagated(open_conflict, 
 
 def test_resolving_twice_changes_nothing_the_second_time(open_conflict, synced_graph, analyst):
     seen = open_conflict.graph_version
-    first = conflicts.resolve(open_conflict.pk, choice="other", actor=analyst, seen_version=seen)
+    first = resolution.resolve(open_conflict.pk, choice="other", actor=analyst, seen_version=seen)
     version = entity(synced_graph, "Prospect", "acme").version
-    second = conflicts.resolve(open_conflict.pk, choice="graph", actor=analyst, seen_version=seen)
+    second = resolution.resolve(open_conflict.pk, choice="graph", actor=analyst, seen_version=seen)
     assert first.changed and not second.changed
     assert "already resolved by analyst" in second.message
     assert entity(synced_graph, "Prospect", "acme").version == version
@@ -90,8 +90,8 @@ def test_resolving_twice_changes_nothing_the_second_time(open_conflict, synced_g
 def test_a_conflict_whose_entity_moved_on_is_refused(open_conflict, synced_graph, analyst):
     shown = open_conflict.graph_version
     write_entity("Prospect", "acme", {"description": "updated profile"}, source="crm")
-    with pytest.raises(conflicts.StaleConflict, match=rf"changed since it was shown \(version {shown}, now at version {shown + 1}\)"):
-        conflicts.resolve(open_conflict.pk, choice="other", actor=analyst, seen_version=shown)
+    with pytest.raises(resolution.StaleConflict, match=rf"changed since it was shown \(version {shown}, now at version {shown + 1}\)"):
+        resolution.resolve(open_conflict.pk, choice="other", actor=analyst, seen_version=shown)
     open_conflict.refresh_from_db()
     assert open_conflict.status == "open" and open_conflict.graph_version == shown + 1  # shows the new state
     assert not AuditEntry.objects.filter(action="conflict.resolve").exists()
@@ -99,17 +99,17 @@ def test_a_conflict_whose_entity_moved_on_is_refused(open_conflict, synced_graph
 
 def test_analyst_edits_are_limited_to_the_conflicts_fields(open_conflict, analyst):
     with pytest.raises(conflicts.ConflictError, match="only this conflict's fields"):
-        conflicts.resolve(open_conflict.pk, choice="graph", actor=analyst, edits={"contact_email": "x@y.example"})
+        resolution.resolve(open_conflict.pk, choice="graph", actor=analyst, edits={"contact_email": "x@y.example"})
     with pytest.raises(conflicts.ConflictError, match="choose a side for: tier"):
-        conflicts.resolve(open_conflict.pk, choice="fields", actor=analyst, field_choices={"sector": "graph"})
-    result = conflicts.resolve(open_conflict.pk, choice="merged", actor=analyst, edits={"tier": "3"},
+        resolution.resolve(open_conflict.pk, choice="fields", actor=analyst, field_choices={"sector": "graph"})
+    result = resolution.resolve(open_conflict.pk, choice="merged", actor=analyst, edits={"tier": "3"},
                                seen_version=open_conflict.graph_version)
     assert result.conflict.resolved_values == {"sector": "utilities", "tier": "3"}
 
 
 def test_dismissing_is_idempotent_and_audited(open_conflict, analyst):
-    assert conflicts.dismiss(open_conflict.pk, actor=analyst, note="noise").changed
-    assert not conflicts.dismiss(open_conflict.pk, actor=analyst).changed
+    assert resolution.dismiss(open_conflict.pk, actor=analyst, note="noise").changed
+    assert not resolution.dismiss(open_conflict.pk, actor=analyst).changed
     assert AuditEntry.objects.filter(action="conflict.dismiss").count() == 1
 
 

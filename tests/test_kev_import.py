@@ -246,7 +246,9 @@ def test_through_the_sync_engine_kev_is_dual_written_and_vulnerabilities_queued(
     stored = vectors.fetch([vector_id("KEV", "CVE-2021-44228"), vector_id("KEV", "CVE-2023-34362")])
     assert {r.metadata["uid"] for r in stored.values()} == {"CVE-2021-44228", "CVE-2023-34362"}
     assert set(SagaLog.objects.values_list("status", flat=True)) == {SagaLog.Status.COMMITTED}
-    assert set(SyncEvent.objects.values_list("label", flat=True)) == {"Vulnerability"}
+    # KEV was applied in the call (its own event, done); Vulnerability waits for the workers.
+    assert set(SyncEvent.objects.filter(status="done").values_list("label", flat=True)) == {"KEV"}
+    assert set(SyncEvent.objects.filter(status="queued").values_list("label", flat=True)) == {"Vulnerability"}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -264,7 +266,9 @@ def test_through_the_sync_engine_a_vector_outage_aborts_and_leaves_no_kev(synced
 # --- the command ------------------------------------------------------------------------------
 
 
-def test_the_command_prints_the_report_and_each_skipped_entry(graph, tmp_path):
+@pytest.mark.django_db(transaction=True)
+def test_the_command_prints_the_report_and_each_skipped_entry(synced_graph, vectors, tmp_path):
+    graph = synced_graph
     path = tmp_path / "kev.json"
     path.write_text(json.dumps(feed(entry("CVE-2021-44228"), entry("CVE-2023-34362", dateAdded="yesterday"),
                                     "not an entry")))
@@ -290,12 +294,17 @@ def test_the_command_fails_on_an_unusable_file(graph, tmp_path):
         call_command("import_kev", str(tmp_path / "missing.json"))
 
 
-def test_the_command_exit_status(graph, tmp_path):
+@pytest.mark.django_db(transaction=True)
+def test_the_command_exit_status(synced_graph, tmp_path):
+    from django.db import connection
+
     bad = tmp_path / "bad.json"
     bad.write_text('{"vulnerabilities": null}')
     partly_bad = tmp_path / "partly.json"
     partly_bad.write_text(json.dumps(feed(entry(), {"cveID": 7})))
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT),
+           "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+           "LANCEDB_DIR": str(tmp_path / "lancedb")}
 
     def run(path):
         return subprocess.run([sys.executable, "manage.py", "import_kev", str(path)], cwd=ROOT, env=env,

@@ -8,7 +8,7 @@ from decimal import Decimal
 import neo4j.time
 import pytest
 
-from sync.embedding import content_hash
+from sync.embedding import content_hash, model_id
 from sync.ids import parse_vector_id
 from sync.policy import (
     ENGINE_KEYS,
@@ -195,7 +195,7 @@ def test_it_makes_one_chunk_with_the_plain_id_and_the_engine_keys():
     assert chunk.vector_id == "KEV:CVE-2024-3400"
     assert chunk.metadata == {
         "cve_id": "CVE-2024-3400", "vulnerability_name": "PAN-OS command injection", "severity": "critical",
-        "label": "KEV", "uid": "CVE-2024-3400", "version": 4, "content_hash": document.content_hash,
+        "label": "KEV", "uid": "CVE-2024-3400", "version": 4, "content_hash": document.content_hash, "model": model_id(),
         "chunks": 1, "updated_at": "2025-03-04T05:06:07+00:00", "chunk": 0, "text": document.text,
     }
 

@@ -63,8 +63,12 @@ def test_a_deleted_node_loses_its_vectors(synced_graph, vectors):
     result, counts = sync_all()
     assert counts.deleted == 1
     assert list(vectors.list_ids("ThreatActor:")) == []
-    assert SyncRecord.objects.get(uid="apt28").status == "deleted"
-    assert result.tombstones_purged == 1
+    record = SyncRecord.objects.get(uid="apt28")
+    assert record.status == "deleted" and record.graph_version == 2  # the tombstone's version
+    # The tombstone stays (versions continue from it on a re-creation); read again, it is done.
+    assert cypher(synced_graph, "MATCH (t:_SyncTombstone {uid: 'apt28'}) RETURN t.version") == [[2]]
+    again = capture.poll_once("test-poller", overlap=3600)
+    assert again.changes == 1 and again.enqueued == 0
 
 
 def test_a_label_outside_the_policy_never_reaches_the_store(synced_graph, vectors):
@@ -400,6 +404,8 @@ def test_a_drain_that_runs_out_of_time_kicks_its_successor(synced_graph, vectors
     for n in range(3):
         graph.write_entity("ThreatActor", f"slow-{n}", {"name": f"Actor {n}", "description": "x"}, source="t")
     queue.enqueue_many([queue.Work("ThreatActor", f"slow-{n}") for n in range(3)])
+    assert OrmQ.objects.count() == 1  # storing work kicked a drain
+    OrmQ.objects.all().delete()
     result = tasks.drain_queue(seconds=0.01)  # a batch of one at most, then out of time
     assert result["upserted"] <= 1 and result["successor"] is True
     assert OrmQ.objects.count() == 1

@@ -39,10 +39,12 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 
 def recent_lags(window: timedelta = timedelta(hours=1), limit: int = 5000) -> list[float]:
+    """Change-to-vector lags (Neo4j's clock) of the events applied in the window, newest first.
+    Work that brought no graph change to the index (a no-op resync) has none."""
     since = timezone.now() - window
-    rows = (SyncRecord.objects.filter(synced_at__gte=since, changed_at__isnull=False)
-            .order_by("-synced_at").values_list("synced_at", "changed_at")[:limit])
-    return [max((synced - changed).total_seconds(), 0.0) for synced, changed in rows]
+    return list(SyncEvent.objects.filter(status=SyncEvent.Status.DONE, finished_at__gte=since,
+                                         lag_seconds__isnull=False)
+                .order_by("-finished_at").values_list("lag_seconds", flat=True)[:limit])
 
 
 def snapshot() -> SyncStatus:

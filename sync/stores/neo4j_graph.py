@@ -11,6 +11,8 @@ DATETIME, UTC, microsecond precision), `source`, `confidence`. A deleted entity 
 `_SyncTombstone {label, uid, version, updated_at}` whose version is the deleted node's + 1; a live
 node re-created under the same key supersedes (deletes) its tombstone and continues its version,
 so a key is always either live or tombstoned and versions never go backwards across a delete.
+Tombstones are therefore kept after capture has read them: only once their delete is applied and
+older than the retention (`old_tombstones` + `purge_tombstones`, from a scheduled task) do they go.
 
 The driver is thread-safe and each call opens its own session, so one store serves many threads.
 """
@@ -293,6 +295,7 @@ class Neo4jGraphStore:
             uri, auth=(user, password), connection_timeout=min(5.0, retry_time),
             max_transaction_retry_time=retry_time,
         )
+        self._clock: tuple[float, float] | None = None  # (monotonic time measured, offset seconds)
 
     def close(self) -> None:
         self.driver.close()
@@ -334,6 +337,21 @@ class Neo4jGraphStore:
         if now is None:
             raise PermanentStoreError("Neo4j returned no datetime for datetime()")
         return now
+
+    def clock_offset(self, max_age: float = 60.0) -> float:
+        """Seconds to add to this machine's clock to read Neo4j's (which stamps updated_at).
+
+        Measured against the midpoint of a `datetime()` round trip and kept for `max_age` seconds,
+        so lag is measured on one clock even when this host's clock is off.
+        """
+        measured = self._clock
+        if measured is None or time.monotonic() - measured[0] > max_age:
+            before = datetime.now(UTC)
+            server = self.server_time()
+            after = datetime.now(UTC)
+            offset = (server - (before + (after - before) / 2)).total_seconds()
+            self._clock = measured = (time.monotonic(), offset)
+        return measured[1]
 
     # -- schema --
 
@@ -431,8 +449,20 @@ class Neo4jGraphStore:
                                       updated_at=updated_at, entity=entity))
         return changes
 
+    def old_tombstones(self, labels: Sequence[str], before: datetime, limit: int) -> list[Change]:
+        """Tombstones of `labels` stamped before `before`, oldest first: candidates for purging."""
+        labels = sorted({check_label(label) for label in labels})
+        _check_limit(limit)
+        rows = self._query(
+            f"MATCH (t:{TOMBSTONE}) WHERE t.updated_at < $before AND t.label IN $labels "
+            "RETURN t.label AS label, t.uid AS uid, t.version AS version, t.updated_at AS at "
+            "ORDER BY t.updated_at LIMIT $limit", before=before, labels=labels, limit=limit)
+        return [Change(label=row["label"], uid=row["uid"], version=row["version"] or 0,
+                       updated_at=_utc(row["at"]), deleted=True)
+                for row in rows if isinstance(row["uid"], str)]
+
     def purge_tombstones(self, changes: Iterable[Change]) -> int:
-        """Delete the tombstones behind these delete changes, once their events are durably queued.
+        """Delete the tombstones behind these delete changes, once their deletes are applied.
 
         Only a tombstone still at or below the change's version goes: if the key was re-created and
         deleted again meanwhile, the newer tombstone stays for capture to read. Live changes are

@@ -22,7 +22,7 @@ class Command(BaseCommand):
         urgent = result["urgent"]
         self.stdout.write(
             f"changes: {result['changes']} in {result['pages']} pages, enqueued {result['enqueued']}, "
-            f"skipped {result['skipped']}, tombstones purged {result['tombstones_purged']}; "
+            f"skipped {result['skipped']}; "
             f"HIGH priority applied here: {urgent['upserted'] + urgent['metadata_only'] + urgent['unchanged']} "
             f"written, {urgent['deleted']} deleted, {urgent['retried'] + urgent['dead']} failed"
         )

@@ -1,7 +1,9 @@
 """Import a CISA Known Exploited Vulnerabilities feed (the catalogue's JSON) into the graph.
 
-By default entries are written to the graph only (change capture picks them up); `--sync` routes
-them through the sync engine's write path instead. Exit status is non-zero only when the file itself is unusable (unreadable, not JSON, no
+Entries go through the sync engine's write path like any other write: the conflict rules settle
+disagreements with other sources (or hold a value back for an analyst), KEV entries are
+dual-written to the vector index (or queued for the workers with `--queue`) and Vulnerability
+nodes queued. Exit status is non-zero only when the file itself is unusable (unreadable, not JSON, no
 `vulnerabilities` list) or the graph store fails; malformed entries are listed with their
 position and skipped while the rest are imported.
 """
@@ -21,9 +23,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="path of the feed, e.g. known_exploited_vulnerabilities.json")
-        parser.add_argument("--sync", action="store_true",
-                            help="write through the sync engine (KEV dual-written to the vector index, "
-                                 "Vulnerability queued) instead of to the graph only")
+        parser.add_argument("--queue", action="store_true",
+                            help="queue KEV vectors for the workers instead of writing each in the call "
+                                 "(faster for a first import of the whole catalogue)")
 
     def handle(self, *args, **options):
         path = Path(options["file"])
@@ -37,7 +39,12 @@ class Command(BaseCommand):
         graph = graph_store()
         try:
             graph.ensure_schema(synced_labels())
-            write = write_through_sync if options["sync"] else None
+            defer = options["queue"]
+
+            def write(label, uid, properties, *, source, confidence=None):
+                return write_through_sync(label, uid, properties, source=source, confidence=confidence,
+                                          defer_vectors=defer)
+
             report = import_kev_feed(data, graph=graph, write=write)
         except KevFeedError as exc:
             raise CommandError(f"{path}: {exc}") from exc

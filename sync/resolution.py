@@ -1,0 +1,150 @@
+"""Applying an analyst's (or a bulk action's) decision to an open conflict.
+
+A resolution is written to Neo4j as a new version and reaches the vector store through the
+normal path. It is idempotent (a resolved conflict is never applied again), refused when the
+entity changed since the analyst saw it (the conflict is refreshed so the analyst sees the new
+state), and audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from sync import ids
+from sync.conflicts import STORE_KINDS, ConflictError, _jsonable, closed
+from sync.models import AuditEntry, Conflict
+from sync.stores import graph_store, vector_store
+from sync.stores.base import Entity, VersionConflict
+from sync.writes import enqueue_entity, write_entity
+
+log = logging.getLogger(__name__)
+
+Status = Conflict.Status
+CHOICES = ("graph", "other", "merged", "fields")
+
+
+class StaleConflict(ConflictError):
+    """The entity changed since the analyst looked; the conflict now shows the new state."""
+
+
+@dataclass
+class Resolution:
+    conflict: Conflict
+    changed: bool
+    message: str
+    version: int | None = None
+
+
+def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
+            field_choices: dict[str, str] | None = None, edits: dict[str, Any] | None = None,
+            seen_version: int | None = None) -> Resolution:
+    """Apply an analyst's (or a rule's) decision to an open conflict."""
+    if choice not in CHOICES:
+        raise ConflictError(f"choose one of {', '.join(CHOICES)}")
+    conflict = Conflict.objects.get(pk=conflict_id)
+    if conflict.kind in STORE_KINDS and choice != "graph":
+        raise ConflictError("the graph is the source of truth for a store divergence: keep the graph "
+                            "(the vector is rebuilt from it) or dismiss")
+    if conflict.status != Status.OPEN:
+        who = conflict.resolver.get_username() if conflict.resolver else "a rule"
+        return Resolution(conflict, False, f"already {conflict.status.replace('_', ' ')} by {who}")
+    entity = graph_store().get_entities([(conflict.label, conflict.uid)]).get((conflict.label, conflict.uid))
+    shown = seen_version if seen_version is not None else conflict.graph_version
+    if entity is None or (shown is not None and entity.version != shown):
+        _refresh(conflict, entity)
+        now = f"now at version {entity.version}" if entity else "now deleted"
+        raise StaleConflict(f"{conflict.label}:{conflict.uid} changed since it was shown "
+                            f"(version {shown}, {now}); review the new state before resolving")
+    values = _chosen_values(conflict, choice, field_choices or {}, edits or {})
+    username = actor.get_username() if getattr(actor, "pk", None) else str(actor)
+    claimed = Conflict.objects.filter(pk=conflict.pk, status=Status.OPEN).update(
+        status=Status.RESOLVED, resolution=choice, resolved_values=_jsonable(values),
+        resolver=actor if getattr(actor, "pk", None) else None, note=note, resolved_at=timezone.now())
+    if not claimed:
+        conflict.refresh_from_db()
+        return Resolution(conflict, False, f"already {conflict.status.replace('_', ' ')}")
+    changes = {k: v for k, v in values.items() if entity.properties.get(k) != v}
+    version = entity.version
+    try:
+        if conflict.kind in STORE_KINDS:
+            # The graph is the truth: drop the divergent vectors (the version guard would keep a
+            # vector that is ahead) and let the normal path rebuild them.
+            _drop_vectors(conflict.label, conflict.uid)
+        if changes:
+            outcome = write_entity(conflict.label, conflict.uid, changes, source=f"analyst:{username}",
+                                   expected_version=entity.version, actor=username, apply_rules=False)
+            version = outcome.entity.version
+        elif conflict.kind in STORE_KINDS:
+            enqueue_entity(entity, source="resolution")
+    except Exception as exc:
+        # Nothing was decided after all: the conflict stays open (and shows the graph as it is now).
+        Conflict.objects.filter(pk=conflict.pk).update(status=Status.OPEN, resolution="", resolver=None,
+                                                        resolved_values=None, resolved_at=None)
+        conflict.refresh_from_db()
+        _refresh(conflict, graph_store().get_entities([(conflict.label, conflict.uid)]).get(
+            (conflict.label, conflict.uid)))
+        if isinstance(exc, VersionConflict):
+            raise StaleConflict(f"{conflict.label}:{conflict.uid} changed while resolving ({exc}); "
+                                "review the new state") from exc
+        raise
+    conflict.refresh_from_db()
+    closed(conflict.label, conflict.uid)
+    AuditEntry.record(actor, "conflict.resolve", f"{conflict.label}:{conflict.uid}",
+                      before={k: conflict.graph_side.get(k) for k in values} or conflict.graph_side,
+                      after=_jsonable(values), note=note or f"chose {choice}")
+    return Resolution(conflict, True, f"resolved: {choice}" + (f", now version {version}" if changes else ""),
+                      version)
+
+
+def dismiss(conflict_id: int, *, actor, note: str = "") -> Resolution:
+    updated = Conflict.objects.filter(pk=conflict_id, status=Status.OPEN).update(
+        status=Status.DISMISSED, resolver=actor if getattr(actor, "pk", None) else None, note=note,
+        resolved_at=timezone.now())
+    conflict = Conflict.objects.get(pk=conflict_id)
+    if updated:
+        closed(conflict.label, conflict.uid)
+        AuditEntry.record(actor, "conflict.dismiss", f"{conflict.label}:{conflict.uid}", note=note)
+    return Resolution(conflict, bool(updated), "dismissed" if updated else f"already {conflict.status}")
+
+
+def _chosen_values(conflict: Conflict, choice: str, field_choices: dict[str, str],
+                   edits: dict[str, Any]) -> dict[str, Any]:
+    if choice == "graph":
+        values = dict(conflict.graph_side)
+    elif choice == "other":
+        values = dict(conflict.other_side)
+    elif choice == "merged":
+        if not conflict.proposal:
+            raise ConflictError("this conflict has no proposal to accept")
+        values = dict(conflict.proposal)
+    else:
+        unknown = set(field_choices) - set(conflict.fields)
+        if unknown or set(field_choices.values()) - {"graph", "other"}:
+            raise ConflictError("choose graph or other for fields of this conflict only")
+        missing = set(conflict.fields) - set(field_choices) - set(edits)
+        if missing:
+            raise ConflictError(f"choose a side for: {', '.join(sorted(missing))}")
+        values = {name: (conflict.graph_side if side == "graph" else conflict.other_side).get(name)
+                  for name, side in field_choices.items()}
+    unknown_edits = set(edits) - set(conflict.fields)
+    if unknown_edits:
+        raise ConflictError(f"only this conflict's fields can be edited, not {', '.join(sorted(unknown_edits))}")
+    values.update(edits)
+    return values
+
+
+def _refresh(conflict: Conflict, entity: Entity | None) -> None:
+    conflict.graph_version = entity.version if entity else None
+    conflict.graph_side = _jsonable({k: entity.properties.get(k) for k in conflict.fields}) if entity else {}
+    conflict.save(update_fields=["graph_version", "graph_side", "updated_at"])
+
+
+def _drop_vectors(label: str, uid: str) -> int:
+    store = vector_store()
+    prefix = ids.entity_prefix(label, uid)
+    doomed = [vid for vid in store.list_ids(prefix) if ids.belongs_to_entity(vid, label, uid)]
+    return store.delete(doomed) if doomed else 0
