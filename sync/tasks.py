@@ -140,9 +140,16 @@ def reconcile_incremental() -> dict:
     from sync import reconcile
     from sync.models import ReconcileRun
 
-    abandoned = reconcile.fail_abandoned()
     run = reconcile.incremental(trigger=ReconcileRun.Trigger.SCHEDULE)
-    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired, "abandoned": abandoned}
+    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+
+
+def upkeep() -> dict:
+    """End what a killed process left open: sagas still `started`, reconciliations still `running`
+    (or queued but never started)."""
+    from sync import reconcile, writes
+
+    return {"sagas_ended": writes.fail_abandoned_sagas(), "reconciliations_failed": reconcile.fail_abandoned()}
 
 
 def reconcile_full() -> dict:
