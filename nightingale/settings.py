@@ -260,6 +260,24 @@ def _conflict_rules() -> dict[str, str]:
 CONFLICT_RULES = _conflict_rules()
 CONFLICT_MIN_CONFIDENCE = env_float("CONFLICT_MIN_CONFIDENCE", 0.5, minimum=0.0, maximum=1.0)
 SYNC_KICK_DRAIN = env_bool("SYNC_KICK_DRAIN", True)  # start a drain right after an enqueue
+
+
+def _phone_regions() -> list[str]:
+    """CONTACT_PHONE_REGIONS="US,GB": whose national phone formats are redacted from vectors."""
+    import phonenumbers
+
+    regions = [region.upper() for region in env_list("CONTACT_PHONE_REGIONS", ["US", "GB"])]
+    unknown = [region for region in regions if region not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown or not regions:
+        raise ImproperlyConfigured(
+            "CONTACT_PHONE_REGIONS must list ISO 3166 region codes that phonenumbers knows (e.g. US,GB,FR), "
+            f"got {', '.join(unknown) or 'none'}")
+    return regions
+
+
+# Phone numbers written in these regions' national formats (and every +... international one) are
+# redacted from all text and metadata before it reaches the vector index (sync.policy).
+CONTACT_PHONE_REGIONS = _phone_regions()
 INGEST_API_TOKENS = env_list("INGEST_API_TOKENS", [])
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 
