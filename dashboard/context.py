@@ -1,4 +1,5 @@
-"""Template context every page needs: the navigation with its badges and the open alerts."""
+"""Template context every page needs: the navigation with its badges, the open alerts of the banner
+(sync.observe.context), the user's role."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from django.urls import NoReverseMatch, reverse
 
 from dashboard.access import ANALYST, has_role, role_of
 from sync.models import Conflict, SyncEvent
-from sync.observe import alerting
+from sync.observe import context as observed
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,14 @@ def navigation(request):
         return {}
     match = getattr(request, "resolver_match", None)
     links = _links(match.url_name or "" if match else "")
-    alerts = alerting.open_alerts()
+    banner = observed.open_alerts(request)  # open_alerts, open_alert_count, the banner's version
     counts = {
         "conflicts": Conflict.objects.filter(status=Conflict.Status.OPEN).count(),
         "dead_letters": SyncEvent.objects.filter(status=SyncEvent.Status.DEAD).count(),
-        "alerts": len(alerts),
+        "alerts": banner["open_alert_count"],
     }
     for link in links:
         if link["badge"]:
             link["count"] = counts[link["badge"]]
             link["count_words"] = BADGE_WORDS[link["badge"]]
-    return {"nav_links": links, "open_alerts": alerts, "open_alert_count": len(alerts),
-            "role": role_of(user), "can_act": has_role(user, ANALYST)}
+    return {**banner, "nav_links": links, "role": role_of(user), "can_act": has_role(user, ANALYST)}

@@ -1,8 +1,12 @@
 from django.urls import path
 
-from dashboard.views import overview
+from dashboard.views import alerts, overview
 
-# Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
     path("", overview.home, name="home"),
+    path("overview/live", overview.live, name="overview-live"),
+    path("overview/charts", overview.charts, name="overview-charts"),
+    path("alerts/", alerts.index, name="alerts"),
+    path("alerts/banner", alerts.banner, name="alerts-banner"),
+    path("alerts/<int:pk>/acknowledge", alerts.acknowledge, name="alert-acknowledge"),
 ]

@@ -122,7 +122,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "dashboard.context.navigation",  # the nav, its badges and the open-alert banner
+                # The nav and its badges, and the open-alert banner (sync.observe.context).
+                "dashboard.context.navigation",
             ],
         },
     },
@@ -200,6 +201,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "dashboard.staticfiles.PlotlyFinder",  # plotly.min.js from the plotly package, nothing else of it
+]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -301,6 +307,24 @@ def _conflict_rules() -> dict[str, str]:
 CONFLICT_RULES = _conflict_rules()
 CONFLICT_MIN_CONFIDENCE = env_float("CONFLICT_MIN_CONFIDENCE", 0.5, minimum=0.0, maximum=1.0)
 SYNC_KICK_DRAIN = env_bool("SYNC_KICK_DRAIN", True)  # start a drain right after an enqueue
+
+
+def _phone_regions() -> list[str]:
+    """CONTACT_PHONE_REGIONS="US,GB": whose national phone formats are redacted from vectors."""
+    import phonenumbers
+
+    regions = [region.upper() for region in env_list("CONTACT_PHONE_REGIONS", ["US", "GB"])]
+    unknown = [region for region in regions if region not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown or not regions:
+        raise ImproperlyConfigured(
+            "CONTACT_PHONE_REGIONS must list ISO 3166 region codes that phonenumbers knows (e.g. US,GB,FR), "
+            f"got {', '.join(unknown) or 'none'}")
+    return regions
+
+
+# Phone numbers written in these regions' national formats (and every +... international one) are
+# redacted from all text and metadata before it reaches the vector index (sync.policy).
+CONTACT_PHONE_REGIONS = _phone_regions()
 INGEST_API_TOKENS = env_list("INGEST_API_TOKENS", [])
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 
