@@ -286,6 +286,8 @@ TOMBSTONE_RETENTION_DAYS = env_int("TOMBSTONE_RETENTION_DAYS", 90, minimum=1)
 RECONCILE_INCREMENTAL_MINUTES = env_int("RECONCILE_INCREMENTAL_MINUTES", 5, minimum=1)
 RECONCILE_WINDOW_MINUTES = env_int("RECONCILE_WINDOW_MINUTES", 60, minimum=1)
 RECONCILE_FULL_HOURS = env_int("RECONCILE_FULL_HOURS", 24, minimum=1)
+# A user may start a reconciliation from the dashboard once per this many seconds (0: no limit).
+RECONCILE_START_INTERVAL = env_float("RECONCILE_START_INTERVAL", 60.0, minimum=0.0)
 
 
 def _conflict_rules() -> dict[str, str]:
