@@ -88,17 +88,18 @@ def seconds(value) -> str:
 
 @register.simple_tag(takes_context=True)
 def sortable(context, key: str, title: str, sort_param: str = "sort"):
-    """A table header that sorts by `key`: ascending first, descending on a second click; the
-    sort lives in the query string beside the page's filters (and resets the page number)."""
+    """A table header that sorts by `key` ("-key": descending on the first click), the other
+    direction on the next; the sort lives in the query string beside the page's filters (and
+    sends the reader back to the first page)."""
     request = context["request"]
     current = request.GET.get(sort_param, context.get("default_sort", ""))
+    field = key.lstrip("-")
     params = request.GET.copy()
     params.pop("page", None)
-    params.pop("after", None)
-    if current == key:
-        params[sort_param], aria, arrow = f"-{key}", "ascending", " ▲"
-    elif current == f"-{key}":
-        params[sort_param], aria, arrow = key, "descending", " ▼"
+    if current == field:
+        params[sort_param], aria, arrow = f"-{field}", "ascending", " ▲"
+    elif current == f"-{field}":
+        params[sort_param], aria, arrow = field, "descending", " ▼"
     else:
         params[sort_param], aria, arrow = key, "none", ""
     return format_html('<th scope="col" aria-sort="{}"><a href="?{}">{}<span aria-hidden="true">{}</span></a></th>',

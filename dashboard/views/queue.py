@@ -17,6 +17,9 @@ from sync.models import Priority
 from sync.queue_summary import summary
 
 ACTIONS = {"retry": "Retry", "discard": "Discard"}
+GROUP_SORTS = {"label": lambda g: (g.label, g.fingerprint), "count": lambda g: (g.count, g.label),
+               "first": lambda g: g.first_failure, "last": lambda g: g.last_failure,
+               "error": lambda g: g.fingerprint}
 SHOWN = 200  # dead letters listed on one page of a group or filter
 
 
@@ -31,7 +34,10 @@ def index(request):
     except BadRequest as exc:
         return _bad(request, exc)
     as_of = selection.as_of or timezone.now()
-    groups = deadletters.groups(selection)
+    groups = deadletters.groups(selection)  # the largest group first
+    sort = request.GET.get("sort", "")
+    if sort.lstrip("-") in GROUP_SORTS:
+        groups.sort(key=GROUP_SORTS[sort.lstrip("-")], reverse=sort.startswith("-"))
     return render(request, "dashboard/queue.html", {
         **_live(), "groups": groups, "max_attempts": settings.SYNC_MAX_ATTEMPTS, "selection": selection, "as_of": as_of,
         "as_of_iso": as_of.isoformat(timespec="microseconds"), "filtered": bool(selection.label or selection.text),

@@ -14,13 +14,18 @@ from sync import reconcile, runs
 from sync.models import ReconcileRun
 
 PAGE = 50
+SORTS = {"started": "started_at", "mode": "mode", "status": "status", "duration": "duration",
+         "trigger": "trigger", "conflicts": "conflicts_opened"}
 LIST_FIELDS = ("id", "mode", "status", "trigger", "triggered_by__username", "dry_run", "started_at", "finished_at",
                "duration", "drift", "repaired", "conflicts_opened", "labels", "progress_done", "progress_total",
                "entities_checked", "vectors_checked", "error")
 
 
 def _filtered(request):
-    rows = ReconcileRun.objects.select_related("triggered_by").only(*LIST_FIELDS).order_by("-started_at", "-id")
+    sort = request.GET.get("sort", "-started")
+    field = SORTS.get(sort.lstrip("-"), "started_at")
+    order = f"-{field}" if sort.startswith("-") else field
+    rows = ReconcileRun.objects.select_related("triggered_by").only(*LIST_FIELDS).order_by(order, "-id")
     mode, status = request.GET.get("mode", ""), request.GET.get("status", "")
     if mode in ReconcileRun.Mode.values:
         rows = rows.filter(mode=mode)
@@ -37,6 +42,7 @@ def index(request):
     return render(request, "dashboard/reconciliation.html", {
         "page": page, "mode": mode, "status": status, "modes": ReconcileRun.Mode.values,
         "statuses": ReconcileRun.Status.values, "kinds": reconcile.KINDS, "active": active,
+        "default_sort": "-started",
     })
 
 
