@@ -195,8 +195,7 @@ class Reconciler:
                                f"label {label or '?'} is never synced", [vid]))
             return
         extra = sorted(set(metadata) - set(policy.metadata_fields) - set(ENGINE_KEYS))
-        private = policy.redact_contacts and any(has_contact_details(v) for k, v in metadata.items()
-                                                 if k == "text" or k not in ENGINE_KEYS)
+        private = any(has_contact_details(v) for k, v in metadata.items() if k == "text" or k not in ENGINE_KEYS)
         if extra or private:
             detail = ("fields outside the allow-list: " + ", ".join(extra) if extra
                       else "an e-mail address or phone number in the metadata")

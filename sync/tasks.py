@@ -30,6 +30,7 @@ from django.db import DatabaseError, connections
 from sync import capture, queue, worker
 from sync.apply import ApplyCounts
 from sync.models import WorkerLease
+from sync.observe import observer
 from sync.stores import vector_store
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:
         # What capture enqueued has kicked a drain already (sync.queue.work_enqueued).
         urgent.add(worker.apply_urgent(name))
 
-    result = capture.run(name, seconds=seconds, after_poll=after_poll, stop=stop)
+    # The observer (samples, alert checks, notifications) runs beside capture: see sync.observe.observer.
+    with observer.beside(name, stop=stop):
+        result = capture.run(name, seconds=seconds, after_poll=after_poll, stop=stop)
     return {**asdict(result), "urgent": asdict(urgent)}
 
 

@@ -361,6 +361,87 @@ def test_contact_details_in_prospect_text_are_redacted_before_they_leave_the_gra
     assert "jane.doe@acme.example" not in document.text and "7946" not in document.text
     assert "[e-mail redacted]" in document.text and "[phone redacted]" in document.text
     assert all("@acme.example" not in str(chunk.metadata) for chunk in document.chunks)
-    threat = Entity("ThreatIntel", "ti-1", 1, datetime(2026, 1, 1, tzinfo=UTC), {
-        "uid": "ti-1", "title": "Phish", "indicators": ["billing@evil.example"]})
-    assert "billing@evil.example" in build_document(threat).text  # indicators are threat data, kept
+
+
+# --- contact details: none reach the index, in any national format ----------------------------
+# Phone numbers as people write them: national formats of the default regions (US, GB), the
+# numbers of fiction and examples (555, Ofcom's drama ranges) and international ones.
+PHONE_NUMBERS = [
+    "(555) 123-4567", "555-123-4567", "555.123.4567", "555 123 4567", "1-555-123-4567", "+1-555-123-4567",
+    "+1 (202) 555-0143", "(202) 555-0143", "202-555-0143", "1-800-555-0199", "2025550143", "+12025550143",
+    "020 7946 0958", "(020) 7946 0958", "020-7946-0958", "+44 20 7946 0958", "+44 (0)20 7946 0958",
+    "07700 900123", "0161 496 0000", "01632 960123", "+33 1 23 45 67 89", "+49 30 1234567",
+    "+61 2 5550 1234", "+81 3-1234-5678",
+]
+# What threat intelligence is full of and must stay as it is: dates, timestamps, CVE/GHSA/ZDI ids,
+# versions and builds, ATT&CK ids, IP addresses and networks, ports, hashes, counts and money.
+NOT_PHONE_NUMBERS = [
+    "2024-01-15", "2024-01-15T10:22:33Z", "2024-01-15 10:22:33", "2024-01-15 10:22", "15/01/2024",
+    "01/15/2024 10:22", "2024.01.15", "20240115", "2023-2024", "2019-2024 and 2020-2021",
+    "2024-01-15 to 2024-02-20", "14:30 UTC on 2024-03-01", "10:22:33.123456", "1700000000",
+    "1700000000.123", "1700000000123",
+    "CVE-2024-12345", "CVE-2021-44228", "CVE-2024-3094 and CVE-2024-21762", "CVE-2024-0001 (2024-01-02)",
+    "CWE-79", "GHSA-j8r2-6x86-q33q", "ZDI-24-123", "ICSA-24-046-01", "MS17-010", "KB5034441",
+    "10.0.19041.1", "10.0.22621.1265", "version 4.2.1.1234", "7.5.0-1234", "v2.4.49 and 2.4.50",
+    "Windows 10 22H2 build 19045.3803", "build 22621.2861", "1.2.840.113549.1.1.11",
+    "T1059.001", "T1566", "T1003.001 and T1059.003", "T1059.001/T1027",
+    "192.168.100.200", "10.0.0.1:8080", "192.168.1.254/24", "10.10.10.10 and 172.16.254.1", "8.8.8.8",
+    "IP 203.0.113.45:4444", "0.0.0.0/0", "2001:db8::8a2e:370:7334", "AS13335", "ASN 15169, 16509",
+    "port 44300", "ports 8080, 8443 and 9200", "port 3389/tcp, 445/tcp and 5985",
+    "d41d8cd98f00b204e9800998ecf8427e", "MD5 098f6bcd4621d373cade4e832627b4f6",
+    "sha1 da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "0x7ffde4a3",
+    "12345678", "1,234,567 records", "1000000 records", "$1,250,000", "CVSS 9.8", "ISO 27001:2022",
+    "RFC 7230 section 2.3", "between 2019 and 2023, 1234 victims", "sid:2034567;", "rule 2024001",
+]
+
+
+@pytest.mark.parametrize("number", PHONE_NUMBERS)
+def test_a_phone_number_in_any_format_is_redacted(number):
+    from sync.policy import REDACTED_PHONE, has_contact_details, redact_contacts
+
+    sentence = f"Victims were told to call {number} to restore access."
+    assert has_contact_details(sentence)
+    redacted = redact_contacts(sentence)
+    assert redacted == f"Victims were told to call {REDACTED_PHONE} to restore access."
+    assert not has_contact_details(redacted)
+
+
+@pytest.mark.parametrize("text", NOT_PHONE_NUMBERS)
+def test_identifiers_dates_and_addresses_are_not_phone_numbers(text):
+    from sync.policy import has_contact_details, redact_contacts
+
+    sentence = f"Observed: {text}."
+    assert redact_contacts(sentence) == sentence
+    assert not has_contact_details(sentence)
+
+
+def test_a_phone_number_beside_identifiers_is_redacted_and_they_are_kept():
+    from sync.policy import redact_contacts
+
+    text = ("CVE-2024-12345 (T1059.001, 10.0.19041.1) seen 2024-01-15 from 192.168.100.200; "
+            "callback T1566 555-123-4567 and 020 7946 0958.")
+    assert redact_contacts(text) == ("CVE-2024-12345 (T1059.001, 10.0.19041.1) seen 2024-01-15 from "
+                                     "192.168.100.200; callback T1566 [phone redacted] and [phone redacted].")
+
+
+def test_national_formats_follow_the_configured_regions(settings):
+    from sync.policy import has_contact_details
+
+    french = "Appelez le 01 42 68 53 00 avant midi."
+    assert not has_contact_details(french)  # not a national format of US or GB
+    settings.CONTACT_PHONE_REGIONS = ["US", "GB", "FR"]
+    assert has_contact_details(french)
+
+
+@pytest.mark.parametrize("label", synced_labels())
+def test_no_label_sends_contact_details_to_the_index(label):
+    """Every synced label, in its text and in its metadata: the index never holds a contact."""
+    policy = POLICY[label]
+    quote = "Ring (555) 123-4567 or 020 7946 0958, or mail jane.doe@victim.example."
+    properties = {name: quote for name in (*policy.text_property_names, *policy.metadata_fields)}
+    document = build_document(entity(label, **properties))
+    shipped = json.dumps([document.text, *metadata_of(document)])
+    for secret in ("123-4567", "7946", "jane.doe@victim.example"):
+        assert secret not in shipped
+    assert "[phone redacted]" in document.text and "[e-mail redacted]" in document.text

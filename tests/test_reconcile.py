@@ -125,3 +125,24 @@ def test_the_command_prints_the_counts(synced_world):
     out = StringIO()
     call_command("reconcile", "--full", "--dry-run", stdout=out)
     assert "full reconciliation" in out.getvalue() and "drift: none" in out.getvalue()
+
+
+@pytest.mark.parametrize("field", ["text", "name"])
+def test_a_vector_holding_a_national_phone_number_is_removed_and_rebuilt_clean(synced_world, field):
+    """A vector written before phone numbers in national formats were caught: reconciliation
+    reports it as a policy violation, deletes it and queues a clean rebuild."""
+    graph, vectors = synced_world
+    vid = vector_id("ThreatActor", "ta-5")
+    leaked = vectors.fetch([vid])[vid]
+    quoted = f"{leaked.metadata[field]} (helpdesk: (555) 123-4567, 020 7946 0958)"
+    vectors.upsert([VectorRecord(vid, leaked.values, {**leaked.metadata, field: quoted})])
+
+    run = reconcile.full()
+    assert run.drift == {"policy_violation": 1} and run.repaired == {"policy_violation": 1}
+    assert vectors.fetch([vid]) == {}  # gone at once, before any rebuild
+    assert list(SyncEvent.objects.filter(status="queued").values_list("label", "uid")) == [("ThreatActor", "ta-5")]
+
+    worker.drain(idle_exit=0)
+    rebuilt = vectors.fetch([vid])[vid].metadata
+    assert rebuilt[field] == leaked.metadata[field] and "4567" not in str(rebuilt)
+    assert reconcile.full().drift == {}

@@ -45,6 +45,8 @@ def test_it_requires_pinecone_credentials_without_printing_them(tmp_path):
         ("NEO4J_URI", "http://127.0.0.1:7474", "NEO4J_URI must start with bolt://"),
         ("DATABASE_URL", "mysql://u:p@h/db", "DATABASE_URL must be a sqlite:// or postgres:// URL"),
         ("SECRET_KEY", "short", "SECRET_KEY must be at least 32 characters long"),
+        ("CONTACT_PHONE_REGIONS", "US,XX", "CONTACT_PHONE_REGIONS must list ISO 3166 region codes"),
+        ("CONTACT_PHONE_REGIONS", ",", "CONTACT_PHONE_REGIONS must list ISO 3166 region codes"),
     ],
 )
 def test_it_names_the_bad_variable(tmp_path, variable, value, message):
