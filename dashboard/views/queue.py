@@ -20,7 +20,7 @@ ACTIONS = {"retry": "Retry", "discard": "Discard"}
 GROUP_SORTS = {"label": lambda g: (g.label, g.fingerprint), "count": lambda g: (g.count, g.label),
                "first": lambda g: g.first_failure, "last": lambda g: g.last_failure,
                "error": lambda g: g.fingerprint}
-SHOWN = 200  # dead letters listed on one page of a group or filter
+SHOWN = 100  # dead letters listed on one page of a group or filter (actions apply to all)
 
 
 def _bad(request, exc):
