@@ -7,6 +7,7 @@ that names the variable.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -75,6 +76,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_q",
     "sync",
+    "sync.observe",
     "dashboard",
 ]
 
@@ -302,3 +304,51 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = 0.5
+
+# --- observation: samples, freshness, alerts, /metrics (sync.observe) ----------------------
+# prometheus-client's multiprocess mode: every process (gunicorn, django-q2 workers, commands)
+# writes its counters to files here and /metrics sums them. It must be in the environment
+# before prometheus_client is first imported, which happens after settings are loaded.
+PROMETHEUS_MULTIPROC_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "prometheus")))
+if not PROMETHEUS_MULTIPROC_DIR.is_absolute():
+    PROMETHEUS_MULTIPROC_DIR = BASE_DIR / PROMETHEUS_MULTIPROC_DIR
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+# The observer (samples, alert checks, deliveries) runs as a thread beside each change-capture run.
+OBSERVE_BESIDE_CAPTURE = env_bool("OBSERVE_BESIDE_CAPTURE", True)
+SAMPLE_INTERVAL = env_float("SAMPLE_INTERVAL", 15.0, minimum=1.0, maximum=300.0)
+SAMPLE_RAW_HOURS = env_float("SAMPLE_RAW_HOURS", 24.0, minimum=1.0)
+SAMPLE_ROLLUP_DAYS = env_float("SAMPLE_ROLLUP_DAYS", 30.0, minimum=1.0)
+# The trailing window the lag percentiles of KPIs, freshness and the lag alert are taken over.
+FRESHNESS_WINDOW = env_float("FRESHNESS_WINDOW", 300.0, minimum=1.0)
+FRESHNESS_TARGETS = {
+    "high": env_float("FRESHNESS_TARGET_HIGH", 60.0, minimum=1.0),
+    "medium": env_float("FRESHNESS_TARGET_MEDIUM", 900.0, minimum=1.0),
+    "low": env_float("FRESHNESS_TARGET_LOW", 86400.0, minimum=1.0),
+}
+HEARTBEAT_MAX_AGE = env_float("HEARTBEAT_MAX_AGE", 60.0, minimum=2.0)
+SCHEDULE_GRACE = env_float("SCHEDULE_GRACE", 120.0, minimum=30.0)  # django-q2 looks every 30 s
+ALERT_LAG_SECONDS = env_float("ALERT_LAG_SECONDS", 60.0, minimum=0.0)
+ALERT_QUEUE_DEPTH = env_int("ALERT_QUEUE_DEPTH", 1000, minimum=0)
+ALERT_DEAD_LETTERS = env_int("ALERT_DEAD_LETTERS", 0, minimum=0)  # alert when more than this
+ALERT_RECONCILE_OVERDUE_MINUTES = env_float(
+    "ALERT_RECONCILE_OVERDUE_MINUTES", 3.0 * RECONCILE_INCREMENTAL_MINUTES + 5, minimum=1.0)
+ALERT_RESOLVE_AFTER = env_float("ALERT_RESOLVE_AFTER", 300.0, minimum=0.0)
+ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL")
+if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+ALERT_WEBHOOK_TIMEOUT = env_float("ALERT_WEBHOOK_TIMEOUT", 5.0, minimum=0.1)
+ALERT_EMAIL_TO = env_list("ALERT_EMAIL_TO", [])
+ALERT_DELIVERY_ATTEMPTS = env_int("ALERT_DELIVERY_ATTEMPTS", 8, minimum=1)
+ALERT_DELIVERY_BACKOFF = env_float("ALERT_DELIVERY_BACKOFF", 10.0, minimum=0.0)  # doubles per attempt
+DASHBOARD_URL = env_str("DASHBOARD_URL")  # links in alert messages, e.g. https://sync.example.org
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "nightingale@localhost")
+# bin/run starts `manage.py simulate` beside the demo unless this is off (see sync/demo_activity.py).
+DEMO_ACTIVITY = env_choice("DEMO_ACTIVITY", "on", ("on", "off"))
+DEMO_ACTIVITY_RATE = env_float("DEMO_ACTIVITY_RATE", 6.0, minimum=0.0, maximum=600.0)  # foreign edits a minute

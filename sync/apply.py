@@ -101,6 +101,7 @@ class _Plan:
     wrote: bool = False  # something reached the vector store
     outcome: str = ""
     error: str = ""
+    cause: BaseException | None = None  # what failed the whole batch, when something did
     permanent: bool = False
     retry_after: float | None = None
 
@@ -160,6 +161,8 @@ def apply_now(entity: Entity, *, worker: str | None = None) -> str:
         _release_interrupted([event])
         raise
     plan = plans[entity.key]
+    if plan.cause is not None and not isinstance(plan.cause, StoreError):
+        raise plan.cause  # the model, the database or a bug: the caller sees what it was
     if plan.error:
         if plan.permanent:
             raise ValueError(plan.error)
@@ -194,7 +197,7 @@ def _apply(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, *, embed_li
         for plan in valid.values():
             if plan.error or plan.outcome in ("deferred", "fenced"):
                 continue  # failed on its own, never tried, or another worker's now
-            plan.error = f"{type(exc).__name__}: {exc}"
+            plan.error, plan.cause = f"{type(exc).__name__}: {exc}", exc
             plan.permanent = isinstance(exc, StoreError) and not exc.retryable
             plan.retry_after = getattr(exc, "retry_after", None)
         SYNC_ERRORS.labels("store" if isinstance(exc, StoreError) else "bug").inc()

@@ -369,7 +369,8 @@ def release(events: Sequence[SyncEvent]) -> int:
 
 def _release(events: Sequence[SyncEvent]) -> int:
     now = timezone.now()
-    ours = {e.id: e for e in events if e.id in held(events)}
+    still = held(events)
+    ours = {e.id: e for e in events if e.id in still}
     if not ours:
         return 0
     keys = {(e.label, e.uid) for e in ours.values()}

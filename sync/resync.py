@@ -25,8 +25,9 @@ def resync_labels(labels: list[str], *, actor) -> dict[str, int]:
             page = graph.scan_label(label, after, PAGE)
             if not page:
                 break
+            # No change time: a resync is not a change, and must not count the data's age as lag.
             queue.enqueue_many([queue.Work(label=e.label, uid=e.uid, version=e.version, priority=priority,
-                                           changed_at=e.updated_at, source="resync") for e in page])
+                                           source="resync") for e in page])
             total += len(page)
             after = page[-1].uid
         counts[label] = total

@@ -36,6 +36,7 @@ from django.db import DatabaseError, connections
 from sync import capture, queue, shutdown, worker
 from sync.apply import ApplyCounts
 from sync.models import WorkerLease
+from sync.observe import observer
 from sync.stores import vector_store
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,10 @@ def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:
         # What capture enqueued has kicked a drain already (sync.queue.work_enqueued).
         urgent.add(worker.apply_urgent(name))
 
-    result = capture.run(name, seconds=seconds, after_poll=after_poll, stop=lambda: stop() or shutdown.requested())
+    stopping = lambda: stop() or shutdown.requested()  # noqa: E731
+    # The observer (samples, alert checks, notifications) runs beside capture: see sync.observe.observer.
+    with observer.beside(name, stop=stopping):
+        result = capture.run(name, seconds=seconds, after_poll=after_poll, stop=stopping)
     return {**asdict(result), "urgent": asdict(urgent)}
 
 
@@ -168,9 +172,16 @@ def reconcile_incremental() -> dict:
     from sync import reconcile
     from sync.models import ReconcileRun
 
-    abandoned = reconcile.fail_abandoned()
     run = reconcile.incremental(trigger=ReconcileRun.Trigger.SCHEDULE)
-    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired, "abandoned": abandoned}
+    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+
+
+def upkeep() -> dict:
+    """End what a killed process left open: sagas still `started`, reconciliations still `running`
+    (or queued but never started)."""
+    from sync import reconcile, writes
+
+    return {"sagas_ended": writes.fail_abandoned_sagas(), "reconciliations_failed": reconcile.fail_abandoned()}
 
 
 @stoppable

@@ -4,6 +4,7 @@ from sync import api, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("metrics", views.metrics, name="metrics"),
     path("api/v1/entities", api.ingest_entities, name="api-entities"),
 ]

@@ -4,10 +4,11 @@ from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from sync.observe import metrics as observed
+from sync.observe import readiness
 from sync.observe.health import check_services
-from sync.observe.metrics import register_collectors
 
 
 @never_cache
@@ -35,5 +36,12 @@ def metrics(request):
     if not (token_ok or request.user.is_authenticated):
         return HttpResponse("log in or send the metrics bearer token\n", status=401,
                             content_type="text/plain")
-    register_collectors()
-    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(observed.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+@never_cache
+@require_GET
+def readyz(request):
+    """Database, Neo4j, vector store, workers' heartbeats and schedules: 200 when all are fine, else 503."""
+    result = readiness.check()
+    return JsonResponse(result.as_dict(), status=200 if result.ready else 503)

@@ -216,7 +216,7 @@ def _after_vector_failure(saga: SagaLog, previous: Entity | None, entity: Entity
             saga.step("enqueue", False, f"{type(queue_error).__name__}: {queue_error}")
         else:
             saga.step("enqueue", True, "vector write left to the queue")
-            _finish(saga, SagaLog.Status.DEFERRED, error=str(exc))
+            _finish(saga, SagaLog.Status.DEFERRED, error=f"{type(exc).__name__}: {exc}")
             return WriteOutcome(entity, previous, WriteMode.DUAL_WRITE.value, saga, "queued")
     try:
         graph_store().restore_entity(previous, label=entity.label, uid=entity.uid,
@@ -224,7 +224,8 @@ def _after_vector_failure(saga: SagaLog, previous: Entity | None, entity: Entity
     except Exception as undo_error:  # noqa: BLE001 — every failure here must reach the saga log
         saga.step("compensate", False, f"{type(undo_error).__name__}: {undo_error}")
         _finish(saga, SagaLog.Status.COMPENSATION_FAILED,
-                error=f"vector write failed ({exc}); restoring the graph failed too ({undo_error})")
+                error=f"vector write failed ({type(exc).__name__}: {exc}); restoring the graph failed too "
+                      f"({type(undo_error).__name__}: {undo_error})")
         log.critical("dual-write of %s:%s left the graph at v%s without its vector: %s",
                      entity.label, entity.uid, entity.version, undo_error)
         raise CompensationFailed(
@@ -241,7 +242,7 @@ def _after_vector_failure(saga: SagaLog, previous: Entity | None, entity: Entity
     except Exception as queue_error:  # noqa: BLE001 — the graph is restored; reconciliation repairs the vector
         saga.step("enqueue", False, f"the vector repair could not be queued ({queue_error}); "
                                     "reconciliation will find and repair it")
-    _finish(saga, SagaLog.Status.COMPENSATED, error=str(exc))
+    _finish(saga, SagaLog.Status.COMPENSATED, error=f"{type(exc).__name__}: {exc}")
     cause = "the vector store failed" if isinstance(exc, StoreError) else "the vector write failed"
     raise SyncWriteError(
         f"{entity.label}:{entity.uid} was not written: {cause} ({type(exc).__name__}: {exc}) and the "

@@ -4,7 +4,10 @@ The test Neo4j runs on its own port and data directory so a test run never touch
 that `bin/run` serves.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -12,6 +15,11 @@ os.environ.setdefault("DATA_DIR", str(_ROOT / "var" / "test"))
 os.environ.setdefault("NEO4J_URI", "bolt://127.0.0.1:7688")
 os.environ.setdefault("NEO4J_PASSWORD", "nightingale-test")
 os.environ.setdefault("SYNC_KICK_DRAIN", "false")
+os.environ.setdefault("OBSERVE_BESIDE_CAPTURE", "false")  # tests run the observer themselves
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    # A fresh directory per run (worker subprocesses inherit it): counters start at zero.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nightingale-test-prometheus-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-0123456789abcdefghijklmnop")
 
 from nightingale.settings import *  # noqa: E402,F403

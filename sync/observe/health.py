@@ -38,9 +38,22 @@ def vector_target() -> tuple[str, str]:
     return "LanceDB", str(settings.LANCEDB_DIR)
 
 
+def _ping_graph() -> str:
+    store = graph_store()
+    driver = getattr(store, "driver", None)
+    if driver is not None:
+        # A refused connection fails here at once; the store's ping would retry it for the
+        # store's whole retry time, and a probe must answer fast.
+        try:
+            driver.verify_connectivity()
+        except Exception as exc:  # noqa: BLE001 — whatever the driver raises, the graph does not answer
+            raise StoreError(f"Neo4j is unreachable: {type(exc).__name__}: {exc}") from None
+    return store.ping()
+
+
 def check_services() -> list[ServiceHealth]:
     kind, target = vector_target()
     return [
-        _probe("graph", "Neo4j", settings.NEO4J_URI, lambda: graph_store().ping()),
+        _probe("graph", "Neo4j", getattr(graph_store(), "uri", settings.NEO4J_URI), _ping_graph),
         _probe("vector_store", kind, target, lambda: vector_store().ping()),
     ]

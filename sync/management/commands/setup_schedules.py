@@ -14,6 +14,7 @@ SCHEDULES = [
     ("sync: compact vector store", "sync.tasks.compact_vectors", Schedule.HOURLY, None, 60),
     ("sync: purge finished events", "sync.tasks.purge_finished_events", Schedule.DAILY, None, 60),
     ("sync: purge applied tombstones", "sync.tasks.purge_tombstones", Schedule.DAILY, None, 90),
+    ("sync: end abandoned sagas and runs", "sync.tasks.upkeep", Schedule.MINUTES, 5, 5),
     # Reconciliation waits one interval before its first run, so a fresh system's initial sync
     # is not reported as drift.
     ("reconcile: incremental", "sync.tasks.reconcile_incremental", Schedule.MINUTES,

@@ -1,0 +1,85 @@
+"""/metrics: counters summed over every process (multiprocess mode), gauges read from the database."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from prometheus_client.parser import text_string_to_metric_families
+
+from sync import capture
+from sync.models import Priority, SyncEvent
+from tests.observe_helpers import waiting
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def scrape(client, settings) -> dict[tuple[str, tuple], float]:
+    settings.METRICS_TOKEN = "scrape-token-for-tests"
+    response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-for-tests")
+    assert response.status_code == 200
+    values = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def value(scraped, name, **labels):
+    return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.mark.django_db
+def test_it_needs_a_login_or_the_token(client, settings):
+    settings.METRICS_TOKEN = "right"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+
+
+@pytest.mark.django_db
+def test_gauges_come_from_the_database(client, settings, neo4j_driver, vectors):
+    for _ in range(3):
+        waiting(priority=Priority.HIGH, age=120)
+    waiting(status=SyncEvent.Status.DEAD)
+    scraped = scrape(client, settings)
+    assert value(scraped, "sync_queue_depth", priority="high") == 3
+    assert value(scraped, "sync_dead_letters") == 1
+    assert value(scraped, "sync_oldest_unsynced_age_seconds", priority="high") >= 120
+    assert value(scraped, "sync_freshness_breached", priority="high") == 1
+    assert value(scraped, "sync_freshness_target_seconds", priority="low") == 86400
+    assert value(scraped, "sync_service_up", service="graph") == 1
+    assert value(scraped, "sync_metrics_readings_ok") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_work_done_by_a_separate_worker_process_moves_lag_and_counters(client, settings, synced_graph, vectors,
+                                                                       tmp_path):
+    from tests.test_worker_processes import actors, worker_env
+
+    before = scrape(client, settings)
+    count = 30
+    actors(synced_graph, count)
+    assert capture.poll_once("test", overlap=0).enqueued == count
+    env = worker_env(tmp_path, f"sqlite:///{connection.settings_dict['NAME']}")
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == str(settings.PROMETHEUS_MULTIPROC_DIR)
+    worker = subprocess.Popen([sys.executable, "manage.py", "drain", "--until-empty"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, err
+    assert SyncEvent.objects.filter(status="done").count() == count
+
+    after = scrape(client, settings)
+    moved = {name: value(after, name, **labels) - value(before, name, **labels) for name, labels in (
+        ("sync_lag_seconds_count", {"priority": "medium"}),
+        ("sync_events_applied_total", {"outcome": "upserted"}),
+        ("sync_embedded_chunks_total", {}),
+    )}
+    assert moved == {"sync_lag_seconds_count": count, "sync_events_applied_total": count,
+                     "sync_embedded_chunks_total": count}
+    assert value(after, "sync_lag_seconds_sum", priority="medium") > value(before, "sync_lag_seconds_sum",
+                                                                           priority="medium")
+    # The counts came from the worker's own files, left behind in the directory both processes share.
+    assert (Path(settings.PROMETHEUS_MULTIPROC_DIR) / f"histogram_{worker.pid}.db").exists()
+    assert value(after, "sync_window_lag_seconds", priority="medium", quantile="95") > 0
