@@ -155,3 +155,17 @@ def _raw(queued=0, events_in=0, errors=0):
         "errors": {"store": errors} if errors else {}, "embedded": 0, "open_conflicts": 0, "drift": {},
         "reconcile": None, "freshness": {"high": "met", "medium": "met", "low": "met"},
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_samples_keep_flowing_beside_change_capture(synced_graph, vectors, settings):
+    """What the django-q2 cluster runs: the observer thread lives as long as the capture run."""
+    from sync import tasks
+
+    settings.OBSERVE_BESIDE_CAPTURE, settings.SAMPLE_INTERVAL = True, 1
+    tasks.capture_changes(seconds=2.5)
+    assert MetricSample.objects.filter(resolution="raw").exists()
+    assert Heartbeat.objects.get(name="observer").owner.endswith(":observer")
+    from sync.models import WorkerLease
+
+    assert WorkerLease.objects.get(name="observer").owner == ""  # handed over when capture ended
