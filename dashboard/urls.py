@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dashboard.views import alerts, overview, queue, reconciliation
+from dashboard.views import alerts, audit, overview, policy, queue, reconciliation
 
 # Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
@@ -20,4 +20,7 @@ urlpatterns = [
     path("alerts/", alerts.index, name="alerts"),
     path("alerts/banner", alerts.banner, name="alerts-banner"),
     path("alerts/<int:pk>/acknowledge", alerts.acknowledge, name="alert-acknowledge"),
+    path("audit/", audit.index, name="audit"),
+    path("audit/export.csv", audit.export, name="audit-export"),
+    path("policy/", policy.index, name="policy"),
 ]
