@@ -15,6 +15,7 @@ from playwright.sync_api import expect
 from sync.models import AuditEntry
 from tests.browser.conftest import check
 from tests.conftest import make_user
+from tests.test_pages import hostile  # noqa: F401, F811 — the fixture: hostile text in every table
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -37,7 +38,8 @@ def test_filter_page_and_export_the_audit_log(live_server, page, as_user):
     page.locator("select[name=action]").select_option("conflict.resolve")
     page.locator("input[name=user]").fill("ben")
     page.get_by_role("button", name="Filter").click()
-    expect(page).to_have_url(re.compile(r"action=conflict.resolve"))
+    expect(page).to_have_url(re.compile(r"user=ben&action=conflict.resolve"))
+    assert page.evaluate("document.querySelector('input[name=user]').value") == "ben"
     expect(page.locator("#audit-count")).to_contain_text("65 entries match this filter")
     rows = page.locator("#audit tbody tr")
     expect(rows).to_have_count(50)
@@ -47,6 +49,7 @@ def test_filter_page_and_export_the_audit_log(live_server, page, as_user):
     expect(rows.last).to_contain_text("apt129")
     page.get_by_role("link", name="← Newer").click()
     expect(rows).to_have_count(50)
+    assert page.evaluate("document.querySelector('input[name=user]').value") == "ben"
     expect(rows.first).to_contain_text("apt1<img")
     check(page, "audit-filtered", dark=False)
     with page.expect_download() as download:
@@ -71,3 +74,58 @@ def test_the_policy_page(live_server, page, as_user):
     expect(nav.get_by_role("link", name="Policy")).to_have_attribute("aria-current", "page")
     expect(page.locator("form[method=post]")).to_have_count(1)  # log out only
     check(page, "policy")
+
+
+def test_a_viewer_can_do_none_of_the_mutations(live_server, page, as_user, graph, vectors, hostile):  # noqa: F811
+    """Issue 11's acceptance: a viewer in the browser sees no action on any page, and every
+    mutation URL (found in the URLconf, so pages added later are covered) refuses a forged POST
+    carrying a valid CSRF token; so does every API action with the viewer's own token."""
+    from dashboard import tokens
+    from sync.models import Conflict, ReconcileRun, SyncEvent
+    from sync.observe.models import Alert
+    from tests.test_pages import API, GETS, POSTS, url_for
+
+    viewer = as_user(make_user("vic", "viewer"))
+    token = tokens.create(viewer, "viewer script")[1]
+
+    def state():
+        return (list(SyncEvent.objects.values_list("id", "status")), list(ReconcileRun.objects.values_list("id", "status")),
+                list(Conflict.objects.values_list("id", "status")), list(Alert.objects.values_list("id", "acknowledged_at")),
+                AuditEntry.objects.exclude(action="access.denied").count())
+
+    before = state()
+    for name in GETS:
+        if name.endswith("export"):
+            continue  # a download, not a page
+        response = page.goto(live_server.url + url_for(name, hostile))
+        if response.status == 200 and response.headers.get("content-type", "").startswith("text/html"):
+            forms = page.locator("form[method=post]:not(.logout)")
+            assert forms.count() == 0, f"{name} offers a viewer {forms.count()} action(s)"
+    page.goto(live_server.url + "/")
+    csrf = page.evaluate("JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRFToken']")
+    refused = []
+    for name, view in POSTS:
+        if view.access.role == "viewer":
+            continue
+        status = page.evaluate(
+            """async ([url, token]) => (await fetch(url, {method: 'POST', headers: {'X-CSRFToken': token,
+                 'Content-Type': 'application/x-www-form-urlencoded'},
+                 body: 'scope=all&mode=full&kind=stale_vector&note=x&as_of=2100-01-01T00:00:00%2B00:00'})).status""",
+            [url_for(name, hostile), csrf])
+        assert status == 403, name
+        refused.append(name)
+    for name, view in API:
+        if "POST" not in view.api_access.methods:
+            continue
+        from tests.test_api_actions import url_for as api_url
+
+        status = page.evaluate(
+            """async ([url, token]) => (await fetch(url, {method: 'POST', headers: {'Authorization': 'Bearer ' + token,
+                 'Content-Type': 'application/json'}, body: '{"all": true, "mode": "full", "note": "x"}'})).status""",
+            [api_url(name, {"alert": hostile["alert"], "conflict": Conflict.objects.first(), "event": hostile["event"]}),
+             token])
+        assert status == 403, name
+        refused.append(name)
+    assert {"queue-dead-act", "reconciliation-start", "alert-acknowledge", "api-resync"} <= set(refused)
+    assert state() == before
+    assert AuditEntry.objects.filter(action="access.denied", actor=viewer).count() == len(refused)
