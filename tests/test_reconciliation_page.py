@@ -93,3 +93,12 @@ def test_a_real_run_records_its_match_per_label(synced_graph, vectors):
     run = reconcile.full(dry_run=True)  # nothing was embedded: every actor lacks its vector
     assert run.labels["ThreatActor"] == {"checked": 4, "drift": 4}
     assert run.match_scores()["ThreatActor"] == 0.0
+
+
+def test_the_pager_links_reach_the_next_page_keeping_the_filter(client, viewer):
+    for _ in range(60):
+        finished_run()
+    client.force_login(viewer)
+    html = client.get("/reconciliation/", {"mode": "full"}).content.decode()
+    assert 'href="?mode=full&amp;page=2"' in html and "??" not in html
+    assert client.get("/reconciliation/", {"mode": "full", "page": 2}).context["page"].number == 2
