@@ -16,6 +16,7 @@ the two alike.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from django.utils import timezone
 from sync.models import AuditEntry
 from sync.observe.models import Alert, AlertDelivery
 from sync.observe.readings import CAPTURE, OBSERVER, Readings
+from sync.observe.units import duration as seconds
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +55,6 @@ class Rule:
     check: Callable[[Readings, dict | None], Finding | None]  # None: cannot tell from this reading
     prometheus: str  # the same condition in PromQL, on the gauges /metrics exports
     needs_services: bool = False
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value < 120:
-        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
-    if value < 7200:
-        return f"{value / 60:.0f} min"
-    if value < 172800:
-        return f"{value / 3600:.1f} h"
-    return f"{value / 86400:.1f} d"
 
 
 def _lag(r: Readings, services) -> Finding:
@@ -154,7 +144,8 @@ def _workers(r: Readings, services) -> Finding | None:
                      else f"the observer last reported {seconds(observer)} ago")
     capture = r.heartbeats.get(CAPTURE)
     graph_down = services is not None and "graph" in services and not services["graph"].ok
-    if not graph_down and (capture is None or capture > limit):  # capture cannot poll a graph that is down
+    starting = capture is None and time.monotonic() - PROCESS_STARTED < limit  # its first poll is on its way
+    if not graph_down and not starting and (capture is None or capture > limit):  # no polls while Neo4j is down
         stale.append("change capture has never polled" if capture is None
                      else f"change capture last polled {seconds(capture)} ago")
     known = [a for a in (observer, capture) if a is not None]
@@ -342,7 +333,7 @@ def acknowledge(alert_id: int, user, note: str = "") -> Alert:
 def open_alerts() -> list[Alert]:
     """Open alerts, critical first, then the oldest (for the banner on every page: one query)."""
     alerts = list(Alert.objects.filter(status=Alert.Status.OPEN).only(
-        "id", "rule", "severity", "summary", "opened_at", "acknowledged_at", "acknowledged_name"))
+        "id", "rule", "severity", "summary", "opened_at", "clear_since", "acknowledged_at", "acknowledged_name"))
     alerts.sort(key=lambda a: (not a.is_critical, a.opened_at))
     return alerts
 
@@ -362,3 +353,25 @@ def prometheus_rules() -> dict:
             "annotations": {"summary": rule.title},
         } for rule in RULES],
     }]}
+
+
+def rule_table() -> list[dict]:
+    """The rules with their current thresholds, for the Alerts page."""
+    return [{"key": r.key, "severity": str(r.severity), "title": r.title, "promql": promql(r)} for r in RULES]
+
+
+def channel_summary() -> list[str]:
+    """Where notifications go, in words (never the webhook URL: it is a secret)."""
+    found = []
+    if settings.ALERT_WEBHOOK_URL:
+        found.append("a Slack-compatible webhook")
+    if settings.ALERT_EMAIL_TO:
+        n = len(settings.ALERT_EMAIL_TO)
+        found.append(f"e-mail to {n} address{'es' if n > 1 else ''}")
+    return found
+
+
+def banner_version(alerts) -> str:
+    """Changes whenever what the banner shows does (a poll that finds the same sends nothing)."""
+    state = "|".join(f"{a.pk}:{a.summary}:{a.clear_since}:{a.acknowledged_at}" for a in alerts)
+    return hashlib.blake2b(state.encode(), digest_size=8).hexdigest()

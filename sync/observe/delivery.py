@@ -96,10 +96,7 @@ def post_webhook(url: str, payload: dict) -> None:
 
 
 def _title(alert: Alert, event: str) -> str:
-    from sync.observe.alerting import BY_KEY
-
-    rule = BY_KEY.get(alert.rule)
-    title = rule.title if rule else alert.rule
+    title = alert.title
     if event == AlertDelivery.Event.RESOLVED:
         return f"Resolved: {title}"
     return f"{alert.severity.upper()}: {title}"

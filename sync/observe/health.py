@@ -57,3 +57,12 @@ def check_services() -> list[ServiceHealth]:
         _probe("graph", "Neo4j", getattr(graph_store(), "uri", settings.NEO4J_URI), _ping_graph),
         _probe("vector_store", kind, target, lambda: vector_store().ping()),
     ]
+
+
+def as_dicts(services) -> list[dict]:
+    return [{"name": s.name, "kind": s.kind, "target": s.target, "ok": s.ok, "detail": s.detail[:500],
+             "millis": round(s.millis, 1)} for s in services]
+
+
+def from_dicts(rows) -> list[ServiceHealth]:
+    return [ServiceHealth(r["name"], r["kind"], r["target"], r["ok"], r["detail"], r["millis"]) for r in rows]

@@ -100,6 +100,13 @@ class Alert(models.Model):
     def is_critical(self) -> bool:
         return self.severity == self.Severity.CRITICAL
 
+    @property
+    def title(self) -> str:
+        from sync.observe.alerting import BY_KEY
+
+        rule = BY_KEY.get(self.rule)
+        return rule.title if rule else self.rule
+
 
 class AlertDelivery(models.Model):
     """One notification of an alert opening or resolving, to one channel, with its attempts."""

@@ -62,7 +62,8 @@ def tick(owner: str, now: datetime | None = None) -> TickResult:
 
     reading = step("reading", lambda: readings.read(now, observer_alive=True))
     services = step("pinging services", lambda: {s.name: s for s in health.check_services()})
-    step("heartbeat", lambda: Heartbeat.beat(readings.OBSERVER, owner, at=now.isoformat()))
+    step("heartbeat", lambda: Heartbeat.beat(readings.OBSERVER, owner, at=now.isoformat(),
+                                             services=health.as_dicts((services or {}).values())))
     if reading is not None:
         result.sampled = bool(step("sample", lambda: samples.record(now, reading=reading)))
         changes = step("alert rules", lambda: alerting.evaluate(reading, services, now=now))
@@ -74,7 +75,8 @@ def tick(owner: str, now: datetime | None = None) -> TickResult:
         result.pruned = step("retention", lambda: samples.prune(now)) or 0
     result.deliveries = step("deliveries", lambda: delivery.deliver_due()) or {}
     if result.errors:
-        step("heartbeat", lambda: Heartbeat.beat(readings.OBSERVER, owner, at=now.isoformat(), errors=result.errors))
+        step("heartbeat", lambda: Heartbeat.beat(readings.OBSERVER, owner, at=now.isoformat(), errors=result.errors,
+                                                 services=health.as_dicts((services or {}).values())))
     return result
 
 

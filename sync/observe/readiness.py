@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from sync.observe import alerting, delivery, health, readings
-from sync.observe.alerting import seconds
+from sync.observe.units import duration as seconds
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,66 @@
+"""Alerts: what is open now (also the banner on every page), the history, and acknowledging."""
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpResponse, HttpResponseForbidden
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from sync.observe import alerting
+from sync.observe.models import Alert
+from sync.observe.units import duration
+
+STATUSES = ("open", "resolved", "all")
+SEVERITIES = ("all", "critical", "warning")
+
+
+def can_acknowledge(user) -> bool:
+    """Analysts and admins (the roles are Django groups; superusers are admins)."""
+    return user.is_superuser or user.groups.filter(name__in=("analyst", "admin")).exists()
+
+
+@login_required
+@require_GET
+def index(request):
+    status = request.GET.get("status") if request.GET.get("status") in STATUSES else "open"
+    severity = request.GET.get("severity") if request.GET.get("severity") in SEVERITIES else "all"
+    alerts = Alert.objects.order_by("-opened_at", "-id").prefetch_related("deliveries")
+    if status != "all":
+        alerts = alerts.filter(status=status)
+    if severity != "all":
+        alerts = alerts.filter(severity=severity)
+    page = Paginator(alerts, 50).get_page(request.GET.get("page"))
+    return render(request, "dashboard/alerts.html", {
+        "page": page, "status": status, "severity": severity, "statuses": STATUSES, "severities": SEVERITIES,
+        "rules": alerting.rule_table(), "channels": alerting.channel_summary(),
+        "can_acknowledge": can_acknowledge(request.user), "resolve_after": duration(settings.ALERT_RESOLVE_AFTER),
+    })
+
+
+@login_required
+@require_POST
+def acknowledge(request, pk: int):
+    if not can_acknowledge(request.user):
+        return HttpResponseForbidden("Only analysts can acknowledge alerts.")
+    try:
+        alert = alerting.acknowledge(pk, request.user, note=request.POST.get("note", "")[:1000])
+    except alerting.NotAcknowledgeable as exc:
+        messages.error(request, f"Not acknowledged: {exc}.")
+    else:
+        messages.success(request, f"Acknowledged alert #{alert.pk} ({alert.rule}); it resolves itself once its "
+                                  "condition clears.")
+    return redirect(request.POST.get("next") if request.POST.get("next", "").startswith("/alerts/") else "alerts")
+
+
+@login_required
+@require_GET
+def banner(request):
+    """The open-alerts banner, polled on every page: 204 while it has not changed."""
+    alerts = alerting.open_alerts()
+    version = alerting.banner_version(alerts)
+    if request.GET.get("v") == version:
+        return HttpResponse(status=204)
+    return render(request, "partials/alert_banner.html", {"open_alerts": alerts, "alert_banner_version": version,
+                                                          "resolve_after": duration(settings.ALERT_RESOLVE_AFTER)})
