@@ -152,7 +152,9 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Collected static files (whitenoise serves them); an image collects them at build time, outside
+# its data volume.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
@@ -209,6 +211,9 @@ EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "all-MiniLM-L6-v2")
 EMBEDDING_DEVICE = env_str("EMBEDDING_DEVICE", "")
 # 32 measured fastest on 2 CPU cores (bench/embed.py: 19.9 texts/s vs 17.7 at 64, 13.3 at 128).
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=4096)
+# CPU threads torch may use in one process (0: torch's default, every core). With several drain
+# workers on one host, give each its share of the cores (docs/deploy.md, bench/scaleout.py).
+EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0, minimum=0, maximum=256)
 
 # --- the sync engine ------------------------------------------------------------------------
 SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 100, minimum=1, maximum=1000)
