@@ -21,12 +21,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import connection
 
 from sync import queue
 from sync.ids import label_prefix
 from sync.models import SyncEvent
-from tests.test_worker_processes import ROOT, actors, assert_exact, worker_env
+from tests.test_worker_processes import ROOT, actors, assert_exact, current_database_url, worker_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -127,6 +126,10 @@ def test_two_clusters_on_redis_apply_every_change_once_and_survive_a_kill(synced
             hosts[name] = cluster(env, home)
         try:
             _stream_kill_and_check(synced_graph, vectors, url, hosts)
+        except BaseException:
+            for name in hosts:  # what the clusters said, to see why
+                print(f"--- {name} ---\n" + (tmp_path / name / "qcluster.log").read_text()[-6000:])
+            raise
         finally:
             for proc in hosts.values():
                 stop(proc)
@@ -237,7 +240,7 @@ def sqs(tmp_path):
 
 
 def sqs_env(tmp_path, sqs, **extra) -> dict:
-    env = worker_env(tmp_path, f"sqlite:///{connection.settings_dict['NAME']}", **extra)
+    env = worker_env(tmp_path, current_database_url(), **extra)
     env.update(DJANGO_SETTINGS_MODULE="tests.broker_settings", Q_BROKER="sqs", AWS_REGION="us-east-1",
                AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_ENDPOINT_URL_SQS=sqs["endpoint"],
                SQS_QUEUE_NAME="nightingale-test", SQS_WAIT_SECONDS="1", Q_MAX_ATTEMPTS="0", Q_WORKERS="3",
@@ -257,8 +260,6 @@ def enqueue_task(env, func: str, *args) -> None:
 
 def test_the_sqs_broker_runs_work_dead_letters_failures_and_redelivers_after_a_kill(
         synced_graph, vectors, tmp_path, sqs):
-    from django_q.models import Task
-
     env = sqs_env(tmp_path, sqs)
     actors(synced_graph, 20)
     queue.enqueue_many([queue.Work("ThreatActor", f"actor-{n:04d}") for n in range(20)])
@@ -267,26 +268,35 @@ def test_the_sqs_broker_runs_work_dead_letters_failures_and_redelivers_after_a_k
     enqueue_task(env, "tests.broker_tasks.always_fails", str(failing))
     proc = cluster(env, tmp_path / "sqs-host")
     try:
-        # Work handed out through SQS is done.
-        wait_for(lambda: SyncEvent.objects.filter(status="done").count() == 20, 180, "the drain task over SQS")
-        assert_exact(vectors, synced_graph, 20)
-        # A failing task is retried (delivered again after its visibility timeout), then SQS's
-        # redrive policy moves it to the dead-letter queue.
-        client = sqs["client"]
-        dead = wait_for(lambda: client.receive_message(QueueUrl=sqs["dlq"], WaitTimeSeconds=1).get("Messages"),
-                        90, "the failing task in the dead-letter queue", every=1.0)
-        assert len(dead) == 1
-        assert len(failing.read_text().split()) == 2  # two attempts, as the redrive policy allows
-        assert Task.objects.filter(func="tests.broker_tasks.always_fails", success=False).exists()
-        # A worker killed mid-task: the message comes back after its visibility timeout.
-        enqueue_task(env, "tests.broker_tasks.slow", str(slow), 3)
-        started = wait_for(lambda: slow.exists() and slow.read_text().split(), 60, "the slow task to start")
-        os.kill(int(started[1]), signal.SIGKILL)
-        wait_for(lambda: "finished" in slow.read_text(), 90, "the slow task to be delivered again and finish")
-        lines = slow.read_text().splitlines()
-        assert lines[0].startswith("started") and lines[-1].startswith("finished")
-        assert lines[0].split()[1] != lines[-1].split()[1]  # another worker process did it
+        _sqs_checks(env, sqs, synced_graph, vectors, failing, slow)
+    except BaseException:
+        print("--- sqs-host ---\n" + (tmp_path / "sqs-host" / "qcluster.log").read_text()[-6000:])
+        raise
     finally:
         stop(proc)
+
+
+def _sqs_checks(env, sqs, synced_graph, vectors, failing, slow):
+    from django_q.models import Task
+
+    # Work handed out through SQS is done.
+    wait_for(lambda: SyncEvent.objects.filter(status="done").count() == 20, 180, "the drain task over SQS")
+    assert_exact(vectors, synced_graph, 20)
+    # A failing task is retried (delivered again after its visibility timeout), then SQS's
+    # redrive policy moves it to the dead-letter queue.
+    client = sqs["client"]
+    dead = wait_for(lambda: client.receive_message(QueueUrl=sqs["dlq"], WaitTimeSeconds=1).get("Messages"),
+                    90, "the failing task in the dead-letter queue", every=1.0)
+    assert len(dead) == 1
+    assert len(failing.read_text().split()) == 2  # two attempts, as the redrive policy allows
+    assert Task.objects.filter(func="tests.broker_tasks.always_fails", success=False).exists()
+    # A worker killed mid-task: the message comes back after its visibility timeout.
+    enqueue_task(env, "tests.broker_tasks.slow", str(slow), 3)
+    started = wait_for(lambda: slow.exists() and slow.read_text().split(), 60, "the slow task to start")
+    os.kill(int(started[1]), signal.SIGKILL)
+    wait_for(lambda: "finished" in slow.read_text(), 90, "the slow task to be delivered again and finish")
+    lines = slow.read_text().splitlines()
+    assert lines[0].startswith("started") and lines[-1].startswith("finished")
+    assert lines[0].split()[1] != lines[-1].split()[1]  # another worker process did it
     print(f"\nsqs: 20 events applied; the failing task dead-lettered after 2 attempts; the killed task "
-          f"delivered again and finished by pid {lines[-1].split()[1]}")
+      f"delivered again and finished by pid {lines[-1].split()[1]}")
