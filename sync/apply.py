@@ -550,6 +550,7 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
     for plan in plans.values():
         if plan.events and plan.events[0].id in lags:
             SYNC_LAG.labels(Priority(plan.priority).label).observe(lags[plan.events[0].id])
+    _settle_pending([key for key, plan in plans.items() if plan.outcome == "stale"])
     queue.release(deferred)
     counts.deferred += len({(e.label, e.uid) for e in deferred})
     for plan in failed:
@@ -605,6 +606,20 @@ def _lag(plan: _Plan, neo4j_now) -> float | None:
     if not changes:
         return None
     return max((neo4j_now - min(changes)).total_seconds(), 0.0)
+
+
+def _settle_pending(keys: list[tuple[str, str]]) -> None:
+    """A stale event writes no record (the newer write owns it), yet enqueuing it marked the record
+    pending: with no work left for the entity, the record is settled again."""
+    if not keys:
+        return
+    active = SyncEvent.objects.filter(status__in=[SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT])
+    busy = {(label, uid) for rows in for_entities(active, keys) for label, uid in rows.values_list("label", "uid")}
+    idle = [key for key in keys if key not in busy]
+    conflicted = _open_conflicts(idle)
+    for records in for_entities(SyncRecord.objects.filter(status=RecordStatus.PENDING), idle):
+        records.exclude(uid__in=[uid for _, uid in conflicted]).update(status=RecordStatus.IN_SYNC)
+        records.filter(uid__in=[uid for _, uid in conflicted]).update(status=RecordStatus.CONFLICT)
 
 
 def _open_conflicts(keys: list[tuple[str, str]]) -> set[tuple[str, str]]:

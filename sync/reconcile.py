@@ -3,9 +3,10 @@
 The sync record is never trusted alone. A full run reads everything in bounded pages, so its
 memory stays flat however large the index (8 bytes per entity and per vector, nothing more):
 
-1. The graph pass: each synced label in uid pages. For a page, the vectors any text of its
-   entities would have (`Label:uid`, `Label:uid#0`, then the further chunks a stored first chunk
-   declares) are fetched by id (≤1000 a request, metadata only) and compared with the entities.
+1. The graph pass: each synced label in uid pages (the next page read while this one is
+   compared). For a page, the vectors its entities' texts have are fetched by id (≤1000 a request,
+   metadata only; which ids, our records suggest, and what the store answers confirms or
+   corrects) and compared with the entities.
    The hashes of the vector ids looked at, and of the uids seen, are kept.
 2. Our records of each label: a record (older than the run) whose uid the graph pass did not
    see is checked against the graph once more, then marked deleted.
@@ -45,6 +46,7 @@ import logging
 import time
 from array import array
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -145,17 +147,33 @@ class Reconciler:
         return found
 
     def fetch_entities(self, keys) -> tuple[dict[tuple[str, str], StoredEntity], list[str], set]:
-        """What the store holds for these entities, asked by id: the ids any text would have,
-        then the further chunks a stored first chunk declares. Returns (by entity, ids fetched,
-        entities with a policy violation)."""
-        first = {vid for key in keys for vid in (ids.vector_id(*key), ids.vector_id(*key, 0))}
-        metadata = self.fetch(first)
-        further = set()
+        """What the store holds for these entities, asked by id. Our records say which ids the
+        last write left (a hint only: what is asked is then checked): one chunk `Label:uid`, or
+        `#0..#n-1`; without a record both first ids. An entity found under neither shape asked
+        for is asked again under the other, and a stored first chunk's declared count is followed,
+        so nothing the store holds under the text's ids goes unseen. Returns (by entity, ids
+        fetched, entities with a policy violation)."""
+        hints = _chunk_counts(keys)
+        asked: set[str] = set()
         for key in keys:
-            leading = metadata.get(ids.vector_id(*key, 0))
-            declared = min(_int(leading.get("chunks"), 1), MAX_CHUNKS) if leading else 1
-            further |= {ids.vector_id(*key, n) for n in range(1, declared)}
-        if further:
+            count = hints.get(key, 0)
+            asked |= ({ids.vector_id(*key)} if count == 1 else
+                      {ids.vector_id(*key, n) for n in range(count)} if count > 1 else
+                      {ids.vector_id(*key), ids.vector_id(*key, 0)})
+        metadata = self.fetch(asked)
+        for _ in range(2):
+            further: set[str] = set()
+            for key in keys:
+                base, first = ids.vector_id(*key), ids.vector_id(*key, 0)
+                if base not in metadata and first not in metadata:
+                    further |= {base, first} - asked
+                leading = metadata.get(first)
+                if leading:
+                    declared = min(_int(leading.get("chunks"), 1), MAX_CHUNKS)
+                    further |= {ids.vector_id(*key, n) for n in range(1, declared)} - asked
+            if not further:
+                break
+            asked |= further
             metadata.update(self.fetch(further))
         stored, violated = self.classify(metadata)
         return stored, list(metadata), violated
@@ -472,15 +490,10 @@ def _full(r: Reconciler) -> None:
     examined = array("q")  # hashes of the vector ids the graph pass looked at
     for label in labels:
         seen = array("q")  # hashes of this label's uids
-        after = None
-        while True:
-            page = r.graph.scan_label(label, after, GRAPH_PAGE)
-            if not page:
-                break
+        for page in _label_pages(r.graph, label):
             seen.extend(hash(entity.uid) for entity in page)
             r.check_entities({entity.key: entity for entity in page}, examined)
             r.progress(len(page))
-            after = page[-1].uid
         r.check_records(label, np.sort(np.frombuffer(seen, dtype=np.int64)))
     looked_at = np.sort(np.frombuffer(examined, dtype=np.int64))
     del examined
@@ -491,6 +504,19 @@ def _full(r: Reconciler) -> None:
         unexplained = [vid for vid, seen in zip(page, known, strict=True) if not seen]
         if unexplained:
             _strays(r, unexplained)
+
+
+def _label_pages(graph, label: str):
+    """The label's entities in uid pages, the next page read in a thread while this one is
+    compared (Neo4j and the vector store both answer without holding the GIL)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-scan") as pool:
+        coming = pool.submit(graph.scan_label, label, None, GRAPH_PAGE)
+        while coming is not None:
+            page = coming.result()
+            coming = pool.submit(graph.scan_label, label, page[-1].uid, GRAPH_PAGE) \
+                if len(page) == GRAPH_PAGE else None
+            if page:
+                yield page
 
 
 def _strays(r: Reconciler, vector_ids: list[str]) -> None:
@@ -536,6 +562,13 @@ def _incremental(r: Reconciler) -> None:
             if key not in pending and key not in violated:
                 r.compare(entities.get(key), key, stored.get(key))
         r.progress(len(page))
+
+
+def _chunk_counts(keys) -> dict[tuple[str, str], int]:
+    """Chunks the last write left, per our records (of entities whose vectors should exist)."""
+    live = SyncRecord.objects.exclude(status__in=[SyncRecord.Status.DELETED, SyncRecord.Status.EXCLUDED])
+    return {(label, uid): count for rows in for_entities(live, keys)
+            for label, uid, count in rows.values_list("label", "uid", "chunk_count")}
 
 
 def _pending_keys(keys) -> set[tuple[str, str]]:

@@ -524,3 +524,23 @@ def test_lag_is_measured_on_neo4j_clock(synced_graph, vectors, graph):
     lag = SyncEvent.objects.get(status="done", uid="clock-1").lag_seconds
     assert 600 <= lag < 660
     assert abs(real.clock_offset(max_age=0)) < 5  # the real server and this host agree
+
+
+def test_a_stale_event_does_not_leave_the_record_pending(synced_graph, vectors, graph):
+    from sync.stores.base import Entity
+
+    graph.write_entity("ThreatActor", "kimsuky", {"name": "Kimsuky", "description": "first"}, source="t")
+    graph.write_entity("ThreatActor", "kimsuky", {"description": "second"}, source="t")
+    sync_all()
+    queue.enqueue(queue.Work("ThreatActor", "kimsuky", source="resync"))
+    assert SyncRecord.objects.get(uid="kimsuky").status == "pending"
+    old = Entity("ThreatActor", "kimsuky", 1, timezone.now() - timedelta(minutes=1),
+                 {"uid": "kimsuky", "name": "Kimsuky", "description": "first", "version": 1})
+    real = graph_store()
+    use_graph_store(Wrapped(real, get_entities=lambda keys: {("ThreatActor", "kimsuky"): old}))
+    try:
+        assert worker.drain(idle_exit=0).stale == 1  # a replica that read the graph late
+    finally:
+        use_graph_store(real)
+    record = SyncRecord.objects.get(uid="kimsuky")
+    assert (record.status, record.vector_version) == ("in_sync", 2)

@@ -186,13 +186,18 @@ def _from_stamp(stamp: Sequence[int] | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanosecond // 1000)
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _entity(label: str, properties: dict[str, Any], stamp: Sequence[int] | None = None) -> Entity | None:
     """An Entity from a node's properties (and its ENTITY_COLUMNS stamp); None if the node was
     deleted while we read it (read committed: a concurrent delete can leave a matched node
     without properties)."""
     if not isinstance(properties.get("uid"), str):
         return None
-    props = {key: to_python(value) for key, value in properties.items()}
+    # Most values are plain already: only the others go through to_python (bulk reads convert
+    # every property of every node).
+    props = {key: value if type(value) in _PLAIN else to_python(value) for key, value in properties.items()}
     updated_at = _from_stamp(stamp) or _utc(properties.get("updated_at"))
     if updated_at is not None:
         props["updated_at"] = updated_at
@@ -400,12 +405,17 @@ class Neo4jGraphStore:
         # The first page is `>= ''` rather than IS NOT NULL: the same ordered range seek, and it
         # leaves out non-string uids, which a string cursor could not page past anyway.
         operator = ">=" if after_uid is None else ">"
-        rows = self._query(
-            f"MATCH (n:`{label}`) WHERE n.uid {operator} $after "
-            f"RETURN {ENTITY_COLUMNS} ORDER BY n.uid LIMIT $limit",
-            after="" if after_uid is None else check_uid(after_uid), limit=_check_limit(limit),
-        )
-        return [entity for row in rows if (entity := _entity(label, row["props"], row["stamp"]))]
+        cypher = (f"MATCH (n:`{label}`) WHERE n.uid {operator} $after "
+                  f"RETURN {ENTITY_COLUMNS} ORDER BY n.uid LIMIT $limit")
+        after = "" if after_uid is None else check_uid(after_uid)
+
+        def work(tx: ManagedTransaction) -> list[Entity]:
+            # Records are read by key, not record.data(): its recursive conversion of every value
+            # cost as much as the rest of a full reconciliation's graph reading.
+            result = tx.run(cypher, after=after, limit=_check_limit(limit))
+            return [entity for record in result if (entity := _entity(label, record["props"], record["stamp"]))]
+
+        return self._read(work)
 
     def count_label(self, label: str) -> int:
         # A bare label count is answered from the count store, without touching nodes.
