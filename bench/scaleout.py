@@ -1,12 +1,13 @@
 """Sync throughput with 1 vs 2 drain workers on PostgreSQL + Redis, and the per-core embedding rate.
 
-    .venv/bin/python -u bench/scaleout.py [--entities 400] [--workers 1 2]
+    .venv/bin/python -u bench/scaleout.py [--entities 2000] [--workers 1 2]
 
 Set-up (not timed): the bench Neo4j (bench/common.py) holds --entities ThreatActors; a throwaway
 PostgreSQL (bin/postgres-for-tests on its own port and directory) and a redis-server on loopback.
 For each worker count W: the vector store, records and queue are emptied, every entity is queued
 (a resync), and a real `qcluster` on the Redis broker with SYNC_DRAIN_WORKERS=W (each drain given
-cores / W torch threads, EMBEDDING_THREADS) is kicked W drains; timed until every event is done.
+cores / W torch threads, EMBEDDING_THREADS) is warmed up (each worker loads its model), then every
+entity is queued and W drains are kicked; timed until every event is done.
 
 Printed: texts/s end to end per W, the ratio W=2 / W=1, and raw `model.encode` texts/s with one
 torch thread (per core) and with all of them — the figures docs/deploy.md's sizing rests on.
@@ -61,31 +62,54 @@ def manage(env: dict, *args: str) -> str:
 
 
 def run_workers(env: dict, workers: int, count: int) -> tuple[float, int, int]:
+    """Time `count` entities through `workers` drains, after a warm-up that loads every worker's
+    model (the start-up of a cluster is not what a host's throughput is)."""
     import psycopg
 
     manage(env, "flush", "--noinput")
-    manage(env, "resync", "--label", "ThreatActor")
-    cluster = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT, env=env,
+    cluster = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "workers"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    kick = ("import django; django.setup(); from django_q.tasks import async_task; "
-            f"[async_task('sync.tasks.drain_queue', 600) for _ in range({workers})]")
     url = env["DATABASE_URL"].replace("postgres://", "postgresql://")
+
+    def drains(seconds: float) -> None:
+        kick = ("import django; django.setup(); from django_q.tasks import async_task; "
+                f"[async_task('sync.tasks.drain_queue', {seconds}) for _ in range({workers})]")
+        subprocess.run([sys.executable, "-c", kick], cwd=ROOT, env=env, check=True)
+
+    def done(db) -> int:
+        return db.execute("SELECT count(*) FROM sync_syncevent WHERE status = 'done'").fetchone()[0]
+
     try:
-        with psycopg.connect(url, autocommit=True) as db, Timer() as timer:
-            subprocess.run([sys.executable, "-c", kick], cwd=ROOT, env=env, check=True)
-            while True:
-                done = db.execute("SELECT count(*) FROM sync_syncevent WHERE status = 'done'").fetchone()[0]
-                if done >= count:
-                    break
+        with psycopg.connect(url, autocommit=True) as db:
+            # Warm-up: each drain loads its model on a few entities of its own.
+            warm = [f"actor-{n:05d}" for n in range(count, count + 4 * workers)]
+            enqueue = ("import django; django.setup(); from sync import queue; "
+                       f"queue.enqueue_many([queue.Work('ThreatActor', uid) for uid in {warm!r}])")
+            subprocess.run([sys.executable, "-c", enqueue], cwd=ROOT, env=env, check=True)
+            drains(20)
+            while done(db) < len(warm):
                 time.sleep(0.2)
+            time.sleep(25)  # the warm-up drains end (idle exit), their models stay loaded in the workers
+            db.execute("DELETE FROM sync_syncevent")
+            with Timer() as timer:
+                manage(env, "resync", "--label", "ThreatActor")
+                db.execute("DELETE FROM sync_syncevent WHERE uid = ANY(%s)", (warm,))
+                drains(600)
+                while done(db) < count:
+                    time.sleep(0.2)
         chunks = 0
         with psycopg.connect(url, autocommit=True) as db:
-            chunks = db.execute("SELECT coalesce(sum(chunk_count), 0) FROM sync_syncrecord").fetchone()[0]
+            chunks = db.execute("SELECT coalesce(sum(chunk_count), 0) FROM sync_syncrecord s JOIN sync_syncevent e "
+                                "ON e.label = s.label AND e.uid = s.uid AND e.status = 'done'").fetchone()[0]
             claimers = db.execute("SELECT count(DISTINCT split_part(claim_token, ':', 2)) FROM sync_syncevent "
                                   "WHERE status = 'done'").fetchone()[0]
     finally:
         os.killpg(cluster.pid, signal.SIGTERM)
-        cluster.wait(timeout=60)
+        try:
+            cluster.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait(timeout=10)
     return timer.seconds, chunks, claimers
 
 
@@ -108,7 +132,7 @@ def raw_rate(sample: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--entities", type=int, default=400)
+    parser.add_argument("--entities", type=int, default=2000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     setup()
@@ -118,7 +142,7 @@ def main() -> None:
     wipe_graph()
     graph = graph_store()
     graph.ensure_schema(synced_labels())
-    rows = texts(args.entities)
+    rows = texts(args.entities + 8)  # the last few warm the workers up
     graph.import_entities("ThreatActor", rows, source="bench")
     url = start_postgres()
     port = free_port()
