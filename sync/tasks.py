@@ -14,12 +14,18 @@ Drains hold one of SYNC_DRAIN_WORKERS slots (`WorkerLease`): a drain that finds 
 returns at once, so kicks cannot pile up drains that would compete for the CPU or keep the
 poller's next run waiting for a worker. A drain that reaches RUN_SECONDS with work still ready
 kicks its successor before it returns.
+
+A SIGTERM stops these tasks promptly (`stoppable`, `sync.shutdown`): the cluster's processes
+handle it (`manage.py workers`, `sync.cluster`), capture and drains stop at their next step, and a
+batch being applied is interrupted and handed back to the queue.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 
@@ -27,7 +33,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connections
 
-from sync import capture, queue, worker
+from sync import capture, queue, shutdown, worker
 from sync.apply import ApplyCounts
 from sync.models import WorkerLease
 from sync.observe import observer
@@ -59,10 +65,29 @@ def on_work_enqueued(sender, **kwargs) -> None:
         log.exception("could not kick a drain after an enqueue; the scheduled drains will apply the work")
 
 
+def stoppable(task: Callable[..., dict]) -> Callable[..., dict]:
+    """A task that a SIGTERM stops promptly (see `sync.shutdown`; the cluster's processes handle
+    it): not started once the process is stopping, and ended with a result, not a traceback,
+    when the signal interrupts a batch (which has gone back to the queue by then)."""
+
+    @functools.wraps(task)
+    def run(*args, **kwargs) -> dict:
+        if shutdown.requested():
+            return {"skipped": "this worker is stopping (SIGTERM)"}
+        try:
+            return task(*args, **kwargs)
+        except shutdown.StopRequested:
+            log.warning("%s stopped by SIGTERM", task.__name__)
+            return {"stopped": "SIGTERM: the work in flight went back to the queue"}
+
+    return run
+
+
 def drain_slots() -> list[str]:
     return [f"drain:{n}" for n in range(settings.SYNC_DRAIN_WORKERS)]
 
 
+@stoppable
 def drain_queue(seconds: float = RUN_SECONDS) -> dict:
     """Apply ready events in one of the drain slots; return once the queue has been idle for a
     flush interval, or after `seconds`."""
@@ -90,15 +115,16 @@ def drain_queue(seconds: float = RUN_SECONDS) -> dict:
     keeper.start()
     try:
         counts = worker.drain(max_seconds=seconds, idle_exit=settings.SYNC_FLUSH_INTERVAL + 1, flush=True,
-                              stop=lost.is_set)
+                              stop=lambda: lost.is_set() or shutdown.requested())
     finally:
         finished.set()
         keeper.join()
         WorkerLease.release(slot, name)
-    successor = bool(worker.ready_work(1).count) and kick_drain(debounce=False)
+    successor = not shutdown.requested() and bool(worker.ready_work(1).count) and kick_drain(debounce=False)
     return {**asdict(counts), "slot": slot, "successor": successor}
 
 
+@stoppable
 def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:
     """Poll Neo4j for changes every CAPTURE_INTERVAL seconds; apply HIGH priority work at once."""
     name = queue.worker_name()
@@ -108,9 +134,10 @@ def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:
         # What capture enqueued has kicked a drain already (sync.queue.work_enqueued).
         urgent.add(worker.apply_urgent(name))
 
+    stopping = lambda: stop() or shutdown.requested()  # noqa: E731
     # The observer (samples, alert checks, notifications) runs beside capture: see sync.observe.observer.
-    with observer.beside(name, stop=stop):
-        result = capture.run(name, seconds=seconds, after_poll=after_poll, stop=stop)
+    with observer.beside(name, stop=stopping):
+        result = capture.run(name, seconds=seconds, after_poll=after_poll, stop=stopping)
     return {**asdict(result), "urgent": asdict(urgent)}
 
 
@@ -130,6 +157,7 @@ def purge_finished_events(days: int = 7) -> int:
     return queue.purge_finished(timedelta(days=days))
 
 
+@stoppable
 def run_reconciliation(run_id: int) -> dict:
     """A run queued by `sync.reconcile.start` (the dashboard, the API)."""
     from sync import reconcile
@@ -139,6 +167,7 @@ def run_reconciliation(run_id: int) -> dict:
     return {"run": run.pk, "status": run.status, "drift": run.drift, "repaired": run.repaired}
 
 
+@stoppable
 def reconcile_incremental() -> dict:
     from sync import reconcile
     from sync.models import ReconcileRun
@@ -155,6 +184,7 @@ def upkeep() -> dict:
     return {"sagas_ended": writes.fail_abandoned_sagas(), "reconciliations_failed": reconcile.fail_abandoned()}
 
 
+@stoppable
 def reconcile_full() -> dict:
     from sync import reconcile
     from sync.models import ReconcileRun

@@ -65,10 +65,11 @@ def _answers(port: int) -> bool:
 
 
 def cluster(env: dict, home: Path) -> subprocess.Popen:
-    """`manage.py qcluster` as its own host: its own working directory and process group."""
+    """`manage.py workers` (the django-q2 cluster) as its own host: its own working directory and
+    process group."""
     home.mkdir(parents=True, exist_ok=True)
     log = (home / "qcluster.log").open("w")
-    return subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=home, env=env,
+    return subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "workers"], cwd=home, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -114,7 +114,9 @@ def test_compose_runs_the_system_the_way_the_docs_say():
     setup = " ".join(app["setup"]["command"])
     for step in ("migrate", "setup_graph", "setup_schedules"):
         assert f"manage.py {step}" in setup
-    assert app["web"]["command"][0] == "gunicorn" and "qcluster" in app["worker"]["command"]
+    assert "exec gunicorn nightingale.wsgi:application" in " ".join(app["web"]["command"])
+    assert app["worker"]["command"] == ["python", "manage.py", "workers"]  # stops cleanly on SIGTERM
+    assert app["worker"]["pid"] == "service:web"  # one PID namespace for the shared metrics files
     for name in ("web", "worker"):
         assert app[name]["depends_on"]["setup"] == {"condition": "service_completed_successfully"}
 

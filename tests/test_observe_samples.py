@@ -101,7 +101,7 @@ def test_retention_keeps_the_table_bounded(settings):
 
 def test_a_chart_range_reads_raw_samples_for_hours_and_rollups_for_days():
     assert samples.window("1h", T0).resolution == "raw" and samples.window("6h", T0).resolution == "raw"
-    assert samples.window("7d", T0).resolution == "5m"
+    assert samples.window("24h", T0).resolution == "5m" and samples.window("7d", T0).resolution == "1h"
     assert samples.window("<script>", T0).key == "1h"
 
 
@@ -155,3 +155,42 @@ def _raw(queued=0, events_in=0, errors=0):
         "errors": {"store": errors} if errors else {}, "embedded": 0, "open_conflicts": 0, "drift": {},
         "reconcile": None, "freshness": {"high": "met", "medium": "met", "low": "met"},
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_samples_keep_flowing_beside_change_capture(synced_graph, vectors, settings):
+    """What the django-q2 cluster runs: the observer thread lives as long as the capture run."""
+    from sync import tasks
+
+    settings.OBSERVE_BESIDE_CAPTURE, settings.SAMPLE_INTERVAL = True, 1
+    tasks.capture_changes(seconds=2.5)
+    assert MetricSample.objects.filter(resolution="raw").exists()
+    assert Heartbeat.objects.get(name="observer").owner.endswith(":observer")
+    from sync.models import WorkerLease
+
+    assert WorkerLease.objects.get(name="observer").owner == ""  # handed over when capture ended
+
+
+def test_hourly_rollups_are_made_from_the_five_minute_ones(settings):
+    for n in range(12):  # the hour ending 11:00
+        at = T0 + timedelta(minutes=5 * (n + 1))
+        finished(float(n + 1), priority=Priority.LOW, at=at - timedelta(seconds=1))
+        MetricSample.objects.create(resolution="5m", at=at, seconds=300, data=_raw(queued=n, events_in=10, errors=1))
+    MetricSample.objects.create(resolution="raw", at=T0 + timedelta(minutes=60), seconds=15, data=_raw())
+    samples.rollup(T0 + timedelta(minutes=61))
+    hour = MetricSample.objects.get(resolution="1h")
+    assert hour.at == T0 + timedelta(hours=1) and hour.seconds == 3600
+    assert hour.data["events_in"] == 120 and hour.data["errors"] == {"store": 12}
+    assert hour.data["lag"]["low"]["n"] == 12 and hour.data["lag"]["low"]["max"] == 12.0  # from the events
+
+
+def test_a_long_range_is_downsampled_for_the_chart_and_a_pause_still_shows():
+    shown = [MetricSample(resolution="raw", at=T0 + timedelta(seconds=15 * n), seconds=15, data=_raw(events_in=1))
+             for n in range(1000)]
+    shown += [MetricSample(resolution="raw", at=T0 + timedelta(hours=5, seconds=15 * n), seconds=15,
+                           data=_raw(events_in=1)) for n in range(440)]  # after a pause of almost an hour
+    points = samples.downsample(shown, max_points=400)
+    assert len(points) <= 401
+    assert sum(p.data["events_in"] for p in points) == 1440  # counts are kept
+    assert any((b.at - a.at) > timedelta(minutes=30) for a, b in zip(points, points[1:], strict=False))
+    assert samples.downsample(shown[:300], max_points=400) == shown[:300]

@@ -116,11 +116,11 @@ def test_the_charts_come_as_json_for_the_static_script(logged_in, observed):
 
 
 def test_the_range_picker_lives_in_the_query_string(logged_in, observed):
-    MetricSample.objects.create(resolution="5m", at=timezone.now() - timedelta(days=3), seconds=300,
+    MetricSample.objects.create(resolution="1h", at=timezone.now() - timedelta(days=3), seconds=3600,
                                 data=MetricSample.objects.filter(resolution="raw").first().data)
     page = logged_in.get("/?range=7d").content.decode()
     assert 'href="?range=7d" hx-get="/overview/charts?range=7d"' in page and 'aria-current="true">7d' in page
-    assert "in five-minute rollups" in page and "1 sample from" in page
+    assert "in hourly rollups" in page and "1 sample from" in page
     chart = logged_in.get("/overview/charts?range=6h", HTTP_HX_REQUEST="true")
     assert chart.status_code == 200 and 'data-range="6h"' in chart.content.decode()
     version = chart.content.decode().split("&amp;v=")[1].split('"')[0]

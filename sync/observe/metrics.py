@@ -13,17 +13,25 @@ that is scraped. Two kinds of numbers, each from where it is true:
   process reports the same truth; services are pinged.
 
 The directory must be emptied when the application starts (bin/run does), as the library
-requires: a stale file of a previous run would add its counts to the new run's.
+requires: a stale file of a previous run would add its counts to the new run's. Each process
+leaves its files behind when it exits (django-q2 recycles workers), so the observer folds the
+files of exited processes into one archive per type every five minutes (`fold_dead_processes`).
+All processes writing here must share one PID namespace (one machine, or containers with a
+shared `pid:`); with workers on other machines, scrape each machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import time
 
 from django.conf import settings
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -54,11 +62,65 @@ def multiprocess_registry() -> CollectorRegistry:
     return registry
 
 
+@contextlib.contextmanager
+def _files_locked(*, shared: bool):
+    """Scrapes (shared) never read the directory while dead processes' files are folded (exclusive)."""
+    with open(settings.PROMETHEUS_MULTIPROC_DIR / ".fold.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fold_dead_processes() -> int:
+    """Fold the counter and histogram files of processes that have exited into one archive file
+    per type, so the directory (and a scrape's work) stays bounded however often django-q2
+    recycles its workers. Values are per-process increments, so folding is a sum; the library's
+    own file format (MmapedDict) is used to write the archive. Returns the files folded."""
+    directory = settings.PROMETHEUS_MULTIPROC_DIR
+    folded = 0
+    with _files_locked(shared=False):
+        dead: dict[str, list[str]] = {}
+        for path in directory.glob("*.db"):
+            kind, _, pid = path.stem.partition("_")
+            if kind in ("counter", "histogram") and pid.isdigit() and not _alive(int(pid)):
+                dead.setdefault(kind, []).append(str(path))
+        for kind, paths in dead.items():
+            totals: dict[str, float] = {}
+            for path in paths:
+                for key, value, _, _ in MmapedDict.read_all_values_from_file(path):
+                    totals[key] = totals.get(key, 0.0) + value
+            archive = MmapedDict(str(directory / f"{kind}_archive.db"))
+            try:
+                for key, value in totals.items():
+                    before, _ = archive.read_value(key)
+                    archive.write_value(key, before + value, time.time())
+            finally:
+                archive.close()
+            for path in paths:
+                os.unlink(path)
+            folded += len(paths)
+    return folded
+
+
 def counter_totals() -> dict:
     """The counters samples take differences of, summed over every process: errors by kind,
     embedded chunks, events applied by outcome."""
     totals = {"errors": {}, "embedded": 0.0, "applied": {}}
-    for family in multiprocess_registry().collect():
+    with _files_locked(shared=True):
+        families = list(multiprocess_registry().collect())
+    for family in families:
         for sample in family.samples:
             if sample.name == "sync_errors_total":
                 totals["errors"][sample.labels["kind"]] = sample.value
@@ -141,6 +203,8 @@ def gauge(name: str, documentation: str, labels=(), points: dict | None = None, 
 
 
 def exposition() -> bytes:
-    registry = multiprocess_registry()
-    registry.register(ReadingsCollector())
-    return generate_latest(registry)
+    with _files_locked(shared=True):
+        counted = generate_latest(multiprocess_registry())
+    gauges = CollectorRegistry()
+    gauges.register(ReadingsCollector())
+    return counted + generate_latest(gauges)

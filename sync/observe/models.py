@@ -29,6 +29,7 @@ class MetricSample(models.Model):
     class Resolution(models.TextChoices):
         RAW = "raw"  # one SAMPLE_INTERVAL (15 s by default), kept SAMPLE_RAW_HOURS
         FIVE_MINUTES = "5m"  # a rollup of the raw samples of five minutes, kept SAMPLE_ROLLUP_DAYS
+        HOUR = "1h"  # a rollup of the five-minute samples of an hour, kept SAMPLE_ROLLUP_DAYS (long charts)
 
     resolution = models.CharField(max_length=4, choices=Resolution.choices)
     at = models.DateTimeField()

@@ -217,7 +217,7 @@ def markers(window: samples.Window) -> list[Marker]:
     """Reconciliation runs and resyncs that started in the range (the newest MAX_MARKERS of each;
     over a day or more, incremental runs only when they failed)."""
     runs = ReconcileRun.objects.filter(started_at__gt=window.since, started_at__lte=window.until)
-    if window.resolution == samples.ROLLUP:
+    if window.resolution != samples.RAW:
         runs = runs.exclude(mode=ReconcileRun.Mode.INCREMENTAL, status=ReconcileRun.Status.SUCCEEDED)
     found = [Marker(r.started_at, "reconciliation",
                     f"{r.mode} reconciliation #{r.pk}{' (dry run)' if r.dry_run else ''}: {r.status}")

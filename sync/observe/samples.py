@@ -1,5 +1,6 @@
 """Metric samples for the charts: one every SAMPLE_INTERVAL (15 s), rolled up into five-minute
-samples, the table kept bounded by retention (raw: SAMPLE_RAW_HOURS, rollups: SAMPLE_ROLLUP_DAYS).
+samples and those into hourly ones, the table kept bounded by retention (raw: SAMPLE_RAW_HOURS,
+rollups: SAMPLE_ROLLUP_DAYS): about 5,760 + 8,640 + 720 rows at the defaults.
 
 A sample covers the interval since the previous one and ends at a multiple of the interval
 (epoch-aligned), so two observers racing at a hand-over write it once (a unique constraint).
@@ -7,8 +8,11 @@ A sample covers the interval since the previous one and ends at a multiple of th
 Rollup math, and why no library: a rollup's counts are sums, its queue depth a mean, its
 point-in-time gauges the last raw value and its oldest-unsynced age a maximum — a few lines —
 while its lag percentiles are not computed from the raw samples' percentiles (percentiles do not
-combine) but again, exactly, from the events acked in those five minutes, which are still in the
-table (finished events are kept seven days). numpy does the percentile math.
+combine) but again, exactly, from the events acked in that bucket, which are still in the table
+(finished events are kept seven days). numpy does the percentile math.
+
+Charts draw at most MAX_POINTS points a trace: a longer range is downsampled on the way out
+(`downsample`), where a point's lag is the highest p95 (and max) of the samples it covers.
 """
 
 from __future__ import annotations
@@ -29,17 +33,20 @@ log = logging.getLogger(__name__)
 
 RAW = MetricSample.Resolution.RAW
 ROLLUP = MetricSample.Resolution.FIVE_MINUTES
+HOURLY = MetricSample.Resolution.HOUR
 ROLLUP_SECONDS = 300
+TIERS = ((ROLLUP, 300, RAW), (HOURLY, 3600, ROLLUP))  # (resolution, bucket seconds, made from)
 MAX_GAP = timedelta(hours=1)  # a sample after a longer silence starts afresh (the cluster was down)
-ROLLUPS_PER_TICK = 288  # catch up a day of rollups at most per call
+BUCKETS_PER_TICK = 288  # catch up at most this many buckets a tier per call
+MAX_POINTS = 400
 
-# Chart ranges: how far back, and which samples draw it (about 240 to 2,016 points a trace).
+# Chart ranges: how far back, and which samples draw it (240, 1,440, 288, 168 and 720 samples).
 RANGES = {
     "1h": (timedelta(hours=1), RAW),
     "6h": (timedelta(hours=6), RAW),
     "24h": (timedelta(hours=24), ROLLUP),
-    "7d": (timedelta(days=7), ROLLUP),
-    "30d": (timedelta(days=30), ROLLUP),
+    "7d": (timedelta(days=7), HOURLY),
+    "30d": (timedelta(days=30), HOURLY),
 }
 DEFAULT_RANGE = "1h"
 
@@ -121,35 +128,45 @@ def _run_summary(run) -> dict | None:
 
 
 def rollup(now: datetime | None = None) -> int:
-    """Write the five-minute samples of every closed bucket not rolled up yet. Returns how many."""
-    end = aligned(now or timezone.now(), ROLLUP_SECONDS)
-    last = MetricSample.objects.filter(resolution=ROLLUP).order_by("-at").values_list("at", flat=True).first()
-    first_raw = MetricSample.objects.filter(resolution=RAW).order_by("at").values_list("at", flat=True).first()
-    if first_raw is None:
+    """Write the five-minute and hourly samples of every closed bucket not rolled up yet. Returns how many."""
+    now = now or timezone.now()
+    return sum(_roll(resolution, seconds, source, now) for resolution, seconds, source in TIERS)
+
+
+def _bucket_end(at: datetime, seconds: int) -> datetime:
+    """The end of the bucket an interval ending at `at` belongs to: buckets are (start, end]."""
+    return aligned(at - timedelta(microseconds=1), seconds) + timedelta(seconds=seconds)
+
+
+def _roll(resolution: str, seconds: int, source: str, now: datetime) -> int:
+    end = aligned(now, seconds)
+    last = MetricSample.objects.filter(resolution=resolution).order_by("-at").values_list("at", flat=True).first()
+    first = MetricSample.objects.filter(resolution=source).order_by("at").values_list("at", flat=True).first()
+    if first is None:
         return 0
-    start = last if last else aligned(first_raw - timedelta(microseconds=1), ROLLUP_SECONDS)
-    start = max(start, end - timedelta(seconds=ROLLUP_SECONDS * ROLLUPS_PER_TICK))
-    raws = list(MetricSample.objects.filter(resolution=RAW, at__gt=start, at__lte=end).order_by("at"))
+    start = last if last else _bucket_end(first, seconds) - timedelta(seconds=seconds)
+    start = max(start, end - timedelta(seconds=seconds * BUCKETS_PER_TICK))
     buckets: dict[datetime, list[MetricSample]] = {}
-    for sample in raws:
-        bucket_end = aligned(sample.at - timedelta(microseconds=1), ROLLUP_SECONDS) + timedelta(seconds=ROLLUP_SECONDS)
-        buckets.setdefault(bucket_end, []).append(sample)
+    for sample in MetricSample.objects.filter(resolution=source, at__gt=start, at__lte=end).order_by("at"):
+        buckets.setdefault(_bucket_end(sample.at, seconds), []).append(sample)
     written = 0
     for bucket_end, members in buckets.items():
-        bucket_start = bucket_end - timedelta(seconds=ROLLUP_SECONDS)
+        bucket_start = bucket_end - timedelta(seconds=seconds)
+        data = combine(members, lag={p: s.as_dict() for p, s in readings_.lag_by_priority(bucket_start, bucket_end).items()})
         try:
             with transaction.atomic():
-                MetricSample.objects.create(resolution=ROLLUP, at=bucket_end,
-                                            seconds=sum(m.seconds for m in members),
-                                            data=combine(members, bucket_start, bucket_end))
+                MetricSample.objects.create(resolution=resolution, at=bucket_end, seconds=sum(m.seconds for m in members),
+                                            data=data)
             written += 1
         except IntegrityError:
             continue
     return written
 
 
-def combine(members: list[MetricSample], start: datetime, end: datetime) -> dict:
-    """One five-minute sample from its raw samples (oldest first)."""
+def combine(members: list[MetricSample], lag: dict | None = None) -> dict:
+    """One sample from consecutive ones (oldest first). `lag`: the exact lag of the combined
+    interval, computed from its events; without it (downsampling for a chart) each priority's
+    p95 and max are the highest of the members' and its p50 their median."""
     last = members[-1].data
     n = len(members)
     depth = {p: {s: round(sum(m.data["depth"][p][s] for m in members) / n, 2) for s in ("queued", "in_flight")}
@@ -165,7 +182,7 @@ def combine(members: list[MetricSample], start: datetime, end: datetime) -> dict
     breached = {p: "breached" if any(m.data["freshness"][p] == "breached" for m in members) else "met"
                 for p in readings_.PRIORITIES}
     return {
-        "lag": {p: s.as_dict() for p, s in readings_.lag_by_priority(start, end).items()},
+        "lag": lag if lag is not None else _combined_lag(members),
         "depth": depth,
         "dead_letters": last["dead_letters"],
         "oldest_unsynced": oldest,
@@ -178,8 +195,46 @@ def combine(members: list[MetricSample], start: datetime, end: datetime) -> dict
         "drift": last["drift"],
         "reconcile": last["reconcile"],
         "freshness": breached,
-        "samples": n,
+        "samples": sum(m.data.get("samples", 1) for m in members),
     }
+
+
+def _combined_lag(members: list[MetricSample]) -> dict:
+    combined = {}
+    for p in (*readings_.PRIORITIES, "all"):
+        stats = [m.data["lag"].get(p, {}) for m in members]
+        known = [s for s in stats if s.get("n")]
+        if not known:
+            combined[p] = {"n": 0, "p50": None, "p95": None, "max": None}
+            continue
+        p50s = sorted(s["p50"] for s in known)
+        combined[p] = {"n": sum(s["n"] for s in known), "p50": p50s[len(p50s) // 2],
+                       "p95": max(s["p95"] for s in known), "max": max(s["max"] for s in known)}
+    return combined
+
+
+def downsample(shown: list[MetricSample], max_points: int = MAX_POINTS) -> list[MetricSample]:
+    """At most `max_points` samples for a chart, each combining consecutive ones (never across a gap
+    of more than two steps, so a pause still shows as one)."""
+    if len(shown) <= max_points:
+        return shown
+    size = -(-len(shown) // max_points)
+    step = shown[0].seconds or 1
+    out, group = [], []
+    for sample in shown:
+        if group and (len(group) == size or (sample.at - group[-1].at).total_seconds() > 2 * step):
+            out.append(_merged(group))
+            group = []
+        group.append(sample)
+    out.append(_merged(group))
+    return out
+
+
+def _merged(group: list[MetricSample]) -> MetricSample:
+    if len(group) == 1:
+        return group[0]
+    return MetricSample(resolution=group[-1].resolution, at=group[-1].at, seconds=sum(m.seconds for m in group),
+                        data=combine(group))
 
 
 def prune(now: datetime | None = None) -> int:
@@ -188,7 +243,7 @@ def prune(now: datetime | None = None) -> int:
     raw, _ = MetricSample.objects.filter(
         resolution=RAW, at__lt=now - timedelta(hours=settings.SAMPLE_RAW_HOURS)).delete()
     rolled, _ = MetricSample.objects.filter(
-        resolution=ROLLUP, at__lt=now - timedelta(days=settings.SAMPLE_ROLLUP_DAYS)).delete()
+        resolution__in=[ROLLUP, HOURLY], at__lt=now - timedelta(days=settings.SAMPLE_ROLLUP_DAYS)).delete()
     return raw + rolled
 
 
@@ -211,7 +266,7 @@ def window(key: str, now: datetime | None = None) -> Window:
 def in_window(w: Window) -> list[MetricSample]:
     """The samples that draw a range, oldest first (one query)."""
     return list(MetricSample.objects.filter(resolution=w.resolution, at__gt=w.since, at__lte=w.until)
-                .order_by("at").only("at", "seconds", "data"))
+                .order_by("at").only("resolution", "at", "seconds", "data"))
 
 
 def latest() -> MetricSample | None:

@@ -1,0 +1,67 @@
+"""Stopping cleanly on SIGTERM, what systemd (to the whole process group), docker and bin/serve send.
+
+A process that installs `handle_sigterm` records the request (`requested()`), and the long tasks
+check it between steps: change capture between polls, a drain between batches (`sync.tasks`). A
+request that arrives while the process is inside an *interruptible* call (`apply_events`, which
+hands its claimed events back to the queue uncounted when interrupted, or a reconciliation run,
+which then ends failed) raises `StopRequested` there, once, so that a long embedding batch does
+not hold the shutdown up. Anywhere else nothing is raised: a claim, a poll or a lease update is
+never cut in half, nor is the hand-back itself (nothing is raised while an exception is being
+handled, e.g. django-q2's timeout, whose SIGALRM may come just before the sentinel's SIGTERM).
+
+The request is kept for the life of the process: a django-q2 worker told to stop may still be
+handed a task or two before its STOP pill, and those return at once (`{"skipped": ...}`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+_requested = threading.Event()
+_interrupted = threading.Event()  # StopRequested raised already: a second signal only records
+
+
+class StopRequested(BaseException):  # noqa: N818 — like KeyboardInterrupt: `except Exception` must not catch it
+    """Raised inside an interruptible call when the process is asked to stop."""
+
+
+def requested() -> bool:
+    """Has this process been asked to stop?"""
+    return _requested.is_set()
+
+
+# (module, function) of the calls a stop may interrupt: each hands back or records what it had
+# under way when an exception of any kind leaves it. Matched by name so that the handler never
+# imports (it may run in the middle of an import).
+INTERRUPTIBLE = frozenset({("sync.apply", "apply_events"), ("sync.reconcile", "execute")})
+
+
+def _inside_interruptible(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if (frame.f_globals.get("__name__"), frame.f_code.co_name) in INTERRUPTIBLE:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def handle_sigterm(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM handler: record the request; interrupt an interruptible call, once."""
+    _requested.set()
+    # Never while an exception is being handled: that is the interrupted call handing its work
+    # back already (after django-q2's timeout, say), and raising again would cut that short.
+    if not _interrupted.is_set() and sys.exc_info()[0] is None and _inside_interruptible(frame):
+        _interrupted.set()
+        log.warning("SIGTERM: interrupting the current batch (its events go back to the queue)")
+        raise StopRequested("stopped by SIGTERM")
+    log.info("SIGTERM: stopping after the current step")
+
+
+def install() -> None:
+    """Handle SIGTERM in this process from now on (main thread only, as Python requires)."""
+    signal.signal(signal.SIGTERM, handle_sigterm)
