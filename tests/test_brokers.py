@@ -1,6 +1,6 @@
 """The Redis and SQS brokers, with real django-q2 clusters as separate processes (and hosts).
 
-Redis: two `qcluster` processes, each with its own working directory and environment like two
+Redis: two django-q2 clusters (`manage.py workers`), each with its own working directory and environment like two
 hosts, share PostgreSQL, Redis, Neo4j and the vector store while foreign changes stream into the
 graph; one is SIGKILLed mid-batch. SQS: a cluster on a local SQS endpoint (moto's server mode)
 applies work, a failing task ends in the dead-letter queue after its retries, and a task whose
