@@ -24,6 +24,7 @@ the batch's unfinished events are released without an attempt counted, and the i
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -209,14 +210,28 @@ def _apply(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, *, embed_li
 
 
 def _release_interrupted(events: Sequence[SyncEvent]) -> None:
-    """The batch was interrupted: hand back what is still ours, no attempt counted."""
+    """The batch was interrupted: hand back what is still ours, no attempt counted. A second
+    signal (django-q2's timeout and the sentinel's SIGTERM often arrive together) waits until the
+    release is done, or it would cut the release short."""
+    blocked = _block_signals()
     try:
         released = queue.release(events)
     except Exception:  # noqa: BLE001 — the interruption goes on; the leases expire instead
         log.exception("an interrupted batch could not hand back its %d events; they return when "
                       "their lease expires", len(events))
         return
+    finally:
+        if blocked is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     log.warning("batch interrupted: %d events handed back to the queue", released)
+
+
+def _block_signals():
+    """Block the stopping signals in this thread; returns the mask to restore (None: unchanged)."""
+    try:
+        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGALRM})
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class _LeaseKeeper:

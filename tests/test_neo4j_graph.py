@@ -16,7 +16,6 @@ from django.conf import settings
 
 from sync.stores.base import Change, PermanentStoreError, RetryableStoreError, VersionConflict
 from sync.stores.neo4j_graph import Neo4jGraphStore, changes_cypher
-from sync.stores.neo4j_triggers import SEEK_LIMIT
 
 LABELS = ["Actor", "Dossier"]
 PROBE_LABELS = ["ProbeActor", "ProbeReport"]
@@ -581,7 +580,7 @@ def test_the_trigger_records_foreign_deletes_as_tombstones(probe, foreign):
 
 
 def test_the_trigger_handles_bulk_foreign_deletes_and_re_creates(probe, foreign):
-    count = SEEK_LIMIT * 3  # above the limit, tombstones are found by one scan instead of seeks
+    count = 48
     probe.write_entity("ProbeActor", "bulk-1", {"name": "ours first"})
     foreign("UNWIND range(2, $n) AS i CREATE (:ProbeActor {uid: 'bulk-' + i})", n=count)
     foreign("MATCH (n:ProbeActor) DETACH DELETE n")
@@ -591,6 +590,22 @@ def test_the_trigger_handles_bulk_foreign_deletes_and_re_creates(probe, foreign)
 
     assert len(deleted) == count and all(c.deleted and c.version == 2 for c in deleted)
     assert len(recreated) == count and all(not c.deleted and c.version == 3 for c in recreated)
+
+
+def test_bulk_deletes_do_not_grow_with_the_tombstones_kept(probe, foreign):
+    # Tombstones stay (for their versions): a bulk delete must look up its own keys, not scan
+    # them all. Scanning 6,000 ran a 1,000-node delete out of transaction memory.
+    for batch in range(6):
+        probe.import_entities("ProbeActor", [{"uid": f"old-{batch}-{n}"} for n in range(1000)], source="t")
+        foreign("MATCH (n:ProbeActor) DETACH DELETE n")
+    [kept] = foreign("MATCH (t:_SyncTombstone) RETURN count(t) AS n")
+    assert kept["n"] == 6000
+    probe.import_entities("ProbeActor", [{"uid": f"old-0-{n}"} for n in range(1000)], source="t")
+    [row] = foreign("MATCH (n:ProbeActor) RETURN min(n.version) AS low")
+    assert row["low"] == 3  # each re-created key continued from its tombstone (v2)
+    foreign("MATCH (n:ProbeActor) DETACH DELETE n")
+    [after] = foreign("MATCH (t:_SyncTombstone) RETURN count(t) AS n, max(t.version) AS top")
+    assert (after["n"], after["top"]) == (6000, 4)
 
 
 def test_the_trigger_treats_delete_and_re_create_in_one_transaction_as_an_update(probe, foreign):

@@ -62,10 +62,11 @@ def later(a: str, b: str) -> str:
     return f"CASE WHEN {a} IS NULL OR {b} > {a} THEN {b} ELSE {a} END"
 
 
-# Above this many keys, one label scan of the tombstones is cheaper than a seek per key: inside a
-# transaction with thousands of changes every index seek also walks the transaction state, so
-# per-key MERGE turned a 3000-node DETACH DELETE from 0.1 s into 12 s.
-SEEK_LIMIT = 16
+# Tombstones are looked up by key, one seek of the (label, uid) constraint each: tombstones are kept
+# (for their versions), so a scan of them all would grow with every delete ever made — at 6,000 a
+# 1,000-node DETACH DELETE ran out of transaction memory. (MERGE per key was slow in bulk — every
+# MERGE walks the transaction state — but a MATCH seek is not: 3,000 deletes take about 1 s with
+# 0 or 20,000 tombstones present.)
 
 # Parameters: $labels (the synced labels) comes from the trigger's `params`; the $created…/$removed…
 # maps are APOC's. The maps built first are keyed by element id, so lookups stay O(1) in bulk.
@@ -148,12 +149,8 @@ WITH restamped, oldStamp, gone, stamped,
      [g IN gone | [g.label, g.uid]] + appearing AS wanted
 CALL (wanted) {{
   CALL (wanted) {{
-    UNWIND CASE WHEN size(wanted) <= {SEEK_LIMIT} THEN wanted ELSE [] END AS key
+    UNWIND wanted AS key
     MATCH (t:_SyncTombstone {{label: key[0], uid: key[1]}})
-    RETURN t
-    UNION
-    UNWIND CASE WHEN size(wanted) > {SEEK_LIMIT} THEN [true] ELSE [] END AS scan
-    MATCH (t:_SyncTombstone) WHERE t.label IN $labels
     RETURN t
   }}
   RETURN apoc.map.fromPairs(collect([t.label + ':' + t.uid, t])) AS tombs
