@@ -23,7 +23,7 @@ ENV_READERS = {"env_str", "env_int", "env_float", "env_bool", "env_choice", "env
 # bin/run and the embedding module force on.
 HARNESS = {"DJANGO_SETTINGS_MODULE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHON", "JAVA_HOME",
            "TEST_DATA_DIR", "TEST_NEO4J_URI", "TEST_NEO4J_PASSWORD", "TEST_POSTGRES_URL", "TEST_PG_PORT",
-           "TEST_PG_DIR", "KEEP_TEST_NEO4J", "KEEP_TEST_POSTGRES"}
+           "TEST_PG_DIR", "TEST_ON_POSTGRES", "KEEP_TEST_NEO4J", "KEEP_TEST_POSTGRES"}
 # Documented because a deployment sets them, though boto3 reads them rather than our code.
 THIRD_PARTY = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS",
                "AWS_PROFILE"}
