@@ -8,6 +8,7 @@ import logging
 from functools import wraps
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -38,6 +39,7 @@ def token_required(view):
     return wrapped
 
 
+@login_not_required  # a bearer token, not a session
 @csrf_exempt
 @require_POST
 @token_required

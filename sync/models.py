@@ -324,6 +324,7 @@ class ReconcileRun(models.Model):
     progress_done = models.PositiveBigIntegerField(default=0)
     progress_total = models.PositiveBigIntegerField(null=True, blank=True)
     embedding_models = models.JSONField(default=dict)  # embedding model -> vectors checked that it made
+    labels = models.JSONField(default=dict)  # label -> {"checked": entities compared, "drift": findings}
     error = models.TextField(blank=True)
 
     class Meta:
@@ -336,6 +337,11 @@ class ReconcileRun(models.Model):
     @property
     def drift_total(self) -> int:
         return sum(self.drift.values())
+
+    def match_scores(self) -> dict[str, float | None]:
+        """Per label, the share of checked entities without drift (None: none checked)."""
+        return {label: (max(c.get("checked", 0) - c.get("drift", 0), 0) / c["checked"] if c.get("checked") else None)
+                for label, c in self.labels.items()}
 
 
 class Conflict(models.Model):

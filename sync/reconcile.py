@@ -134,6 +134,7 @@ class Reconciler:
         self.repaired: Counter[str] = Counter()
         self.samples: dict[str, list] = defaultdict(list)
         self.models: Counter[str] = Counter()
+        self.labels: dict[str, Counter[str]] = defaultdict(Counter)  # label -> entities checked, drift found
         self.records_repaired = 0
         self._saved = time.monotonic()
 
@@ -220,6 +221,7 @@ class Reconciler:
                                    list(stored.ids), vector_version=stored.version))
             return
         self.run.entities_checked += 1
+        self.labels[label]["checked"] += 1
         policy = policy_for(label)
         text = build_text(policy, entity.properties)
         if not stored or not stored.ids:
@@ -277,6 +279,7 @@ class Reconciler:
         doomed: list[str] = []
         for finding in findings:
             self.drift[finding.kind] += 1
+            self.labels[finding.label]["drift"] += 1
             CONSISTENCY_VIOLATIONS.labels(finding.kind).inc()
             if len(self.samples[finding.kind]) < SAMPLES_PER_KIND:
                 self.samples[finding.kind].append({"label": finding.label, "uid": finding.uid,
@@ -331,6 +334,8 @@ class Reconciler:
             self.run.repaired["records"] = self.records_repaired
         self.run.samples = [{"kind": k, **s} for k, items in self.samples.items() for s in items]
         self.run.embedding_models = dict(self.models)
+        self.run.labels = {label: {"checked": c["checked"], "drift": c["drift"]}
+                           for label, c in sorted(self.labels.items())}
 
     # --- progress --------------------------------------------------------------------------------
     def progress(self, done: int) -> None:

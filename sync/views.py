@@ -1,6 +1,7 @@
 import hmac
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -11,6 +12,7 @@ from sync.observe import readiness
 from sync.observe.health import check_services
 
 
+@login_not_required  # probes and scrapers have no session
 @never_cache
 @require_GET
 def healthz(request):
@@ -26,6 +28,7 @@ def healthz(request):
     return JsonResponse(body, status=200 if body["status"] == "ok" else 503)
 
 
+@login_not_required  # a logged-in user or the bearer token, checked below
 @never_cache
 @require_GET
 def metrics(request):
@@ -39,6 +42,7 @@ def metrics(request):
     return HttpResponse(observed.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
+@login_not_required
 @never_cache
 @require_GET
 def readyz(request):

@@ -64,3 +64,31 @@ def apoc_triggers(neo4j_driver):
 def synced_graph(graph, apoc_triggers):
     """An empty graph with the schema and APOC triggers in place."""
     return graph
+
+
+# --- dashboard users, one per role (dashboard/access.py) ------------------------------------
+
+def make_user(username: str, role: str | None, password: str = "correct horse battery staple"):
+    from django.contrib.auth.models import User
+
+    from dashboard.access import assign_role
+
+    user = User.objects.create_user(username, password=password)
+    if role:
+        assign_role(user, role)
+    return user
+
+
+@pytest.fixture
+def viewer(db):
+    return make_user("vera-viewer", "viewer")
+
+
+@pytest.fixture
+def analyst_user(db):
+    return make_user("ana-analyst", "analyst")
+
+
+@pytest.fixture
+def admin_user(db):
+    return make_user("adam-admin", "admin")

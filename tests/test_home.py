@@ -1,22 +1,11 @@
-import pytest
-from django.contrib.auth.models import User
-
-
-@pytest.fixture
-def analyst(db):
-    return User.objects.create_user("analyst", password="correct horse battery")
-
-
-
-
 def test_it_requires_login(client, db):
     response = client.get("/")
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/")
 
 
-def test_it_shows_the_connected_services(client, analyst, neo4j_driver, vectors, settings):
-    client.force_login(analyst)
+def test_it_shows_the_connected_services(client, viewer, neo4j_driver, vectors, settings):
+    client.force_login(viewer)
     response = client.get("/")
     page = response.content.decode()
     assert response.status_code == 200
@@ -26,6 +15,6 @@ def test_it_shows_the_connected_services(client, analyst, neo4j_driver, vectors,
     assert page.count("answers") == 2
 
 
-def test_the_login_page_logs_in(client, analyst):
-    response = client.post("/accounts/login/", {"username": "analyst", "password": "correct horse battery"})
+def test_the_login_page_logs_in(client, viewer):
+    response = client.post("/accounts/login/", {"username": viewer.username, "password": "correct horse battery staple"})
     assert response.status_code == 302

@@ -2,12 +2,11 @@
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpResponse, HttpResponseForbidden
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_POST
 
+from dashboard.access import ANALYST, analyst_action, has_role, viewer_required
 from sync.observe import alerting
 from sync.observe.models import Alert
 from sync.observe.units import duration
@@ -17,12 +16,11 @@ SEVERITIES = ("all", "critical", "warning")
 
 
 def can_acknowledge(user) -> bool:
-    """Analysts and admins (the roles are Django groups; superusers are admins)."""
-    return user.is_superuser or user.groups.filter(name__in=("analyst", "admin")).exists()
+    """Analysts and admins (dashboard.access)."""
+    return has_role(user, ANALYST)
 
 
-@login_required
-@require_GET
+@viewer_required
 def index(request):
     status = request.GET.get("status") if request.GET.get("status") in STATUSES else "open"
     severity = request.GET.get("severity") if request.GET.get("severity") in SEVERITIES else "all"
@@ -39,11 +37,8 @@ def index(request):
     })
 
 
-@login_required
-@require_POST
+@analyst_action
 def acknowledge(request, pk: int):
-    if not can_acknowledge(request.user):
-        return HttpResponseForbidden("Only analysts can acknowledge alerts.")
     try:
         alert = alerting.acknowledge(pk, request.user, note=request.POST.get("note", "")[:1000])
     except alerting.NotAcknowledgeable as exc:
@@ -54,8 +49,7 @@ def acknowledge(request, pk: int):
     return redirect(request.POST.get("next") if request.POST.get("next", "").startswith("/alerts/") else "alerts")
 
 
-@login_required
-@require_GET
+@viewer_required
 def banner(request):
     """The open-alerts banner, polled on every page: 204 while it has not changed."""
     alerts = alerting.open_alerts()

@@ -1,11 +1,10 @@
 """The overview: KPI cards, charts of the metric samples over a shared range, services."""
 
-from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
 
 from dashboard import figures
+from dashboard.access import viewer_required
 from sync.observe import overview, readings, samples
 
 
@@ -29,15 +28,13 @@ def _unchanged(request, version: str) -> bool:
     return request.GET.get("v") == version
 
 
-@login_required
-@require_GET
+@viewer_required
 def home(request):
     context = {**_live_context(), **_charts_context(request.GET.get("range", ""))}
     return render(request, "dashboard/overview.html", context)
 
 
-@login_required
-@require_GET
+@viewer_required
 def live(request):
     """The KPI cards and services, polled every 5 s: 204 (htmx swaps nothing) when nothing changed."""
     context = _live_context()
@@ -46,8 +43,7 @@ def live(request):
     return render(request, "dashboard/partials/overview_live_region.html", context)
 
 
-@login_required
-@require_GET
+@viewer_required
 def charts(request):
     """The charts of one range: for the range picker, and polled for new samples (204 when none)."""
     context = _charts_context(request.GET.get("range", ""))

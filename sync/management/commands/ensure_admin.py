@@ -1,4 +1,4 @@
-"""Create the first admin user if there is none, and say how to log in.
+"""Create the first admin user (a superuser in the admin role) if there is none, and say how to log in.
 
 The password comes from ADMIN_PASSWORD; without it one is generated once, kept in
 $DATA_DIR/admin-password (mode 600) and printed, so a new user of `bin/run` can log in.
@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from dashboard.access import ADMIN, assign_role
 from nightingale.env import env_str
 
 
@@ -22,6 +23,8 @@ class Command(BaseCommand):
         password = env_str("ADMIN_PASSWORD")
         stored = settings.DATA_DIR / "admin-password"
         if User.objects.filter(is_superuser=True).exists():
+            for admin in User.objects.filter(is_superuser=True).exclude(groups__name=ADMIN):
+                assign_role(admin, ADMIN)  # superusers made before the roles existed
             if not password and stored.exists() and User.objects.filter(username=username).exists():
                 self.stdout.write(f"admin: log in as {username!r}, password in {stored}")
             return
@@ -32,4 +35,4 @@ class Command(BaseCommand):
             self.stdout.write(f"admin: created {username!r} with password {password} (kept in {stored})")
         else:
             self.stdout.write(f"admin: created {username!r} with the password from ADMIN_PASSWORD")
-        User.objects.create_superuser(username=username, email="", password=password)
+        assign_role(User.objects.create_superuser(username=username, email="", password=password), ADMIN)

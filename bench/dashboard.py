@@ -1,0 +1,244 @@
+"""Dashboard pages' server time and query counts at scale (Django test client, SQLite).
+
+Data: 100,000 sync records, 10,000 conflicts, 1,000,000 past sync events (2,000 of them dead
+letters with varied errors), 8,640 reconciliation runs and 30 days of metric samples (raw for the
+last 24 h, 5-minute rollups before). Each page is requested 25 times after two warm-ups; printed:
+p50 / p95 server time, queries per request and response size. Query counts are measured at a
+tenth of the data first, then at full size: they must be equal (no N+1). Targets: p95 ≤ 150 ms,
+live polls ≤ 5 KB.
+
+    .venv/bin/python -u bench/dashboard.py            # full size (a few minutes to build the data)
+    .venv/bin/python -u bench/dashboard.py --scale 0.1
+
+A new page is measured by adding it to PAGES.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import Timer, setup  # noqa: E402
+
+FULL = {"records": 100_000, "conflicts": 10_000, "events": 1_000_000, "dead": 2_000, "runs": 8_640, "days": 30}
+REQUESTS, WARM_UPS = 25, 2
+LABELS = ("ThreatActor", "Malware", "Vulnerability", "KEV", "Report", "Prospect")
+ERRORS = (
+    "ReadTimeout: timed out after {n}.0 s talking to the vector store",
+    "PermanentStoreError: vector {label}:{uid}#0 has {n} dimensions, expected 384",
+    "ServiceUnavailable: Neo4j at 127.0.0.1:{n} did not answer",
+    "VersionConflict: expected v{n}, graph has v{m}",
+    "RequestRefused: metadata of {label}:{uid} is {n} bytes, over the 40960 limit",
+)
+
+
+# (name, URL, is a live poll). Parameters in braces are filled from the data built.
+PAGES = [
+    ("overview", "/", False),
+    ("overview live poll", "/overview/live", True),
+    ("overview charts 30d", "/overview/charts?range=30d", False),
+    ("queue", "/queue/", False),
+    ("queue live poll", "/queue/live", True),
+    ("dead letters of a group", "/queue/dead/?group={group}", False),
+    ("retry confirmation", "/queue/dead/confirm?action=retry&group={group}&as_of={as_of}", False),
+    ("reconciliation", "/reconciliation/", False),
+    ("reconciliation run", "/reconciliation/{run}/", False),
+    ("reconciliation progress poll", "/reconciliation/{running}/progress", True),
+    ("alerts", "/alerts/", False),
+    ("alert banner poll", "/alerts/banner", True),
+]
+
+
+def build(size: dict, start: dict) -> None:
+    """Add rows until the tables hold `size` (they hold `start` already)."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from sync.models import Conflict, ReconcileRun, SyncRecord
+
+    now = timezone.now()
+    rnd = random.Random(7)
+    with transaction.atomic():
+        SyncRecord.objects.bulk_create([
+            SyncRecord(label=LABELS[i % len(LABELS)], uid=f"entity-{i:07d}", graph_version=3, vector_version=3,
+                       content_hash="0" * 64, chunk_count=1, status="in_sync" if i % 50 else "failed",
+                       changed_at=now, synced_at=now)
+            for i in range(start["records"], size["records"])], batch_size=5000)
+        Conflict.objects.bulk_create([
+            Conflict(kind="threat_severity", label="ThreatActor", uid=f"entity-{i:07d}",
+                     status="open" if i % 10 == 0 else "resolved", graph_version=2,
+                     graph_side={"severity": "high"}, other_side={"severity": "low"}, rule="ask_analyst",
+                     created_at=now - timedelta(minutes=i))
+            for i in range(start["conflicts"], size["conflicts"])], batch_size=5000)
+        kinds = ("stale_vector", "missing_vector", "content_drift")
+        ReconcileRun.objects.bulk_create([
+            ReconcileRun(mode="incremental" if i % 288 else "full", status="succeeded", trigger="schedule",
+                         started_at=now - timedelta(minutes=5 * (size["runs"] - i)), finished_at=now, duration=3.5,
+                         entities_checked=1000, vectors_checked=1100, drift={kinds[i % 3]: i % 7},
+                         repaired={kinds[i % 3]: i % 7},
+                         labels={label: {"checked": 200, "drift": i % 3} for label in LABELS},
+                         samples=[{"kind": kinds[i % 3], "label": "Malware", "uid": f"entity-{j}", "detail": "v1 < v2"}
+                                  for j in range(5)])
+            for i in range(start["runs"], size["runs"])], batch_size=2000)
+    # Events with one prepared statement: bulk_create spends longer compiling than SQLite writing.
+    columns = ("label", "uid", "operation", "version", "priority", "status", "source", "attempts", "coalesced",
+               "next_attempt_at", "claim_token", "lease_expires_at", "changed_at", "created_at", "finished_at",
+               "outcome", "lag_seconds", "last_error")
+    sql = f"INSERT INTO sync_syncevent ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    adapt = connection.ops.adapt_datetimefield_value
+    span = size["days"] * 86400
+    rows = []
+    for i in range(start["events"], size["events"]):
+        label, uid = LABELS[i % len(LABELS)], f"entity-{i % size['records']:07d}"
+        created = now - timedelta(seconds=span * (1 - i / size["events"]))
+        if i % (size["events"] // size["dead"]) == 0:
+            error = ERRORS[i % len(ERRORS)].format(n=rnd.randint(1, 9999), m=rnd.randint(1, 99), label=label, uid=uid)
+            rows.append((label, uid, "upsert", 3, 1, "dead", "capture", 8, 0, adapt(created), "", None,
+                         adapt(created), adapt(created), adapt(created + timedelta(minutes=30)), "", None, error))
+        else:
+            done = created + timedelta(seconds=2)
+            rows.append((label, uid, "upsert", 3, i % 3, "done", "capture", 1, 0, adapt(created), "", None,
+                         adapt(created), adapt(created), adapt(done), "upserted", 1.5 + (i % 40) / 10, ""))
+        if len(rows) == 20_000:
+            _insert(sql, rows)
+            rows = []
+    _insert(sql, rows)
+
+
+def _insert(sql: str, rows: list) -> None:
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+def live_work(now) -> None:
+    """Work in progress: queued and in-flight events and one running reconciliation."""
+    from sync.models import ReconcileRun, SyncEvent
+
+    SyncEvent.objects.bulk_create([SyncEvent(label="KEV", uid=f"live-{i}", priority=i % 3, created_at=now)
+                                   for i in range(500)])
+    SyncEvent.objects.bulk_create([SyncEvent(label="Report", uid=f"flying-{i}", status="in_flight",
+                                             claim_token=f"host:{i % 2}:tok{i % 2}", lease_expires_at=now,
+                                             attempts=1) for i in range(50)])
+    ReconcileRun.objects.create(mode="full", status="running", trigger="ui", progress_done=5000, progress_total=100_000)
+
+
+def samples(days: float, have_days: float) -> None:
+    """Raw samples for the last 24 h and rollups before, cloned from one real sample."""
+    from django.utils import timezone
+
+    from sync.observe import samples as observed
+    from sync.observe.models import Alert, MetricSample
+
+    template = observed.record()
+    data = template.data if template else MetricSample.objects.first().data
+    now = timezone.now()
+    rows = []
+    raw_from = min(days, 1.0)
+    if have_days < raw_from:
+        at = observed.aligned(now - timedelta(days=raw_from), 15)
+        while at < observed.aligned(now - timedelta(days=have_days), 15) - timedelta(seconds=15):
+            rows.append(MetricSample(resolution="raw", at=at, seconds=15, data=data))
+            at += timedelta(seconds=15)
+    at = observed.aligned(now - timedelta(days=days), 300)
+    stop = observed.aligned(now - timedelta(days=have_days), 300) if have_days else now
+    while at < stop:
+        rows.append(MetricSample(resolution="5m", at=at, seconds=300, data=data))
+        at += timedelta(seconds=300)
+    MetricSample.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+    if not Alert.objects.exists():
+        Alert.objects.bulk_create([Alert(rule=f"rule_{i % 12}", severity="warning", status="resolved",
+                                         summary=f"reading {i}", opened_at=now - timedelta(hours=i),
+                                         resolved_at=now - timedelta(hours=i) + timedelta(minutes=10))
+                                   for i in range(1, 400)])
+        Alert.objects.create(rule="dead_letters", severity="warning", summary="2000 dead letters are waiting.")
+
+
+def measure(client, params: dict) -> dict:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    figures = {}
+    for name, url, live in PAGES:
+        url = url.format(**params)
+        times, queries, size = [], [], 0
+        for n in range(WARM_UPS + REQUESTS):
+            with CaptureQueriesContext(connection) as captured, Timer() as timer:
+                response = client.get(url)
+            assert response.status_code == 200, (name, response.status_code, response.content[:300])
+            if n >= WARM_UPS:
+                times.append(timer.seconds * 1000)
+                queries.append(len(captured))
+                size = len(response.content)
+        times.sort()
+        figures[name] = {"p50": statistics.median(times), "p95": times[int(len(times) * 0.95) - 1],
+                         "queries": max(queries), "bytes": size, "live": live}
+    return figures
+
+
+def parameters() -> dict:
+    from django.utils import timezone
+
+    from sync import deadletters
+    from sync.models import ReconcileRun
+
+    return {"group": deadletters.groups()[0].key, "as_of": timezone.now().isoformat().replace("+", "%2B"),
+            "run": ReconcileRun.objects.filter(status="succeeded").order_by("-started_at").first().pk,
+            "running": ReconcileRun.objects.get(status="running").pk}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full data size")
+    args = parser.parse_args()
+    setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.test import Client
+    from django.utils import timezone
+
+    from dashboard.access import assign_role
+    from sync.stores import vector_store
+
+    call_command("collectstatic", "--noinput", verbosity=0)  # the manifest the pages' {% static %} reads
+    vector_store()  # the LanceDB table exists before the first page pings it
+    admin = User.objects.create_user("bench")
+    assign_role(admin, "analyst")
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(admin)
+    size = {k: (v if k == "days" else max(int(v * args.scale), 1)) for k, v in FULL.items()}
+    small = {k: (v if k == "days" else max(v // 10, 1)) for k, v in size.items()}
+    small["days"] = size["days"] / 10
+    empty = dict.fromkeys(FULL, 0)
+    live_work(timezone.now())
+    with Timer() as t:
+        build(small, empty)
+        samples(small["days"], 0)
+    print(f"built a tenth of the data in {t.seconds:.0f} s", flush=True)
+    at_small = measure(client, parameters())
+    with Timer() as t:
+        build(size, small)
+        samples(size["days"], small["days"])
+    print(f"built the rest in {t.seconds:.0f} s", flush=True)
+    at_full = measure(client, parameters())
+    print(f"\n{size['records']:,} records, {size['conflicts']:,} conflicts, {size['events']:,} events "
+          f"({size['dead']:,} dead letters), {size['runs']:,} reconciliation runs, {size['days']:g} days of samples")
+    print(f"{'page':<30} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8} {'(at 1/10)':>10} {'KB':>7}  verdict")
+    for name, f in at_full.items():
+        q_small = at_small[name]["queries"]
+        verdict = ["p95 ok" if f["p95"] <= 150 else "p95 OVER 150 ms",
+                   "queries flat" if f["queries"] == q_small else "QUERIES GROW"]
+        if f["live"]:
+            verdict.append("poll ≤ 5 KB" if f["bytes"] <= 5120 else "POLL OVER 5 KB")
+        print(f"{name:<30} {f['p50']:8.1f} {f['p95']:8.1f} {f['queries']:8d} {q_small:10d} {f['bytes'] / 1024:7.1f}  "
+              + ", ".join(verdict))
+
+
+if __name__ == "__main__":
+    main()
