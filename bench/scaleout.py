@@ -25,7 +25,7 @@ import time
 
 from common import ROOT, Timer, setup, wipe_graph
 
-PG_PORT, PG_DIR = "5441", "/tmp/nightingale-bench-pg"
+PG_PORT, PG_DIR = "5451", "/tmp/nightingale-bench-pg"
 
 
 def free_port() -> int:
