@@ -203,3 +203,13 @@ def test_role_changes_by_command_are_audited(db):
     call_command("set_role", "otto", "analyst", stdout=io.StringIO())
     assert list(AuditEntry.objects.order_by("at", "id").values_list("action", "target")) == [
         ("user.create", "user:otto"), ("user.role", "user:otto")]
+
+
+def test_a_target_prefix_longer_than_the_indexed_head_still_filters(viewer):
+    long = "Report:" + "x" * 300
+    kept = entry(timezone.now(), target=long + "-a")
+    entry(timezone.now(), target=long + "-b")
+    entry(timezone.now(), target="Report:y")
+    assert [e.pk for e in audit.page(audit.AuditFilter(target=long + "-a")).entries] == [kept.pk]
+    assert len(audit.page(audit.AuditFilter(target=long[:150])).entries) == 2
+    assert len(audit.page(audit.AuditFilter(target="Report:")).entries) == 3
