@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dashboard.views import alerts, overview, queue, reconciliation
+from dashboard.views import alerts, entities, overview, queue, reconciliation
 
 # Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
@@ -20,4 +20,6 @@ urlpatterns = [
     path("alerts/", alerts.index, name="alerts"),
     path("alerts/banner", alerts.banner, name="alerts-banner"),
     path("alerts/<int:pk>/acknowledge", alerts.acknowledge, name="alert-acknowledge"),
+    path("entities/", entities.index, name="entities"),
+    path("entities/<str:label>/<path:uid>", entities.detail, name="entity"),
 ]

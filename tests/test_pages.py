@@ -75,6 +75,7 @@ def url_for(name: str, objects: dict) -> str:
         "reconciliation-resync": {"pk": objects["run"].pk},
         "alert-acknowledge": {"pk": objects["alert"].pk},
         "queue-dead-act": {"action": "retry"},
+        "entity": {"label": "ThreatActor", "uid": PAYLOAD},
     }
     query = {
         "queue-dead": f"?group={objects['group']}",
@@ -189,6 +190,7 @@ def test_pages_escape_hostile_text_keep_the_policy_and_show_no_secret(client, ho
     ("queue", "the dead-letter group's error"), ("queue-dead", "the uid and error"),
     ("queue-dead-confirm", "the selection"), ("reconciliation-run", "the sample findings"),
     ("alerts", "the alert summary"), ("home", "the banner"),
+    ("entities", "the uid and last error"), ("entity", "the uid, record error and timeline"),
 ])
 def test_hostile_text_reaches_these_pages_escaped(client, admin_user, hostile, name, where, neo4j_driver, vectors):
     client.force_login(admin_user)
