@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dashboard.views import alerts, entities, overview, queue, reconciliation
+from dashboard.views import alerts, entities, overview, queue, reconciliation, resync
 
 # Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
@@ -22,4 +22,6 @@ urlpatterns = [
     path("alerts/<int:pk>/acknowledge", alerts.acknowledge, name="alert-acknowledge"),
     path("entities/", entities.index, name="entities"),
     path("entities/<str:label>/<path:uid>", entities.detail, name="entity"),
+    path("resync/", resync.confirm, name="resync"),
+    path("resync/start", resync.start, name="resync-start"),
 ]

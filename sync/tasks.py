@@ -191,3 +191,13 @@ def reconcile_full() -> dict:
 
     run = reconcile.full(trigger=ReconcileRun.Trigger.SCHEDULE)
     return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+
+
+def resync_labels(labels: list[str], priority: int, audit_id: int) -> dict:
+    """A label or full resync too large for a web request (sync.resync.start), recorded in the
+    audit entry it was started with, whose queued count it keeps current."""
+    from sync.models import AuditEntry
+    from sync.resync import resync_labels as enqueue_labels
+
+    entry = AuditEntry.objects.get(pk=audit_id)
+    return enqueue_labels(labels, actor=entry.actor or entry.actor_name, priority=priority, entry=entry)

@@ -80,6 +80,7 @@ def url_for(name: str, objects: dict) -> str:
     query = {
         "queue-dead": f"?group={objects['group']}",
         "queue-dead-confirm": f"?action=retry&ids={objects['event'].pk}",
+        "resync": "?scope=label&label=ThreatActor",
     }
     return reverse(name, kwargs=kwargs.get(name)) + query.get(name, "")
 
