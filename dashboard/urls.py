@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dashboard.views import alerts, entities, overview, queue, reconciliation, resync
+from dashboard.views import alerts, entities, overview, queue, reconciliation, resync, search
 
 # Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
@@ -24,4 +24,5 @@ urlpatterns = [
     path("entities/<str:label>/<path:uid>", entities.detail, name="entity"),
     path("resync/", resync.confirm, name="resync"),
     path("resync/start", resync.start, name="resync-start"),
+    path("search/", search.index, name="search"),
 ]

@@ -201,3 +201,12 @@ def resync_labels(labels: list[str], priority: int, audit_id: int) -> dict:
 
     entry = AuditEntry.objects.get(pk=audit_id)
     return enqueue_labels(labels, actor=entry.actor or entry.actor_name, priority=priority, entry=entry)
+
+
+def search_canary() -> dict:
+    """Search for a few recently synced HIGH entities by their own text (sync.canary)."""
+    from sync import canary
+
+    checks = canary.run()
+    return {"checked": len(checks), "found": sum(c.found for c in checks),
+            "missed": sum(not c.found and not c.error for c in checks), "errors": sum(bool(c.error) for c in checks)}
