@@ -22,6 +22,7 @@ urlpatterns = [
     path("alerts/<int:pk>/acknowledge", alerts.acknowledge, name="alert-acknowledge"),
     path("entities/", entities.index, name="entities"),
     path("entities/<str:label>/<path:uid>", entities.detail, name="entity"),
+    path("entity-record/<str:label>/<path:uid>", entities.record, name="entity-record"),
     path("resync/", resync.confirm, name="resync"),
     path("resync/start", resync.start, name="resync-start"),
     path("search/", search.index, name="search"),

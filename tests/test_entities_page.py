@@ -206,3 +206,14 @@ def test_the_timeline_joins_every_record_newest_first(client, viewer, synced_gra
     page = client.get("/entities/ThreatActor/apt29?kind=conflict").content.decode()
     assert "MITRE says high" in page and conflict.kind.replace("_", " ") in page
     assert client.get("/entities/ThreatActor/apt29?kind=bogus").status_code == 400
+
+
+def test_the_record_region_polls_and_is_204_while_unchanged(client, viewer, db):
+    SyncRecord.objects.create(label="ThreatActor", uid="apt29", status="pending", graph_version=2)
+    client.force_login(viewer)
+    response = client.get("/entity-record/ThreatActor/apt29")
+    assert response.status_code == 200 and b'data-status="pending"' in response.content
+    version = response.content.decode().split("?v=")[1].split('"')[0]
+    assert client.get(f"/entity-record/ThreatActor/apt29?v={version}").status_code == 204
+    SyncRecord.objects.filter(uid="apt29").update(status="in_sync", vector_version=2)
+    assert b'data-status="in_sync"' in client.get(f"/entity-record/ThreatActor/apt29?v={version}").content

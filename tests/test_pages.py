@@ -76,6 +76,7 @@ def url_for(name: str, objects: dict) -> str:
         "alert-acknowledge": {"pk": objects["alert"].pk},
         "queue-dead-act": {"action": "retry"},
         "entity": {"label": "ThreatActor", "uid": PAYLOAD},
+        "entity-record": {"label": "ThreatActor", "uid": PAYLOAD},
     }
     query = {
         "queue-dead": f"?group={objects['group']}",

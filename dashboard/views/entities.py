@@ -3,7 +3,9 @@ priority, sort, bounded pages) and one entity's page — the graph node beside i
 the differences highlighted, the sync record, graph neighbours and one timeline across both
 stores."""
 
-from django.http import Http404, HttpResponseBadRequest
+import hashlib
+
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 
@@ -57,5 +59,24 @@ def detail(request, label: str, uid: str):
         return _bad(f"kind must be among {', '.join(timeline.KINDS)}, got {unknown[0][:40]!r}")
     return render(request, "dashboard/entity.html", {
         "view": view, "moments": _linked(timeline.timeline(label, uid, kinds or None)),
-        "kinds": timeline.KINDS, "chosen": kinds,
+        "kinds": timeline.KINDS, "chosen": kinds, "record_version": _record_version(view.record),
+    })
+
+
+def _record_version(record) -> str:
+    state = None if record is None else (record.status, record.graph_version, record.vector_version,
+                                         record.content_hash, record.synced_at, record.last_error)
+    return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
+
+
+@viewer_required
+def record(request, label: str, uid: str):
+    """The entity's sync record, polled while the page is visible: 204 when unchanged."""
+    found = SyncRecord.objects.filter(label=label, uid=uid).first()
+    version = _record_version(found)
+    if request.GET.get("v") == version:
+        return HttpResponse(status=204)
+    return render(request, "dashboard/partials/entity_record.html", {
+        "record": found, "label": label, "uid": uid, "record_version": version,
+        "synced": label in synced_labels(),
     })
