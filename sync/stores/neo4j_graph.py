@@ -424,9 +424,11 @@ class Neo4jGraphStore:
         check_label(label)
         cypher = (f"MATCH (n:`{label}` {{uid: $uid}})-[r]-(m) WHERE m.uid IS :: STRING "
                   "RETURN type(r) AS type, startNode(r) = n AS outgoing, labels(m) AS labels, m.uid AS uid, "
-                  "coalesce(m.name, m.title, m.cve_id) AS name "
+                  "coalesce(m[$keys[0]], m[$keys[1]], m[$keys[2]]) AS name "
                   "ORDER BY type, uid LIMIT $limit")
-        rows = self._query(cypher, uid=check_uid(uid), limit=_check_limit(limit))
+        # Keys as parameters: a key no node has yet (m.cve_id in a graph without KEVs) would make
+        # Neo4j log an "unknown property key" notification on every call.
+        rows = self._query(cypher, uid=check_uid(uid), limit=_check_limit(limit), keys=["name", "title", "cve_id"])
         return [{"type": row["type"], "outgoing": row["outgoing"], "uid": row["uid"],
                  "label": next((name for name in sorted(row["labels"]) if name != TOMBSTONE), ""),
                  "name": row["name"] if isinstance(row["name"], str) else None} for row in rows]
@@ -439,9 +441,10 @@ class Neo4jGraphStore:
         for label in labels:
             check_label(label)
             rows = self._query(f"MATCH (n:`{label}`) WHERE n.uid IS :: STRING AND "
-                               "(toLower(toString(n.name)) CONTAINS $text OR toLower(toString(n.title)) CONTAINS $text) "
+                               "(toLower(toString(n[$keys[0]])) CONTAINS $text "
+                               "OR toLower(toString(n[$keys[1]])) CONTAINS $text) "
                                "RETURN n.uid AS uid ORDER BY uid LIMIT $limit",
-                               text=needle, limit=_check_limit(limit - len(found)))
+                               text=needle, limit=_check_limit(limit - len(found)), keys=["name", "title"])
             found += [(label, row["uid"]) for row in rows]
             if len(found) >= limit:
                 break
