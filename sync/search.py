@@ -76,7 +76,8 @@ def embed_query(text: str) -> list[float]:
 def _key(match: QueryMatch) -> tuple[str, str, int | None]:
     meta = match.metadata or {}
     label, uid = meta.get("label"), meta.get("uid")
-    chunk = meta.get("chunk") if isinstance(meta.get("chunk"), int) else None
+    # A one-chunk text's vector id has no "#n": no chunk number worth showing.
+    chunk = meta.get("chunk") if isinstance(meta.get("chunk"), int) and "#" in match.id else None
     if isinstance(label, str) and isinstance(uid, str):
         return label, uid, chunk
     try:
