@@ -12,7 +12,6 @@ times a minute per person, audited; large scopes are handed to the task cluster.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -64,10 +63,10 @@ class Scope:
         return {ENTITY: f"{self.label} {self.uid}", LABEL: f"every {self.label}",
                 ALL: "every synced entity"}[self.kind]
 
-    def as_command(self, priority: str) -> str:
-        what = {ENTITY: f"--entity {shlex.quote(self.target)}", LABEL: f"--label {shlex.quote(self.label)}",
-                ALL: "--all"}[self.kind]
-        return f"manage.py resync {what} --priority {priority}"
+    def command_args(self, priority: str) -> list[str]:
+        """`manage.py resync` arguments doing the same."""
+        what = {ENTITY: ["--entity", self.target], LABEL: ["--label", self.label], ALL: ["--all"]}[self.kind]
+        return ["resync", *what, "--priority", priority]
 
 
 @dataclass(frozen=True)

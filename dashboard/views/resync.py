@@ -6,6 +6,7 @@ from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils.http import urlencode
 
+from dashboard import equivalents
 from dashboard.access import analyst_action, analyst_page
 from sync import resync
 
@@ -27,7 +28,8 @@ def confirm(request):
     except resync.NotResynced as exc:
         return _bad(f"Cannot resync: {exc}.")
     return render(request, "dashboard/resync_confirm.html", {
-        "preview": shown, "scope": scope, "command": scope.as_command(shown.default_priority),
+        "preview": shown, "scope": scope,
+        "command": equivalents.manage(*scope.command_args(shown.default_priority), user=request.user),
         "high_max": resync.HIGH_MAX,
         "inline_max": resync.INLINE_MAX,
     })
