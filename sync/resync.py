@@ -175,7 +175,8 @@ def start(scope: Scope, *, actor, priority: str = "low", note: str = "", backgro
     if background and shown.entities > INLINE_MAX:
         from django_q.tasks import async_task
 
-        entry = AuditEntry.record(actor, "resync", scope.target, after={**summary, "queued": 0}, note=note)
+        # Audited when asked for (entries are written once): the count is the preview's.
+        entry = AuditEntry.record(actor, "resync", scope.target, after={**summary, "background": True}, note=note)
         async_task("sync.tasks.resync_labels", scope.labels, int(lane), entry.pk, group="resync",
                    q_options={"timeout": 3600})
         return {**summary, "queued": 0, "background": True, "audit": entry.pk}
@@ -194,8 +195,8 @@ def resync_labels(labels: list[str], *, actor, priority: int | None = None, note
                   target: str | None = None, entry: AuditEntry | None = None) -> dict[str, int]:
     """Page through each label in uid order and enqueue every entity (one graph read per page).
 
-    Audited once per label — or once for the whole request (`target`), or into the `entry` a
-    background resync was recorded with, whose count it keeps up to date."""
+    Audited once per label — or once for the whole request (`target`); a background resync
+    (`entry`: the audit entry it was started with) is audited already."""
     graph = graph_store()
     counts: dict[str, int] = {}
     for label in labels:
@@ -210,9 +211,6 @@ def resync_labels(labels: list[str], *, actor, priority: int | None = None, note
                                            source="resync") for e in page])
             total += len(page)
             after = page[-1].uid
-            if entry is not None:
-                entry.after = {**(entry.after or {}), "queued": sum(counts.values()) + total}
-                entry.save(update_fields=["after"])
         counts[label] = total
         if target is None and entry is None:
             AuditEntry.record(actor, "resync", label, after={"queued": total, "priority": Priority(lane).label},
@@ -233,7 +231,9 @@ class Progress:
 
     @property
     def queued(self) -> int:
-        return int((self.entry.after or {}).get("queued", 0))
+        """Entities queued; for a background resync, those its preview counted."""
+        after = self.entry.after or {}
+        return int(after.get("queued") or after.get("entities") or 0)
 
 
 def progress(now=None) -> Progress | None:

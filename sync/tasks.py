@@ -194,8 +194,8 @@ def reconcile_full() -> dict:
 
 
 def resync_labels(labels: list[str], priority: int, audit_id: int) -> dict:
-    """A label or full resync too large for a web request (sync.resync.start), recorded in the
-    audit entry it was started with, whose queued count it keeps current."""
+    """A label or full resync too large for a web request (sync.resync.start), audited when it
+    was asked for (`audit_id`)."""
     from sync.models import AuditEntry
     from sync.resync import resync_labels as enqueue_labels
 
