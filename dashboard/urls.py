@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dashboard.views import alerts, overview, queue, reconciliation
+from dashboard.views import alerts, conflicts, overview, queue, reconciliation
 
 # Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
@@ -20,4 +20,11 @@ urlpatterns = [
     path("alerts/", alerts.index, name="alerts"),
     path("alerts/banner", alerts.banner, name="alerts-banner"),
     path("alerts/<int:pk>/acknowledge", alerts.acknowledge, name="alert-acknowledge"),
+    path("conflicts/", conflicts.index, name="conflicts"),
+    path("conflicts/bulk/confirm", conflicts.bulk_confirm, name="conflicts-bulk-confirm"),
+    path("conflicts/bulk/<str:action>", conflicts.bulk_act, name="conflicts-bulk-act"),
+    path("conflicts/<int:pk>/", conflicts.detail, name="conflict"),
+    path("conflicts/<int:pk>/resolve", conflicts.resolve, name="conflict-resolve"),
+    path("conflicts/<int:pk>/dismiss", conflicts.dismiss, name="conflict-dismiss"),
 ]
+
