@@ -203,6 +203,29 @@ def test_a_preview_by_get_recomputes_the_resulting_node(client, viewer, prospect
     assert client.get(f"/conflicts/{prospect.pk}/?choice-wealth=left").status_code == 400
 
 
+def test_a_vector_ahead_conflict_keeps_the_graph(client, analyst_user, synced_graph, vectors):
+    from sync.conflicts import open_conflict
+
+    write_entity("ThreatActor", "apt1", {"name": "APT1", "severity": "high"}, source="misp")
+    version = node(synced_graph, "ThreatActor", "apt1").version
+    conflict = open_conflict("vector_ahead", "ThreatActor", "apt1", graph_version=version,
+                             graph_side={"version": version}, other_side={"version": version + 4})
+    client.force_login(analyst_user)
+    page = client.get(f"/conflicts/{conflict.pk}/")
+    assert page.status_code == 200 and "Keep the graph (rebuild the vector)" in page.content.decode()
+    assert 'name="choice-version"' not in page.content.decode()
+    response = client.post(f"/conflicts/{conflict.pk}/resolve", {"version": str(version), "note": "graph is truth"})
+    assert response.status_code == 302
+    conflict.refresh_from_db()
+    assert (conflict.status, conflict.resolution) == ("resolved", "graph")
+
+
+def test_the_preview_keeps_the_list_filter(client, viewer, prospect):
+    client.force_login(viewer)
+    page = client.get(f"/conflicts/{prospect.pk}/?back=kind%3Dprospect_metadata%26sort%3Dnewest&choice-sector=left")
+    assert page.context["selection"].kind == "prospect_metadata" and page.context["selection"].sort == "newest"
+
+
 def severity_disputes(n, *, graph_source="vendor-a", other_source="vendor-b", prefix="actor"):
     for i in range(n):
         write_entity("ThreatActor", f"{prefix}-{i}{HOSTILE}", {"name": f"Actor {i}", "severity": "low"},

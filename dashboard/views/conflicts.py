@@ -68,8 +68,8 @@ def _render_conflict(request, conflict, selection, status=200, note="", **option
 @viewer_required
 def detail(request, pk: int):
     conflict = get_object_or_404(Conflict, pk=pk)
-    try:
-        selection = conflict_filter(request.GET)
+    try:  # the Preview button sends the page's form here: its filter travels in `back`
+        selection = conflict_filter(QueryDict(request.GET["back"]) if "back" in request.GET else request.GET)
         decision = conflict_decision({**request.GET.dict(), "version": "none"}, conflict)
     except BadRequest as exc:
         return _bad(exc)
