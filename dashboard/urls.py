@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dashboard.views import alerts, conflicts, overview, queue, reconciliation
+from dashboard.views import alerts, api, audit, conflicts, overview, policy, queue, reconciliation
 
 # Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
@@ -26,5 +26,18 @@ urlpatterns = [
     path("conflicts/<int:pk>/", conflicts.detail, name="conflict"),
     path("conflicts/<int:pk>/resolve", conflicts.resolve, name="conflict-resolve"),
     path("conflicts/<int:pk>/dismiss", conflicts.dismiss, name="conflict-dismiss"),
+    path("audit/", audit.index, name="audit"),
+    path("audit/export.csv", audit.export, name="audit-export"),
+    path("policy/", policy.index, name="policy"),
+    # The JSON API (bearer tokens; docs/api.md). URL names start with "api-".
+    path("api/v1/whoami", api.whoami, name="api-whoami"),
+    path("api/v1/audit", api.audit_entries, name="api-audit"),
+    path("api/v1/policy", api.policy, name="api-policy"),
+    path("api/v1/dead-letters/<str:action>", api.dead_letters, name="api-dead-letters"),
+    path("api/v1/reconciliations", api.reconciliations, name="api-reconciliations"),
+    path("api/v1/alerts/<int:pk>/acknowledge", api.acknowledge, name="api-alert-acknowledge"),
+    path("api/v1/resync", api.resync, name="api-resync"),
+    path("api/v1/conflicts/<int:pk>/resolve", api.resolve, name="api-conflict-resolve"),
+    path("api/v1/conflicts/<int:pk>/dismiss", api.dismiss, name="api-conflict-dismiss"),
 ]
 

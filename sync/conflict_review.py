@@ -110,20 +110,15 @@ class Filter:
             what += f", open longer than {self.age}"
         return what
 
-    def as_command(self, action: str) -> str:
-        """The equivalent `manage.py conflicts` command line."""
-        parts = ["manage.py", "conflicts", "--apply", action]
+    def command_args(self, action: str) -> list[str]:
+        """The equivalent `manage.py conflicts` arguments (the note is the analyst's to write)."""
+        args = ["conflicts", "--apply", action]
         for name in ("kind", "label", "rule", "age", "field", "graph_source", "other_source"):
             if getattr(self, name):
-                parts += [f"--{name.replace('_', '-')}", _quote(getattr(self, name))]
+                args += [f"--{name.replace('_', '-')}", getattr(self, name)]
         if self.as_of:
-            parts += ["--before", self.as_of.isoformat(timespec="microseconds")]
-        parts += ["--note", "'…'"]
-        return " ".join(parts)
-
-
-def _quote(value: str) -> str:
-    return value if re.fullmatch(r"[\w.:@/-]+", value) else "'" + value.replace("'", "'\\''") + "'"
+            args += ["--before", self.as_of.isoformat(timespec="microseconds")]
+        return [*args, "--note", "WHY"]
 
 
 @dataclass

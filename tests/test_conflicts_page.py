@@ -288,6 +288,6 @@ def test_the_command_lists_and_applies_like_the_page(synced_graph, vectors, anal
     assert "2 open conflicts" in out.getvalue()
     out = io.StringIO()
     call_command("conflicts", "--apply", "left", "--kind", "threat_severity", "--note", "keep ours",
-                 "--actor", analyst_user.username, stdout=out)
+                 "--user", analyst_user.username, stdout=out)
     assert "Resolved 2 of 2 conflicts" in out.getvalue()
     assert AuditEntry.objects.filter(action="conflict.resolve", actor=analyst_user, note="keep ours").count() == 2

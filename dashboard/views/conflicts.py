@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import urlencode
 
+from dashboard import equivalents
 from dashboard.access import analyst_action, analyst_page, viewer_required
 from dashboard.forms import BadRequest, conflict_decision, conflict_filter
 from sync import conflict_review as review_
@@ -144,7 +145,7 @@ def bulk_confirm(request):
     return render(request, "dashboard/conflicts_confirm.html", {
         "action": action, "verb": review_.BULK_ACTIONS[action][1], "count": n, "too_many": len(ids) > review_.MAX_BULK,
         "max_bulk": review_.MAX_BULK, "what": replace(selection, status=Conflict.Status.OPEN).describe(n),
-        "hidden": selection.params(), "command": selection.as_command(action), "selection": selection,
+        "hidden": selection.params(), "command": equivalents.manage(*selection.command_args(action), user=request.user), "selection": selection,
         "back": _list_url(selection),
     })
 

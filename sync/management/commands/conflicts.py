@@ -30,9 +30,9 @@ class Command(BaseCommand):
         parser.add_argument("--other-source", default="", help="the other side's source")
         parser.add_argument("--before", default="", help="only conflicts opened by this ISO time (the snapshot)")
         parser.add_argument("--note", default="", help="why (required with --apply; kept in each audit entry)")
-        parser.add_argument("--actor", default="", help="the user acting (default: the command itself)")
+        parser.add_argument("--user", default="", help="the user acting, audited as such (default: the command itself)")
 
-    def handle(self, *args, all, limit, apply, note, actor, before, **options):
+    def handle(self, *args, all, limit, apply, note, user, before, **options):
         try:
             as_of = datetime.fromisoformat(before) if before else None
         except ValueError:
@@ -44,7 +44,7 @@ class Command(BaseCommand):
                            field=options["field"], graph_source=options["graph_source"],
                            other_source=options["other_source"], as_of=as_of)
         if apply:
-            self._apply(selection.frozen(), apply, note, actor)
+            self._apply(selection.frozen(), apply, note, user)
             return
         conflicts = selection.rows()
         total = conflicts.count()
@@ -54,14 +54,14 @@ class Command(BaseCommand):
                 f"graph={c.graph_side} other={c.other_side} proposal={c.proposal or '-'}")
         self.stdout.write(f"{total} {'conflicts' if all else 'open conflicts'}")
 
-    def _apply(self, selection: Filter, action: str, note: str, actor: str) -> None:
-        user = "manage.py conflicts"
-        if actor:
-            user = get_user_model().objects.filter(username=actor).first()
-            if user is None:
-                raise CommandError(f"no user {actor!r}")
+    def _apply(self, selection: Filter, action: str, note: str, username: str) -> None:
+        actor = "manage.py conflicts"
+        if username:
+            actor = get_user_model().objects.filter(username=username).first()
+            if actor is None:
+                raise CommandError(f"no user {username!r}")
         try:
-            outcome = bulk(selection, action, user, note)
+            outcome = bulk(selection, action, actor, note)
         except ConflictError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(outcome.words())
