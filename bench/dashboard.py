@@ -1,6 +1,7 @@
 """Dashboard pages' server time and query counts at scale (Django test client, SQLite).
 
-Data: 100,000 sync records, 10,000 conflicts, 1,000,000 past sync events (2,000 of them dead
+Data: 100,000 sync records, 10,000 conflicts (1,000 open, with sources
+and proposals), 1,000,000 past sync events (2,000 of them dead
 letters with varied errors), 8,640 reconciliation runs, 30 days of metric samples (raw for the
 last 24 h, 5-minute rollups before) and 200,000 audit entries; for the entity and search pages, a
 graph node and a vector for every record (the bench Neo4j and LanceDB; the vectors are random unit
@@ -55,6 +56,11 @@ PAGES = [
     ("reconciliation progress poll", "/reconciliation/{running}/progress", True),
     ("alerts", "/alerts/", False),
     ("alert banner poll", "/alerts/banner", True),
+    ("conflicts", "/conflicts/", False),
+    ("conflicts filtered", "/conflicts/?kind=threat_severity&label=ThreatActor&age=24h&page=3", False),
+    ("conflicts all, newest", "/conflicts/?status=all&sort=newest&page=150", False),
+    ("conflict page", "/conflicts/{conflict}/?kind=threat_severity", False),
+    ("bulk confirmation", "/conflicts/bulk/confirm?action=proposal&kind=threat_severity&as_of={as_of}", False),
     ("audit", "/audit/", False),
     ("audit, a deep page", "/audit/?before={audit_deep}", False),
     ("audit by user", "/audit/?user=analyst-3", False),
@@ -94,6 +100,9 @@ def build(size: dict, start: dict) -> None:
             Conflict(kind="threat_severity", label="ThreatActor", uid=f"entity-{i:07d}",
                      status="open" if i % 10 == 0 else "resolved", graph_version=2,
                      graph_side={"severity": "high"}, other_side={"severity": "low"}, rule="ask_analyst",
+                     proposal={"severity": "high"}, explanation="the higher severity wins (high)",
+                     sources={"graph": {"source": f"vendor-{i % 3}", "confidence": 0.9, "updated_at": now.isoformat()},
+                              "other": {"source": f"feed-{i % 4}", "confidence": 0.3, "updated_at": None}},
                      created_at=now - timedelta(minutes=i))
             for i in range(start["conflicts"], size["conflicts"])], batch_size=5000)
         kinds = ("stale_vector", "missing_vector", "content_drift")
@@ -267,13 +276,18 @@ def parameters() -> dict:
     from django.utils import timezone
 
     from sync import audit, deadletters
-    from sync.models import AuditEntry, ReconcileRun
+    from sync.models import AuditEntry, Conflict, ReconcileRun
+    from sync.stores import graph_store
 
+    conflict = Conflict.objects.filter(status="open").order_by("created_at", "id")[50]  # mid-list: both neighbours
+    graph_store().import_entities("ThreatActor", [{
+        "uid": conflict.uid, "name": "Bench actor", "severity": "high", "aliases": ["bench"],
+        "description": "An intrusion set used by the benchmark. " * 20}], source="bench")
     deep = AuditEntry.objects.order_by("-at", "-id")[AuditEntry.objects.count() * 9 // 10]
     middle = AuditEntry.objects.order_by("-at", "-id")[AuditEntry.objects.count() // 2].at
     return {"audit_deep": str(audit.Cursor(deep.at, deep.id)).replace("+", "%2B"),
             "audit_since": (middle - timedelta(hours=6)).isoformat().replace("+", "%2B"),
-            "audit_until": middle.isoformat().replace("+", "%2B"),
+            "audit_until": middle.isoformat().replace("+", "%2B"), "conflict": conflict.pk,
             "group": deadletters.groups()[0].key, "as_of": timezone.now().isoformat().replace("+", "%2B"),
             "run": ReconcileRun.objects.filter(status="succeeded").order_by("-started_at").first().pk,
             "running": ReconcileRun.objects.get(status="running").pk}

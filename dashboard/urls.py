@@ -4,6 +4,7 @@ from dashboard.views import (
     alerts,
     api,
     audit,
+    conflicts,
     entities,
     overview,
     policy,
@@ -31,6 +32,12 @@ urlpatterns = [
     path("alerts/", alerts.index, name="alerts"),
     path("alerts/banner", alerts.banner, name="alerts-banner"),
     path("alerts/<int:pk>/acknowledge", alerts.acknowledge, name="alert-acknowledge"),
+    path("conflicts/", conflicts.index, name="conflicts"),
+    path("conflicts/bulk/confirm", conflicts.bulk_confirm, name="conflicts-bulk-confirm"),
+    path("conflicts/bulk/<str:action>", conflicts.bulk_act, name="conflicts-bulk-act"),
+    path("conflicts/<int:pk>/", conflicts.detail, name="conflict"),
+    path("conflicts/<int:pk>/resolve", conflicts.resolve, name="conflict-resolve"),
+    path("conflicts/<int:pk>/dismiss", conflicts.dismiss, name="conflict-dismiss"),
     path("audit/", audit.index, name="audit"),
     path("audit/export.csv", audit.export, name="audit-export"),
     path("policy/", policy.index, name="policy"),
@@ -51,3 +58,4 @@ urlpatterns = [
     path("resync/start", resync.start, name="resync-start"),
     path("search/", search.index, name="search"),
 ]
+

@@ -56,7 +56,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from sync import conflicts, ids, queue
+from sync import conflicts, ids, queue, shutdown
 from sync.embedding import content_hash, model_id
 from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
 from sync.observe.metrics import CONSISTENCY_VIOLATIONS
@@ -429,32 +429,45 @@ def incremental(*, window: timedelta | None = None, dry_run: bool = False,
 
 
 def execute(run: ReconcileRun) -> ReconcileRun:
-    """Run a queued run to its end (once: a second call for the same run does nothing)."""
-    now = timezone.now()
-    if not ReconcileRun.objects.filter(pk=run.pk, status=ReconcileRun.Status.QUEUED).update(
-            status=ReconcileRun.Status.RUNNING, started_at=now, updated_at=now):
-        run.refresh_from_db()
-        return run
-    run.status, run.started_at = ReconcileRun.Status.RUNNING, now
+    """Run a queued run to its end (once: a second call for the same run does nothing).
+
+    Whatever interrupts it, wherever (django-q2's timeout, SIGTERM, Ctrl-C — the claim
+    included), the run ends failed or, if it was never claimed, stays queued: never running."""
     started = time.monotonic()
+    now = timezone.now()
     reconciler = None
+    mine = False
     try:
+        stoppable = True  # noqa: F841 — sync.shutdown.MARK: a stop may interrupt from here on
+        shutdown.stop_if_requested()
+        mine = bool(ReconcileRun.objects.filter(pk=run.pk, status=ReconcileRun.Status.QUEUED).update(
+            status=ReconcileRun.Status.RUNNING, started_at=now, updated_at=now))
+        if not mine:
+            run.refresh_from_db()
+            return run
+        run.status, run.started_at = ReconcileRun.Status.RUNNING, now
         reconciler = Reconciler(run)
         (_full if run.mode == ReconcileRun.Mode.FULL else _incremental)(reconciler)
         reconciler.finish()
         run.status = ReconcileRun.Status.SUCCEEDED
+        stoppable = False  # noqa: F841 — done: a stop from here on is only recorded, the end is saved
     except BaseException as exc:
-        # Interrupted too (django-q2's timeout, SIGTERM, Ctrl-C): the run must not stay "running".
-        run.status = ReconcileRun.Status.FAILED
-        run.error = f"{type(exc).__name__}: {exc}"[:5000] if str(exc) else f"interrupted ({type(exc).__name__})"
-        if reconciler is not None:
-            _keep_counts(reconciler)
-        log.exception("%s reconciliation failed", run.mode)
+        # Interrupted in the claim itself, the claim may have gone through all the same.
+        mine = mine or ReconcileRun.objects.filter(pk=run.pk, status=ReconcileRun.Status.RUNNING,
+                                                   started_at=now).exists()
+        if mine:
+            run.status, run.started_at = ReconcileRun.Status.FAILED, now
+            run.error = (f"{type(exc).__name__}: {exc}"[:5000] if str(exc)
+                         else f"interrupted ({type(exc).__name__})")
+            if reconciler is not None:
+                _keep_counts(reconciler)
+            log.exception("%s reconciliation failed", run.mode)
         raise
     finally:
-        run.finished_at = timezone.now()
-        run.duration = time.monotonic() - started
-        run.save()
+        if mine:
+            run.finished_at = timezone.now()
+            run.duration = time.monotonic() - started
+            run.save()
     return run
 
 

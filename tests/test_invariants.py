@@ -8,6 +8,8 @@ test_shutdown/test_timeouts); 4. every saga ends; 5. nothing an analyst must see
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 from datetime import timedelta
 
@@ -251,6 +253,70 @@ def test_an_interrupted_reconciliation_ends_failed(synced_graph, vectors):
         use_graph_store(real)
     run = ReconcileRun.objects.get()
     assert run.status == "failed" and run.finished_at and "KeyboardInterrupt" in run.error
+
+
+def _stop_on_line(function, line: int):
+    """A trace that raises StopRequested through sync.shutdown's handler, as a SIGTERM landing on
+    the `line`-th line executed in `function`'s own frame would: only recorded while an
+    exception is being handled or before the call's MARK, raised anywhere else."""
+    from sync import shutdown
+
+    seen = 0
+
+    def trace(frame, event, arg):
+        nonlocal seen
+        if frame.f_code is not function.__code__:
+            return None
+        if event == "line":
+            seen += 1
+            if seen == line:
+                shutdown.handle_sigterm(signal.SIGTERM, frame)
+        return trace
+
+    return trace
+
+
+@pytest.mark.parametrize("where", ["reconcile", "apply"])
+def test_a_stop_landing_on_any_line_leaves_nothing_running_or_in_flight(synced_graph, vectors, graph, where):
+    """SIGTERM may arrive on any line, the claim of the run included (a run left 'running' was
+    seen under load when it landed just after the claim's UPDATE)."""
+    from sync import shutdown
+
+    graph.write_entity("ThreatActor", "stop-0", {"name": "Actor", "description": "x"}, source="t")
+    function = reconcile.execute if where == "reconcile" else apply_events
+    line, finished = 0, False
+    while not finished:
+        line += 1
+        shutdown._requested.clear()
+        shutdown._interrupted.clear()
+        if where == "reconcile":
+            subject = ReconcileRun.objects.create(mode="full", status="queued")
+            call = lambda subject=subject: reconcile.execute(subject)  # noqa: E731
+        else:
+            SyncEvent.objects.all().delete()
+            queue.enqueue_many([queue.Work("ThreatActor", "stop-0")])
+            subject = _claim_as(f"stopping-{line}")
+            call = lambda subject=subject: apply_events(subject)  # noqa: E731
+        sys.settrace(_stop_on_line(function, line))
+        try:
+            call()
+            finished = not shutdown.requested()  # ran past its last line with no stop raised
+        except shutdown.StopRequested:
+            pass
+        finally:
+            sys.settrace(None)
+        if where == "reconcile":
+            subject.refresh_from_db()
+            assert subject.status in {"queued", "failed", "succeeded"}, (line, subject.status)
+            if subject.status == "failed":
+                assert subject.finished_at and "StopRequested" in subject.error, line
+        else:
+            left = SyncEvent.objects.get()
+            assert (left.status, left.attempts) == ("queued", 0) or left.status == "done", (line, left.status)
+        assert line < 200
+    shutdown._requested.clear()
+    shutdown._interrupted.clear()
+    assert line > 5  # the sweep reached well into the call
 
 
 def test_a_reconciliation_whose_process_died_is_marked_failed(db):
