@@ -157,7 +157,9 @@ BAD_BODIES = [
     ("api-resync", {}, 400, "exactly one of"),
     ("api-resync", {"entity": "apt29"}, 400, "entity takes Label:uid"),
     ("api-resync", {"entity": "Contact:jane"}, 400, "not a label the policy syncs"),
-    ("api-resync", {"labels": ["Deal"]}, 400, "not synced by the policy: Deal"),
+    ("api-resync", {"label": "Deal"}, 400, "not a label the policy syncs"),
+    ("api-resync", {"labels": ["KEV"]}, 400, "unknown field labels"),
+    ("api-resync", {"entity": "KEV:CVE-1", "priority": "urgent"}, 400, "priority must be one of"),
     ("api-resync", {"entity": "ThreatActor:x", "all": True}, 400, "exactly one of"),
     ("api-conflict-resolve", {"choice": "graph"}, 400, "note is required"),
     ("api-conflict-resolve", {"choice": "graph", "note": "   "}, 400, "note is required"),
@@ -235,20 +237,25 @@ def test_acknowledge_an_alert(objects):
     assert call(token, "/api/v1/alerts/999999/acknowledge").status_code == 404
 
 
-def test_resync_an_entity(objects):
-    user, token = token_for("analyst")
-    response = call(token, "/api/v1/resync", {"entity": "KEV:CVE-2024-3400"})
-    assert response.status_code == 200
-    assert SyncEvent.objects.filter(label="KEV", uid="CVE-2024-3400", status="queued", source="resync").exists()
-    assert AuditEntry.objects.get(action="resync").actor == user
-
-
-def test_resync_a_label(objects, graph, vectors):
+def test_resync_an_entity_and_a_label_as_the_resync_page_does(objects, graph, vectors, settings):
+    settings.RESYNC_PER_MINUTE = 2
     graph.import_entities("Malware", [{"uid": f"m{n}", "name": f"Malware {n}"} for n in range(3)], source="test")
     user, token = token_for("analyst")
-    response = call(token, "/api/v1/resync", {"labels": ["Malware"]})
-    assert response.json()["queued"] == {"Malware": 3}
+    response = call(token, "/api/v1/resync", {"entity": "Malware:m1", "priority": "high", "note": "vendor fixed it"})
+    assert response.status_code == 200, response.content
+    assert response.json()["queued"] == 1
+    event = SyncEvent.objects.get(label="Malware", uid="m1", status="queued", source="resync")
+    assert event.priority == 0  # the HIGH lane, as asked
+    entry = AuditEntry.objects.get(action="resync")
+    assert (entry.actor, entry.target, entry.note) == (user, "Malware:m1", "vendor fixed it")
+    response = call(token, "/api/v1/resync", {"label": "Malware"})
+    assert response.json()["queued"] == 3 and response.json()["priority"] == "low"
     assert AuditEntry.objects.get(action="resync", target="Malware").actor == user
+    limited = call(token, "/api/v1/resync", {"label": "Malware"})
+    assert limited.status_code == 429 and "in the last minute" in limited.json()["error"]
+    _, other = token_for("analyst", "second-analyst")
+    missing = call(other, "/api/v1/resync", {"entity": "Malware:nope"})
+    assert missing.status_code == 404 and "the graph holds no Malware" in missing.json()["error"]
 
 
 def test_dismiss_a_conflict_then_resolving_it_is_refused(objects):
@@ -377,3 +384,13 @@ def test_the_commands_the_pages_show_do_what_the_page_does(objects, analyst_user
         call_command("alerts", "acknowledge", str(objects["alert"].pk))
     with pytest.raises(CommandError, match="say which alert"):
         call_command("alerts", "acknowledge")
+
+
+def test_the_resync_confirmation_shows_its_api_call(client, analyst_user, graph, vectors):
+    from html import unescape
+
+    graph.import_entities("Malware", [{"uid": "m1", "name": "Malware 1"}], source="test")
+    client.force_login(analyst_user)
+    page = unescape(client.get("/resync/?scope=label&label=Malware").content.decode())
+    assert '/api/v1/resync" -H "Authorization: Bearer $NIGHTINGALE_TOKEN"' in page
+    assert '-d \'{"label": "Malware", "priority": "low"}\'' in page

@@ -9,12 +9,11 @@ from dashboard.access import ANALYST, VIEWER, role_of
 from dashboard.api import ApiError, body, ints, token_role
 from dashboard.forms import BadRequest, audit_filter, parse_time
 from sync import audit, deadletters, policy_summary, resolution, runs
+from sync import resync as resyncs
 from sync.conflicts import ConflictError
 from sync.models import Conflict, ReconcileRun
 from sync.observe import alerting
 from sync.observe.models import Alert
-from sync.policy import policy_for, synced_labels
-from sync.resync import resync_entity, resync_labels
 
 DEAD_LETTER_FIELDS = {"ids": list, "label": str, "group": str, "text": str, "as_of": str, "scope": str, "note": str}
 
@@ -107,23 +106,31 @@ def acknowledge(request, pk: int):
 
 @token_role(ANALYST)
 def resync(request):
-    data = body(request, {"entity": str, "labels": list, "all": bool})
-    given = [name for name in ("entity", "labels", "all") if data.get(name)]
+    """What the Resync confirmation starts (sync.resync.start: preview, lane, rate limit, audit):
+    {"entity": "Label:uid"} | {"label": "L"} | {"all": true}, with "priority" and "note"."""
+    data = body(request, {"entity": str, "label": str, "all": bool, "priority": str, "note": str})
+    given = [name for name in ("entity", "label", "all") if data.get(name)]
     if len(given) != 1:
-        raise ApiError(400, 'say what to resync: exactly one of "entity": "Label:uid", "labels": [...], "all": true')
-    if data.get("entity"):
-        label, sep, uid = data["entity"].partition(":")
-        if not sep or not uid:
-            raise ApiError(400, "entity takes Label:uid, e.g. ThreatActor:apt29", field="entity")
-        if not policy_for(label).synced:
-            raise ApiError(400, f"{label} is not a label the policy syncs", field="entity")
-        resync_entity(label, uid, actor=request.user)
-        return JsonResponse({"queued": {f"{label}:{uid}": 1}, "audited_as": "resync"})
-    labels = list(synced_labels()) if data.get("all") else data["labels"]
-    unknown = sorted(str(name) for name in labels if name not in synced_labels())
-    if unknown:
-        raise ApiError(400, f"not synced by the policy: {', '.join(unknown)}", field="labels")
-    return JsonResponse({"queued": resync_labels(labels, actor=request.user), "audited_as": "resync"})
+        raise ApiError(400, 'say what to resync: exactly one of "entity": "Label:uid", "label": "L", "all": true')
+    try:
+        if data.get("entity"):
+            label, sep, uid = data["entity"].partition(":")
+            if not sep or not uid:
+                raise ApiError(400, "entity takes Label:uid, e.g. ThreatActor:apt29", field="entity")
+            scope = resyncs.Scope(resyncs.ENTITY, label, uid)
+        elif data.get("label"):
+            scope = resyncs.Scope(resyncs.LABEL, data["label"])
+        else:
+            scope = resyncs.Scope(resyncs.ALL)
+        done = resyncs.start(scope, actor=request.user, priority=data.get("priority") or "low",
+                             note=data.get("note", "")[:1000])
+    except resyncs.NotResynced as exc:
+        words = str(exc)
+        status = (429 if "in the last minute" in words else 503 if words.startswith("cannot")
+                  else 404 if "the graph holds no" in words else 400)
+        raise ApiError(status, words) from None
+    return JsonResponse({**done, "target": scope.target, "audited_as": "resync"},
+                        status=202 if done.get("background") else 200)
 
 
 def _conflict(pk: int) -> Conflict:

@@ -20,6 +20,12 @@ def _back(scope: resync.Scope) -> str:
     return "/resync/?" + urlencode({k: v for k, v in params.items() if v})
 
 
+def _api_scope(scope: resync.Scope) -> dict:
+    """The scope as the API's body (dashboard/views/api.py)."""
+    return {resync.ENTITY: {"entity": scope.target}, resync.LABEL: {"label": scope.label},
+            resync.ALL: {"all": True}}[scope.kind]
+
+
 @analyst_page
 def confirm(request):
     try:
@@ -30,6 +36,7 @@ def confirm(request):
     return render(request, "dashboard/resync_confirm.html", {
         "preview": shown, "scope": scope,
         "command": equivalents.manage(*scope.command_args(shown.default_priority), user=request.user),
+        "curl": equivalents.curl("/api/v1/resync", {**_api_scope(scope), "priority": shown.default_priority}),
         "high_max": resync.HIGH_MAX,
         "inline_max": resync.INLINE_MAX,
     })
