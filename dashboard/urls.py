@@ -1,6 +1,18 @@
 from django.urls import path
 
-from dashboard.views import alerts, api, audit, conflicts, overview, policy, queue, reconciliation
+from dashboard.views import (
+    alerts,
+    api,
+    audit,
+    conflicts,
+    entities,
+    overview,
+    policy,
+    queue,
+    reconciliation,
+    resync,
+    search,
+)
 
 # Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
@@ -39,5 +51,11 @@ urlpatterns = [
     path("api/v1/resync", api.resync, name="api-resync"),
     path("api/v1/conflicts/<int:pk>/resolve", api.resolve, name="api-conflict-resolve"),
     path("api/v1/conflicts/<int:pk>/dismiss", api.dismiss, name="api-conflict-dismiss"),
+    path("entities/", entities.index, name="entities"),
+    path("entities/<str:label>/<path:uid>", entities.detail, name="entity"),
+    path("entity-record/<str:label>/<path:uid>", entities.record, name="entity-record"),
+    path("resync/", resync.confirm, name="resync"),
+    path("resync/start", resync.start, name="resync-start"),
+    path("search/", search.index, name="search"),
 ]
 

@@ -79,6 +79,8 @@ def url_for(name: str, objects: dict) -> str:
         "reconciliation-resync": {"pk": objects["run"].pk},
         "alert-acknowledge": {"pk": objects["alert"].pk},
         "queue-dead-act": {"action": "retry"},
+        "entity": {"label": "ThreatActor", "uid": PAYLOAD},
+        "entity-record": {"label": "ThreatActor", "uid": PAYLOAD},
         "conflict": {"pk": objects["conflict"].pk},
         "conflict-resolve": {"pk": objects["conflict"].pk},
         "conflict-dismiss": {"pk": objects["conflict"].pk},
@@ -87,6 +89,7 @@ def url_for(name: str, objects: dict) -> str:
     query = {
         "queue-dead": f"?group={objects['group']}",
         "queue-dead-confirm": f"?action=retry&ids={objects['event'].pk}",
+        "resync": "?scope=label&label=ThreatActor",
         "conflicts-bulk-confirm": "?action=dismiss&as_of=2100-01-01T00:00:00%2B00:00",
     }
     return reverse(name, kwargs=kwargs.get(name)) + query.get(name, "")
@@ -199,6 +202,7 @@ def test_pages_escape_hostile_text_keep_the_policy_and_show_no_secret(client, ho
     ("queue", "the dead-letter group's error"), ("queue-dead", "the uid and error"),
     ("queue-dead-confirm", "the selection"), ("reconciliation-run", "the sample findings"),
     ("alerts", "the alert summary"), ("home", "the banner"), ("audit", "the audit entry's target and note"),
+    ("entities", "the uid and last error"), ("entity", "the uid, record error and timeline"),
     ("conflicts", "the uid and sources"), ("conflict", "both sides, the proposal and the explanation"),
 ])
 def test_hostile_text_reaches_these_pages_escaped(client, admin_user, hostile, name, where, neo4j_driver, vectors):
