@@ -293,6 +293,8 @@ RECONCILE_WINDOW_MINUTES = env_int("RECONCILE_WINDOW_MINUTES", 60, minimum=1)
 RECONCILE_FULL_HOURS = env_int("RECONCILE_FULL_HOURS", 24, minimum=1)
 # A user may start a reconciliation from the dashboard once per this many seconds (0: no limit).
 RECONCILE_START_INTERVAL = env_float("RECONCILE_START_INTERVAL", 60.0, minimum=0.0)
+RESYNC_PER_MINUTE = env_int("RESYNC_PER_MINUTE", 10, minimum=0)  # resyncs one user may start a minute (0: no limit)
+SEARCH_CANARY_MINUTES = env_int("SEARCH_CANARY_MINUTES", 5, minimum=1)  # between two search-canary rounds
 
 
 def _conflict_rules() -> dict[str, str]:
