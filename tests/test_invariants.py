@@ -524,6 +524,33 @@ def test_a_first_sync_of_many_entities_lists_nothing(synced_graph, vectors, grap
     assert counting.calls.get("list_ids", 0) == 0 and counting.calls["fetch_metadata"] <= 2
 
 
+def test_a_write_between_the_graph_read_and_the_store_read_is_no_vector_ahead(synced_graph, vectors, graph):
+    """The full pass reads a page of the graph, then the store: an apply landing in between makes
+    the vector look ahead of the page. That is checked against the graph as it is now, not
+    opened as a conflict."""
+    graph.write_entity("ThreatActor", "race-0", {"name": "Actor", "description": "first"}, source="t")
+    sync_all()
+    real = graph_store()
+
+    def scan_label(label, after, limit):
+        page = real.scan_label(label, after, limit)
+        if any(e.uid == "race-0" for e in page) and not scanned:
+            scanned.append(True)
+            # The apply of a newer version lands after the page was read.
+            real.write_entity("ThreatActor", "race-0", {"description": "second"}, source="t")
+            sync_all()
+        return page
+
+    scanned: list[bool] = []
+    use_graph_store(Wrapped(real, scan_label=scan_label))
+    try:
+        run = reconcile.full()
+    finally:
+        use_graph_store(real)
+    assert scanned and "vector_ahead" not in run.drift, run.drift
+    assert not Conflict.objects.exists()
+
+
 def test_releasing_a_batch_is_one_bounded_transaction(synced_graph, graph):
     queue.enqueue_many([queue.Work("ThreatActor", f"r-{n}") for n in range(300)])
     batch = queue.claim_batch("releaser", 300)
