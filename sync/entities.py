@@ -36,7 +36,9 @@ NAME_MATCHES = 200  # graph nodes whose name matches the search, at most
 NEIGHBOURS = 50
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SORTS = {  # what the list sorts by; each leads with an indexed column or the (label, uid) key
-    "synced": ("synced_at", "id"),
+    # No tie-break column after synced_at: its index already orders ties (by row id in SQLite's,
+    # by heap position in PostgreSQL's), and one more column made the database sort every row.
+    "synced": ("synced_at",),
     "entity": ("label", "uid"),
     "status": ("status", "label", "uid"),
     "uid": ("uid", "label"),
