@@ -63,7 +63,7 @@ def _event_moments(event: SyncEvent) -> list[Moment]:
     if event.last_error:
         dead = event.status == SyncEvent.Status.DEAD
         moments.append(Moment(
-            event.finished_at or event.next_attempt_at or event.created_at, "attempt",
+            event.failed_at or event.finished_at or event.created_at, "attempt",
             f"attempt {event.attempts} failed" + (": dead letter" if dead else f", retry {event.next_attempt_at:%H:%M:%S}"),
             event.last_error, "dead" if dead else "failed",
             ("queue-dead", ()) if dead else None))

@@ -78,7 +78,7 @@ def test_pagination_is_bounded(client, viewer, db):
     assert client.get("/conflicts/?page=999").context["listing"].page == 2
 
 
-def test_the_conflict_page_shows_both_sides_with_provenance_and_the_proposal(client, viewer, prospect):
+def test_the_conflict_page_shows_both_sides_with_provenance_and_the_proposal(client, viewer, analyst_user, prospect):
     client.force_login(viewer)
     page = client.get(f"/conflicts/{prospect.pk}/")
     assert page.status_code == 200
@@ -90,8 +90,14 @@ def test_the_conflict_page_shows_both_sides_with_provenance_and_the_proposal(cli
     assert review.provenance["other"]["confidence"] == 0.7
     html = page.content.decode()
     assert "<details class=\"unchanged\">" in html and "ask an analyst" in html
+    assert 'href="/entities/Prospect/acme"' in html
     assert 'name="choice-sector"' not in html  # a viewer sees no decision controls
     assert review.effect.startswith("The embedded text changes")  # sector is embedded for prospects
+    assert "/api/v1/" not in html
+    client.force_login(analyst_user)
+    html = client.get(f"/conflicts/{prospect.pk}/").content.decode()
+    assert f"/api/v1/conflicts/{prospect.pk}/resolve" in html  # the API call that accepts the proposal
+    assert "&quot;choice&quot;: &quot;merged&quot;" in html
 
 
 def test_long_text_is_diffed_word_by_word():

@@ -62,8 +62,18 @@ def _render_conflict(request, conflict, selection, status=200, note="", **option
         "similar_count": similar.rows().count() if conflict.status == Conflict.Status.OPEN else 0,
         "as_of_iso": timezone.now().isoformat(timespec="microseconds"),
         "seen_json": json.dumps(seen, sort_keys=True, default=str), "note": note,
-        "list_url": _list_url(selection),
+        "list_url": _list_url(selection), "curl": _curl(conflict, review),
     }, status=status)
+
+
+def _curl(conflict, review) -> str:
+    """The API call that accepts the proposal (or keeps the graph, for a store divergence)."""
+    if conflict.status != Conflict.Status.OPEN or not (conflict.proposal or review.store_kind):
+        return ""
+    body = {"choice": "graph" if review.store_kind else "merged", "note": "WHY"}
+    if conflict.graph_version is not None:
+        body["seen_version"] = conflict.graph_version
+    return equivalents.curl(reverse("api-conflict-resolve", args=[conflict.pk]), body)
 
 
 @viewer_required

@@ -438,8 +438,12 @@ class Neo4jGraphStore:
         the entities list's search box: at most `limit`, in uid order per label."""
         needle = text.lower()
         found: list[tuple[str, str]] = []
+        # Only labels the graph has: a query on an unknown label makes Neo4j log a notification.
+        present = {row["label"] for row in self._query("CALL db.labels() YIELD label RETURN label")}
         for label in labels:
             check_label(label)
+            if label not in present:
+                continue
             rows = self._query(f"MATCH (n:`{label}`) WHERE n.uid IS :: STRING AND "
                                "(toLower(toString(n[$keys[0]])) CONTAINS $text "
                                "OR toLower(toString(n[$keys[1]])) CONTAINS $text) "
