@@ -72,7 +72,10 @@ def test_the_drift_card_names_the_last_reconciliation(logged_in, observed):
                                                                                      "stale_vector": 1},
                                       started_at=timezone.now() - timedelta(minutes=3), finished_at=timezone.now())
     page = logged_in.get("/").content.decode()
-    assert f"incremental #{run.pk}, finished" in page and "2 missing vector, 1 stale vector" in page
+    assert f"incremental #{run.pk}, finished under a minute ago" in page and "2 missing vector, 1 stale vector" in page
+    run.finished_at = timezone.now() - timedelta(seconds=150)  # to the minute: an idle poll gets 204
+    run.save()
+    assert f"incremental #{run.pk}, finished 2 min ago" in logged_in.get("/").content.decode()
 
 
 def test_a_live_poll_that_finds_nothing_changed_sends_nothing(logged_in, observed):
