@@ -21,6 +21,13 @@ DRIFT_KINDS = ("missing_vector", "orphan_vector", "stale_vector", "vector_ahead"
 GAP = 2.5  # a pause longer than this many sampling steps breaks a line instead of bridging it
 
 
+def _text(value: str) -> str:
+    """Text from the data (an entity's uid in a marker, an error or drift kind), as Plotly should show
+    it: Plotly reads <b>, <a href> and friends in any label as markup, and drops tags it does not know,
+    so a hostile uid would be a link or vanish. Escaped, Plotly shows the characters themselves."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _x(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -82,7 +89,7 @@ def _marker_traces(markers: list[Marker]) -> list[dict]:
         mine = [m for m in markers if m.kind == kind]
         if mine:
             traces.append({"type": "scatter", "mode": "markers", "name": f"{kind} started", "yaxis": "y2",
-                           "x": [_x(m.at) for m in mine], "y": [0.97] * len(mine), "text": [m.text for m in mine],
+                           "x": [_x(m.at) for m in mine], "y": [0.97] * len(mine), "text": [_text(m.text) for m in mine],
                            "hovertemplate": "%{text}<extra></extra>",
                            "marker": {"symbol": symbol, "size": 9, "color": colour}})
     return traces
@@ -130,7 +137,7 @@ def throughput(samples, window: Window, markers: list[Marker]) -> dict:
 def errors(samples, window: Window, markers: list[Marker]) -> dict:
     xs, index = _times(samples)
     kinds = sorted({kind for s in samples for kind in s.data.get("errors", {})})
-    series = [(f"error: {kind}", lambda s, kind=kind: s.data.get("errors", {}).get(kind, 0)) for kind in kinds]
+    series = [(f"error: {_text(kind)}", lambda s, kind=kind: s.data.get("errors", {}).get(kind, 0)) for kind in kinds]
     if any(s.data.get("dead_new") for s in samples):
         series.append(("dead-lettered", lambda s: s.data.get("dead_new", 0)))
     traces = [{
@@ -154,9 +161,9 @@ def drift(samples, window: Window, markers: list[Marker]) -> dict:
     kinds = [k for k in DRIFT_KINDS if any(found.get(k) for _, found in ordered)]
     kinds += sorted({k for _, found in ordered for k, n in found.items() if n and k not in DRIFT_KINDS})
     traces = [{
-        "type": "bar", "name": kind.replace("_", " "), "x": [at for at, _ in ordered],
+        "type": "bar", "name": _text(kind.replace("_", " ")), "x": [at for at, _ in ordered],
         "y": [found.get(kind, 0) for _, found in ordered],
-        "marker": {"color": SERIES_COLOURS[n % len(SERIES_COLOURS)]}, "hovertemplate": "%{y} " + kind,
+        "marker": {"color": SERIES_COLOURS[n % len(SERIES_COLOURS)]}, "hovertemplate": "%{y} differences",
     } for n, kind in enumerate(kinds)]
     figure = {"data": traces + _marker_traces(markers),
               "layout": _layout("Drift found by reconciliation, by kind", "differences", window, markers,

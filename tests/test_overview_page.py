@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from sync.models import Priority, ReconcileRun
+from sync.models import AuditEntry, Priority, ReconcileRun
 from sync.observe import samples
 from sync.observe.models import Heartbeat, MetricSample
 from tests.observe_helpers import finished, waiting
@@ -135,6 +135,11 @@ def test_text_from_the_graph_is_escaped(logged_in, observed):
     ReconcileRun.objects.create(mode="full", status="failed", error=hostile, drift={hostile: 1},
                                 started_at=timezone.now() - timedelta(minutes=1), finished_at=timezone.now())
     samples.record(timezone.now() + timedelta(seconds=15), totals=NO_COUNTERS)
+    AuditEntry.record("system", "resync", f"ThreatActor:{hostile}")
     page = logged_in.get("/").content.decode()
     assert hostile not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    # In the figures too, escaped for Plotly (which reads tags in labels as markup).
+    data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
+    marker = next(t for t in data["lag"]["data"] if t["name"] == "resync started")
+    assert marker["text"] == ["resync of ThreatActor:&lt;img src=x onerror=alert(1)&gt; by system"]

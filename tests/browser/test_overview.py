@@ -120,3 +120,28 @@ def test_an_alert_opened_by_a_real_lag_breach_shows_as_a_banner_and_resolves_by_
     assert (alert.status, alert.acknowledged_by.username) == ("resolved", "ana")
     page.goto(live_server.url + "/alerts/?status=resolved")
     expect(page.locator(f"#alert-{alert.pk}")).to_contain_text("resolved")
+
+
+def test_text_from_the_data_is_shown_in_the_charts_as_text(live_server, page, as_user, graph, vectors, settings):
+    """Plotly reads markup in labels: an error kind or a resync target with tags must be shown as
+    the characters they are, never become an element (a link, an image) or vanish."""
+    from sync.models import AuditEntry
+
+    hostile = '<a href="https://evil.example/">x</a><img src=x onerror=alert(1)>'
+    settings.SAMPLE_INTERVAL = 15
+    now = timezone.now()
+    for n in range(6, 0, -1):
+        samples.record(now - timedelta(seconds=15 * n), totals={"errors": {hostile: 3 * (7 - n)}, "embedded": 0,
+                                                                  "applied": {}})
+    AuditEntry.record("system", "resync", f"ThreatActor:{hostile}")
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    as_user(make_user("vera", "viewer"))
+    page.goto(live_server.url + "/")
+    errors = page.locator("[data-figure=errors]")
+    expect(errors.locator(".legendtext", has_text="error:")).to_have_text(f"error: {hostile}")
+    expect(page.locator("[data-figure] a, [data-figure] img")).to_have_count(0)
+    figures = page.evaluate("JSON.parse(document.getElementById('figures-data').textContent)")
+    markers = [t for t in figures["lag"]["data"] if t["name"] == "resync started"]
+    assert markers and "&lt;img" in markers[0]["text"][0]
+    assert dialogs == []
