@@ -68,8 +68,11 @@ def test_the_range_picker_redraws_every_chart(live_server, page, as_user, observ
     for n in range(5):
         expect(plots.nth(n)).to_have_attribute("data-drawn-range", "1h")
         expect(plots.nth(n).locator(".main-svg").first).to_be_visible()
+    # Plotly's own layout rules applied (its style element is allowed by hash): the layers of a
+    # chart overlap rather than stack below one another.
+    assert page.evaluate("getComputedStyle(document.querySelector('[data-figure] .main-svg')).position") == "absolute"
     # From here on only htmx swaps: none may need what the CSP refuses (on each page load Plotly
-    # tries to inject its mode bar's <style>, refused, and goes on without it).
+    # also tries to inject the CSS of its map traces, refused: there are no maps).
     refused = []
     page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
     page.get_by_role("navigation", name="Time range").get_by_role("link", name="6h").click()
@@ -87,6 +90,10 @@ def test_the_range_picker_redraws_every_chart(live_server, page, as_user, observ
     page.goto(f"{live_server.url}/?range=30d")  # a copied URL reproduces the view
     for n in range(5):
         expect(plots.nth(n)).to_have_attribute("data-drawn-range", "30d")
+    page.emulate_media(color_scheme="dark")  # the charts follow the theme without a reload
+    expect(plots.first.locator(".gtitle")).to_have_css("fill", "rgb(230, 237, 243)")  # dark --fg, #e6edf3
+    page.emulate_media(color_scheme="light")
+    expect(plots.first.locator(".gtitle")).to_have_css("fill", "rgb(27, 31, 36)")  # light --fg, #1b1f24
     check(page, "overview-30d")
 
 
