@@ -48,6 +48,11 @@ def _times(samples) -> tuple[list, list[int | None]]:
     return xs, index
 
 
+def _mode(xs: list) -> str:
+    """Dots as well while there are few points (a fresh start, one rollup of a long range so far)."""
+    return "lines" if sum(x is not None for x in xs) > 60 else "lines+markers"
+
+
 def _series(samples, index, value) -> list:
     return [None if i is None else value(samples[i]) for i in index]
 
@@ -96,12 +101,15 @@ def _marker_traces(markers: list[Marker]) -> list[dict]:
 
 
 def lag(samples, window: Window, markers: list[Marker]) -> dict:
+    """Lines with dots: an interval in which nothing of a priority was synced has no lag, and a
+    value between two such gaps is a point a line alone would not draw."""
     xs, index = _times(samples)
     traces = []
     for p in PRIORITIES:
         for stat, dash in (("p95", "solid"), ("p50", "dot")):
             traces.append({
-                "type": "scatter", "mode": "lines", "name": f"{p.upper()} {stat}", "legendgroup": p,
+                "type": "scatter", "mode": "lines+markers", "marker": {"size": 4 if stat == "p95" else 3},
+                "name": f"{p.upper()} {stat}", "legendgroup": p,
                 "x": xs, "y": _series(samples, index, lambda s, p=p, stat=stat: s.data["lag"][p][stat]),
                 "line": {"color": PRIORITY_COLOURS[p], "dash": dash, "width": 2 if stat == "p95" else 1},
                 "connectgaps": False, "hovertemplate": "%{y:.2f} s",
@@ -113,7 +121,7 @@ def lag(samples, window: Window, markers: list[Marker]) -> dict:
 def depth(samples, window: Window, markers: list[Marker]) -> dict:
     xs, index = _times(samples)
     traces = [{
-        "type": "scatter", "mode": "lines", "stackgroup": "depth", "name": p.upper(),
+        "type": "scatter", "mode": _mode(xs), "stackgroup": "depth", "name": p.upper(),
         "x": xs, "y": _series(samples, index, lambda s, p=p: round(sum(s.data["depth"][p].values()), 2)),
         "line": {"color": PRIORITY_COLOURS[p], "width": 1}, "hovertemplate": "%{y} events",
     } for p in PRIORITIES]
@@ -126,7 +134,7 @@ def throughput(samples, window: Window, markers: list[Marker]) -> dict:
     lines = (("in (enqueued)", "events_in", "#0072b2", "solid"), ("out (synced)", "events_out", "#009e73", "solid"),
              ("chunks embedded", "embedded", "#999999", "dot"))
     traces = [{
-        "type": "scatter", "mode": "lines", "name": name, "x": xs,
+        "type": "scatter", "mode": _mode(xs), "name": name, "x": xs,
         "y": _series(samples, index, lambda s, key=key: _per_minute(s.data.get(key, 0), s.seconds)),
         "line": {"color": colour, "dash": dash}, "hovertemplate": "%{y:.1f}/min",
     } for name, key, colour, dash in lines]

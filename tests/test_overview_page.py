@@ -143,3 +143,18 @@ def test_text_from_the_graph_is_escaped(logged_in, observed):
     data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
     marker = next(t for t in data["lag"]["data"] if t["name"] == "resync started")
     assert marker["text"] == ["resync of ThreatActor:&lt;img src=x onerror=alert(1)&gt; by system"]
+
+
+def test_a_lone_value_is_drawn_as_a_dot(logged_in, observed):
+    """Nothing synced in an interval leaves a gap in the lag line; a value between two gaps, or the
+    one rollup a long range has after a fresh start, would be invisible as a line alone."""
+    page = logged_in.get("/?range=1h").content.decode()
+    data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
+    assert {t["mode"] for t in data["lag"]["data"] if t["name"].endswith(("p95", "p50"))} == {"lines+markers"}
+    assert {t["mode"] for t in data["depth"]["data"] if t["name"] in ("HIGH", "MEDIUM", "LOW")} == {"lines+markers"}
+    now = timezone.now()
+    for n in range(100):  # an hour of samples: lines only, no clutter of dots
+        samples.record(now - timedelta(seconds=15 * (n + 6)), totals=NO_COUNTERS)
+    page = logged_in.get("/?range=1h").content.decode()
+    data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
+    assert {t["mode"] for t in data["depth"]["data"] if t["name"] in ("HIGH", "MEDIUM", "LOW")} == {"lines"}
