@@ -162,8 +162,13 @@ GETS = [n for n, v in PROTECTED if "GET" in v.access.methods]
 @pytest.mark.parametrize("role", ["viewer", "analyst", "admin"])
 @pytest.mark.parametrize("name", GETS)
 def test_pages_escape_hostile_text_keep_the_policy_and_show_no_secret(client, hostile, settings, role, name,
-                                                                     neo4j_driver, vectors):
+                                                                     graph, vectors):
     from tests.conftest import make_user
+
+    # The entity itself, in the graph, carries the markup too (names, descriptions: pages that
+    # read the graph show it).
+    graph.write_entity("ThreatActor", PAYLOAD, {"name": PAYLOAD, "description": f"Targets energy firms. {PAYLOAD}"},
+                       source="test")
 
     for key, value in SECRETS.items():
         setattr(settings, key, value)
