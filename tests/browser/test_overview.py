@@ -43,7 +43,7 @@ def test_queue_depth_moves_without_a_reload(live_server, page, as_user, observed
     expect(depth.locator(".v b")).to_have_text("0")
     page.evaluate("document.body.dataset.loadedOnce = 'yes'")  # gone if the page reloads
     queue.enqueue_many([queue.Work("ThreatActor", f"apt-{n}", priority=Priority.MEDIUM) for n in range(7)])
-    expect(depth.locator(".v b")).to_have_text("7", timeout=15_000)
+    expect(depth.locator(".v b")).to_have_text("7", timeout=30_000)
     expect(depth).to_contain_text("MEDIUM 7")
     assert page.evaluate("document.body.dataset.loadedOnce") == "yes"
 
@@ -54,7 +54,7 @@ def test_a_poll_that_finds_nothing_changed_swaps_nothing(live_server, page, as_u
     expect(page.locator("#card-depth")).to_be_visible()
     page.evaluate("document.querySelector('#live').dataset.marker = 'first'")
     for _ in range(2):  # two polls, well past the reconciliation's age of a few seconds turning over
-        with page.expect_response(lambda r: "/overview/live" in r.url, timeout=15_000) as polled:
+        with page.expect_response(lambda r: "/overview/live" in r.url, timeout=30_000) as polled:
             pass
         assert polled.value.status == 204 and polled.value.body() == b""
     assert page.evaluate("document.querySelector('#live').dataset.marker") == "first"  # the same element
@@ -122,7 +122,7 @@ def test_an_alert_opened_by_a_real_lag_breach_shows_as_a_banner_and_resolves_by_
     expect(banner).to_be_visible()
     time.sleep(settings.FRESHNESS_WINDOW + 0.5)  # the slow sync leaves the window
     assert "lag" in observer.tick("browser-test").resolved
-    expect(banner).to_have_count(0, timeout=20_000)  # the banner's own poll, no reload
+    expect(banner).to_have_count(0, timeout=30_000)  # the banner's own poll, no reload
     alert = Alert.objects.get(rule="lag")
     assert (alert.status, alert.acknowledged_by.username) == ("resolved", "ana")
     page.goto(live_server.url + "/alerts/?status=resolved")
