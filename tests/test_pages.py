@@ -202,3 +202,43 @@ def test_hostile_text_reaches_these_pages_escaped(client, admin_user, hostile, n
         assert "Retry 1 dead letter" in page
         return
     assert ESCAPED in page, f"{name}: {where} should be shown, escaped"
+
+
+class Actions(HTMLParser):
+    """The forms that POST and the links a page offers."""
+
+    def __init__(self):
+        super().__init__()
+        self.posts: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        names = dict(attrs)
+        if tag == "form" and (names.get("method") or "").lower() == "post":
+            self.posts.append(names.get("action") or "")
+        if tag == "a" and names.get("href", "").startswith("/"):
+            self.links.append(names["href"])
+        if names.get("hx-post"):
+            self.posts.append(names["hx-post"])
+
+
+@pytest.mark.parametrize("name", [n for n in GETS if dict(PROTECTED)[n].access.role == VIEWER])
+def test_a_viewer_is_offered_no_action(client, viewer, hostile, name, neo4j_driver, vectors):
+    """No form that POSTs (but logging out) and no link to a page a viewer may not open: a viewer
+    sees what an analyst would do, not buttons that end in 403."""
+    from django.urls import Resolver404, resolve
+
+    client.force_login(viewer)
+    parser = Actions()
+    parser.feed(client.get(url_for(name, hostile)).content.decode())
+    assert [action for action in parser.posts if action != reverse("logout")] == [], name
+    refused = []
+    for href in parser.links:
+        try:
+            view = resolve(href.split("?")[0].split("#")[0]).func
+        except Resolver404:
+            continue
+        rule = getattr(view, "access", None)
+        if rule is not None and rule.role != VIEWER:
+            refused.append(href)
+    assert refused == [], f"{name} links a viewer to pages they may not open"
