@@ -18,6 +18,7 @@ SERIES_COLOURS = ("#cc79a7", "#e69f00", "#56b4e9", "#999999", "#f0e442", "#00000
 MARKER_STYLE = {"reconciliation": ("diamond", "#7b3fa0"), "resync": ("triangle-down", "#8a6d00")}
 DRIFT_KINDS = ("missing_vector", "orphan_vector", "stale_vector", "vector_ahead", "content_drift",
                "policy_violation")
+NO_SAMPLES = "No samples in this range yet"
 GAP = 2.5  # a pause longer than this many sampling steps breaks a line instead of bridging it
 
 
@@ -95,7 +96,7 @@ def _marker_traces(markers: list[Marker]) -> list[dict]:
         if mine:
             traces.append({"type": "scatter", "mode": "markers", "name": f"{kind} started", "yaxis": "y2",
                            "x": [_x(m.at) for m in mine], "y": [0.97] * len(mine), "text": [_text(m.text) for m in mine],
-                           "hovertemplate": "%{text}<extra></extra>",
+                           "hovertemplate": "%{text}<extra></extra>", "cliponaxis": False,
                            "marker": {"symbol": symbol, "size": 9, "color": colour}})
     return traces
 
@@ -155,7 +156,9 @@ def errors(samples, window: Window, markers: list[Marker]) -> dict:
     } for n, (name, value) in enumerate(series)]
     figure = {"data": traces + _marker_traces(markers),
               "layout": _layout("Errors by kind", "per minute", window, markers, barmode="stack")}
-    return figure if series else _empty(figure, "No failed attempts in this range")
+    if series:
+        return figure
+    return _empty(figure, "No failed attempts in this range" if samples else NO_SAMPLES)
 
 
 def drift(samples, window: Window, markers: list[Marker]) -> dict:
@@ -178,6 +181,8 @@ def drift(samples, window: Window, markers: list[Marker]) -> dict:
                                 barmode="stack")}
     if kinds:
         return figure
+    if not samples:  # a run may have finished, but no sample has seen it: say nothing about runs
+        return _empty(figure, NO_SAMPLES)
     return _empty(figure, f"{len(ordered)} reconciliation{'s' if len(ordered) != 1 else ''} in this range found "
                           "no drift" if ordered else "No reconciliation finished in this range")
 

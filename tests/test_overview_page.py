@@ -158,3 +158,15 @@ def test_a_lone_value_is_drawn_as_a_dot(logged_in, observed):
     page = logged_in.get("/?range=1h").content.decode()
     data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
     assert {t["mode"] for t in data["depth"]["data"] if t["name"] in ("HIGH", "MEDIUM", "LOW")} == {"lines"}
+
+
+def test_empty_charts_say_why(logged_in):
+    """With no sample in the range, the charts say so, and not that no reconciliation finished or
+    nothing failed (the samples are what would show it)."""
+    ReconcileRun.objects.create(mode="full", status="succeeded", drift={"stale_vector": 2},
+                                started_at=timezone.now() - timedelta(seconds=30), finished_at=timezone.now())
+    page = logged_in.get("/overview/charts?range=1h").content.decode()
+    data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
+    assert [a["text"] for a in data["drift"]["layout"]["annotations"]] == ["No samples in this range yet"]
+    assert [a["text"] for a in data["errors"]["layout"]["annotations"]] == ["No samples in this range yet"]
+    assert "No samples in this range yet" in page
