@@ -1,8 +1,9 @@
 """Dashboard pages' server time and query counts at scale (Django test client, SQLite).
 
 Data: 100,000 sync records, 10,000 conflicts, 1,000,000 past sync events (2,000 of them dead
-letters with varied errors), 8,640 reconciliation runs and 30 days of metric samples (raw for the
-last 24 h, 5-minute rollups before). Each page is requested 25 times after two warm-ups; printed:
+letters with varied errors), 8,640 reconciliation runs, 30 days of metric samples (raw for the
+last 24 h, 5-minute rollups before) and 200,000 audit entries. Each page is requested 25 times
+after two warm-ups; printed:
 p50 / p95 server time, queries per request and response size. Query counts are measured at a
 tenth of the data first, then at full size: they must be equal (no N+1). Targets: p95 ≤ 150 ms,
 live polls ≤ 5 KB.
@@ -25,7 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import Timer, setup  # noqa: E402
 
-FULL = {"records": 100_000, "conflicts": 10_000, "events": 1_000_000, "dead": 2_000, "runs": 8_640, "days": 30}
+FULL = {"records": 100_000, "conflicts": 10_000, "events": 1_000_000, "dead": 2_000, "runs": 8_640, "days": 30,
+        "audit": 200_000}
 REQUESTS, WARM_UPS = 25, 2
 LABELS = ("ThreatActor", "Malware", "Vulnerability", "KEV", "Report", "Prospect")
 ERRORS = (
@@ -51,6 +53,13 @@ PAGES = [
     ("reconciliation progress poll", "/reconciliation/{running}/progress", True),
     ("alerts", "/alerts/", False),
     ("alert banner poll", "/alerts/banner", True),
+    ("audit", "/audit/", False),
+    ("audit, a deep page", "/audit/?before={audit_deep}", False),
+    ("audit by user", "/audit/?user=analyst-3", False),
+    ("audit by action", "/audit/?action=dead_letter.discard", False),
+    ("audit by target", "/audit/?target=KEV:entity-00000", False),
+    ("audit by time", "/audit/?since={audit_since}&until={audit_until}", False),
+    ("policy", "/policy/", False),
 ]
 
 
@@ -85,6 +94,7 @@ def build(size: dict, start: dict) -> None:
                          samples=[{"kind": kinds[i % 3], "label": "Malware", "uid": f"entity-{j}", "detail": "v1 < v2"}
                                   for j in range(5)])
             for i in range(start["runs"], size["runs"])], batch_size=2000)
+    audit_trail(size, start, now)
     # Events with one prepared statement: bulk_create spends longer compiling than SQLite writing.
     columns = ("label", "uid", "operation", "version", "priority", "status", "source", "attempts", "coalesced",
                "next_attempt_at", "claim_token", "lease_expires_at", "changed_at", "created_at", "finished_at",
@@ -104,6 +114,32 @@ def build(size: dict, start: dict) -> None:
             done = created + timedelta(seconds=2)
             rows.append((label, uid, "upsert", 3, i % 3, "done", "capture", 1, 0, adapt(created), "", None,
                          adapt(created), adapt(created), adapt(done), "upserted", 1.5 + (i % 40) / 10, ""))
+        if len(rows) == 20_000:
+            _insert(sql, rows)
+            rows = []
+    _insert(sql, rows)
+
+
+AUDIT_ACTIONS = ("dead_letter.retry", "resync", "conflict.resolve", "conflict.auto_resolve", "dead_letter.discard",
+                 "reconcile.start", "alert.acknowledge", "conflict.dismiss", "user.role")
+
+
+def audit_trail(size: dict, start: dict, now) -> None:
+    """Audit entries over the last 30 days, mostly retries, resyncs and resolutions by 20 people."""
+    import json
+
+    from django.db import connection
+
+    columns = ("at", "actor_name", "action", "target", "before", "after", "note")
+    sql = f"INSERT INTO sync_auditentry ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    adapt = connection.ops.adapt_datetimefield_value
+    span, rows = size["days"] * 86400, []
+    for i in range(start["audit"], size["audit"]):
+        action = AUDIT_ACTIONS[min(i % 23, len(AUDIT_ACTIONS) - 1)]
+        target = f"{LABELS[i % len(LABELS)]}:entity-{i % size['records']:07d}"
+        at = now - timedelta(seconds=span * (1 - i / size["audit"]))
+        rows.append((adapt(at), f"analyst-{i % 20}", action, target, json.dumps({"status": "dead", "attempts": 8}),
+                     json.dumps({"status": "queued", "event": i}), "after the vector store came back" if i % 5 else ""))
         if len(rows) == 20_000:
             _insert(sql, rows)
             rows = []
@@ -161,7 +197,7 @@ def samples(days: float, have_days: float) -> None:
 
 
 def measure(client, params: dict) -> dict:
-    from django.db import connection
+    from django.db import connection, reset_queries
     from django.test.utils import CaptureQueriesContext
 
     figures = {}
@@ -169,6 +205,7 @@ def measure(client, params: dict) -> dict:
         url = url.format(**params)
         times, queries, size = [], [], 0
         for n in range(WARM_UPS + REQUESTS):
+            reset_queries()  # the log keeps 9,000 queries: a full one made every count 0
             with CaptureQueriesContext(connection) as captured, Timer() as timer:
                 response = client.get(url)
             assert response.status_code == 200, (name, response.status_code, response.content[:300])
@@ -185,10 +222,15 @@ def measure(client, params: dict) -> dict:
 def parameters() -> dict:
     from django.utils import timezone
 
-    from sync import deadletters
-    from sync.models import ReconcileRun
+    from sync import audit, deadletters
+    from sync.models import AuditEntry, ReconcileRun
 
-    return {"group": deadletters.groups()[0].key, "as_of": timezone.now().isoformat().replace("+", "%2B"),
+    deep = AuditEntry.objects.order_by("-at", "-id")[AuditEntry.objects.count() * 9 // 10]
+    middle = AuditEntry.objects.order_by("-at", "-id")[AuditEntry.objects.count() // 2].at
+    return {"audit_deep": str(audit.Cursor(deep.at, deep.id)).replace("+", "%2B"),
+            "audit_since": (middle - timedelta(hours=6)).isoformat().replace("+", "%2B"),
+            "audit_until": middle.isoformat().replace("+", "%2B"),
+            "group": deadletters.groups()[0].key, "as_of": timezone.now().isoformat().replace("+", "%2B"),
             "run": ReconcileRun.objects.filter(status="succeeded").order_by("-started_at").first().pk,
             "running": ReconcileRun.objects.get(status="running").pk}
 
@@ -228,7 +270,8 @@ def main() -> None:
     print(f"built the rest in {t.seconds:.0f} s", flush=True)
     at_full = measure(client, parameters())
     print(f"\n{size['records']:,} records, {size['conflicts']:,} conflicts, {size['events']:,} events "
-          f"({size['dead']:,} dead letters), {size['runs']:,} reconciliation runs, {size['days']:g} days of samples")
+          f"({size['dead']:,} dead letters), {size['runs']:,} reconciliation runs, {size['days']:g} days of samples, "
+          f"{size['audit']:,} audit entries")
     print(f"{'page':<30} {'p50 ms':>8} {'p95 ms':>8} {'queries':>8} {'(at 1/10)':>10} {'KB':>7}  verdict")
     for name, f in at_full.items():
         q_small = at_small[name]["queries"]

@@ -65,3 +65,15 @@ def selection_params(selection: Selection, scope_all: bool = False) -> list[tupl
     if scope_all:
         params.append(("scope", "all"))
     return params
+
+
+def audit_filter(data):
+    """The audit page's filter from its query string (sync.audit.AuditFilter)."""
+    from sync.audit import AuditFilter
+
+    since = parse_time(data.get("since", "").strip(), "since")
+    until = parse_time(data.get("until", "").strip(), "until")
+    if since and until and since > until:
+        raise BadRequest("since must be before until")
+    return AuditFilter(user=data.get("user", "").strip()[:150], action=data.get("action", "").strip()[:64],
+                       target=data.get("target", "").strip()[:1200], since=since, until=until)

@@ -253,6 +253,10 @@ class SagaLog(models.Model):
                            "at": timezone.now().isoformat()})
 
 
+class ImmutableAuditEntry(Exception):
+    """Someone tried to change or delete an audit entry."""
+
+
 class AuditEntry(models.Model):
     """Who did what to which entity or record, with the state before and after."""
 
@@ -268,10 +272,25 @@ class AuditEntry(models.Model):
 
     class Meta:
         ordering = ["-at"]
-        indexes = [models.Index(fields=["action", "-at"], name="audit_action")]
+        indexes = [
+            models.Index(fields=["action", "-at"], name="audit_action"),
+            # The audit page's keyset pages (newest first) and its user filter. (Not the target:
+            # 1,200 characters can outgrow a PostgreSQL b-tree entry.)
+            models.Index(fields=["-at", "-id"], name="audit_page"),
+            models.Index(fields=["actor_name", "-at"], name="audit_actor"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.actor_name} {self.action} {self.target}"
+
+    def save(self, *args, **kwargs):
+        """Written once: an entry that exists already is never saved again (sync.audit)."""
+        if not self._state.adding:
+            raise ImmutableAuditEntry(f"audit entry #{self.pk} cannot be changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableAuditEntry(f"audit entry #{self.pk} cannot be deleted")
 
     @classmethod
     def record(cls, actor, action: str, target: str = "", *, before=None, after=None,

@@ -6,6 +6,7 @@ from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
+from dashboard import equivalents
 from dashboard.access import ANALYST, analyst_action, has_role, viewer_required
 from sync.observe import alerting
 from sync.observe.models import Alert
@@ -30,11 +31,21 @@ def index(request):
     if severity != "all":
         alerts = alerts.filter(severity=severity)
     page = Paginator(alerts, 50).get_page(request.GET.get("page"))
+    waiting = next((a for a in page.object_list if a.status == Alert.Status.OPEN and not a.acknowledged_at), None)
     return render(request, "dashboard/alerts.html", {
+        **_equivalent(waiting, request.user),
         "page": page, "status": status, "severity": severity, "statuses": STATUSES, "severities": SEVERITIES,
         "rules": alerting.rule_table(), "channels": alerting.channel_summary(),
         "can_acknowledge": can_acknowledge(request.user), "resolve_after": duration(settings.ALERT_RESOLVE_AFTER),
     })
+
+
+def _equivalent(alert: Alert | None, user) -> dict:
+    """Acknowledging the first waiting alert without the UI (the same for any other number)."""
+    if alert is None or not can_acknowledge(user):
+        return {}
+    return {"waiting": alert, "command": equivalents.manage("alerts", "acknowledge", str(alert.pk), user=user),
+            "curl": equivalents.curl(f"/api/v1/alerts/{alert.pk}/acknowledge", {"note": ""})}
 
 
 @analyst_action

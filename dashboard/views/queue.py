@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.http import urlencode
 
+from dashboard import equivalents
 from dashboard.access import analyst_action, analyst_page, viewer_required
 from dashboard.forms import BadRequest, dead_letter_selection, selection_params
 from sync import deadletters
@@ -96,9 +97,22 @@ def confirm(request):
     return render(request, "dashboard/dead_letters_confirm.html", {
         "action": action, "verb": ACTIONS[action], "count": n, "what": deadletters.describe(selection, n),
         "hidden": selection_params(selection, scope_all=request.GET.get("scope") == "all"),
-        "command": selection.as_command(action), "selection": selection,
+        "command": f"{selection.as_command(action)} --user {request.user.get_username()}", "selection": selection,
+        "curl": equivalents.curl(f"/api/v1/dead-letters/{action}", _as_json(selection, request.GET.get("scope"))),
         "back": request.GET.get("back", "") if request.GET.get("back", "").startswith("/queue/") else "/queue/",
     })
+
+
+def _as_json(selection: deadletters.Selection, scope: str | None) -> dict:
+    """The selection as the API's body (dashboard/views/api.py)."""
+    if selection.ids:
+        return {"ids": list(selection.ids)}
+    body = {name: getattr(selection, name) for name in ("label", "group", "text") if getattr(selection, name)}
+    if not body and scope == "all":
+        body["scope"] = "all"
+    if selection.as_of:
+        body["as_of"] = selection.as_of.isoformat(timespec="microseconds")
+    return body
 
 
 @analyst_action

@@ -9,6 +9,7 @@ from django.core.paginator import Paginator
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 
+from dashboard import equivalents
 from dashboard.access import analyst_action, viewer_required
 from sync import reconcile, runs
 from sync.models import ReconcileRun
@@ -43,6 +44,9 @@ def index(request):
         "page": page, "mode": mode, "status": status, "modes": ReconcileRun.Mode.values,
         "statuses": ReconcileRun.Status.values, "kinds": reconcile.KINDS, "active": active,
         "default_sort": "-started",
+        "command": equivalents.manage("reconcile", "--incremental", "--queue", user=request.user)
+        + "    # or --full; --dry-run to count only",
+        "curl": equivalents.curl("/api/v1/reconciliations", {"mode": "incremental", "dry_run": False}),
     })
 
 

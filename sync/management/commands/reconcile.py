@@ -14,10 +14,19 @@ class Command(BaseCommand):
         mode.add_argument("--full", action="store_true", help="every synced label and every vector id")
         parser.add_argument("--dry-run", action="store_true", help="report drift, repair nothing")
         parser.add_argument("--window-minutes", type=int, default=None)
+        parser.add_argument("--queue", action="store_true",
+                            help="hand the run to the task cluster as the Reconciliation page does (one at a "
+                                 "time, rate-limited per user, audited as reconcile.start) and return")
+        parser.add_argument("--user", default="", help="with --queue: the user the run and the audit trail name")
 
-    def handle(self, *args, full, dry_run, window_minutes, **options):
+    def handle(self, *args, full, dry_run, window_minutes, queue, user, **options):
         if window_minutes is not None and window_minutes < 1:
             raise CommandError("--window-minutes must be at least 1")
+        if queue:
+            self._queue("full" if full else "incremental", dry_run, user)
+            return
+        if user:
+            raise CommandError("--user goes with --queue (a run in this process is the command's own)")
         if full:
             run = reconcile.full(dry_run=dry_run)
         else:
@@ -33,3 +42,21 @@ class Command(BaseCommand):
             f"{run.vectors_checked} vectors, {run.records_checked} records")
         self.stdout.write(f"drift: {found}")
         self.stdout.write(f"repaired: {repaired}; conflicts opened: {run.conflicts_opened}")
+
+    def _queue(self, mode: str, dry_run: bool, username: str) -> None:
+        from django.contrib.auth import get_user_model
+
+        from sync import runs
+        from sync.models import ReconcileRun
+
+        actor = "command"
+        if username:
+            actor = get_user_model().objects.filter(username=username).first()
+            if actor is None:
+                raise CommandError(f"there is no user {username!r}")
+        try:
+            run = runs.start_for(actor, mode, dry_run=dry_run, trigger=ReconcileRun.Trigger.COMMAND)
+        except runs.NotStarted as exc:
+            raise CommandError(f"not started: {exc}") from None
+        self.stdout.write(f"queued {mode} reconciliation #{run.pk}{' (dry run)' if dry_run else ''}; "
+                          "the task cluster runs it (manage.py workers)")

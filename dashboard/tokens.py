@@ -1,0 +1,76 @@
+"""API tokens: a bearer token belongs to a user and acts with that user's role, as it is at the
+time of each request (a viewer's token reads, an analyst's token also acts; demote the user and
+the token follows). Tokens are random (256 bits from `secrets`), so a plain SHA-256 digest is
+all that is stored and looked up; the token itself is shown once, by `manage.py api_token create`.
+Making and revoking a token is audited; so is every action taken with one, as its user."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.utils import timezone
+
+from dashboard.models import ApiToken
+from sync.models import AuditEntry
+
+PREFIX = "ngs_"  # so a leaked token is recognisable (secret scanners, logs)
+LAST_USED_EVERY = timedelta(seconds=60)  # last-used time is written at most this often per token
+
+
+class TokenError(ValueError):
+    pass
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create(user, name: str, *, by: str = "command") -> tuple[ApiToken, str]:
+    """A new token for `user`: (the stored row, the token to hand over once)."""
+    name = name.strip()
+    if not name:
+        raise TokenError("give the token a name that says what it is for, e.g. --name 'nightly retry job'")
+    if not user.is_active:
+        raise TokenError(f"{user.get_username()} is not active")
+    token = PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken.objects.create(user=user, name=name[:100], prefix=token[:12], digest=digest(token), created_by=by)
+    AuditEntry.record(by, "api_token.create", f"user:{user.get_username()}",
+                      after={"token": row.pk, "prefix": row.prefix, "name": row.name})
+    return row, token
+
+
+def revoke(row: ApiToken, *, by: str = "command") -> bool:
+    """Refuse the token from now on; False if it was revoked already."""
+    revoked = ApiToken.objects.filter(pk=row.pk, revoked_at=None).update(revoked_at=timezone.now())
+    if revoked:
+        AuditEntry.record(by, "api_token.revoke", f"user:{row.user.get_username()}",
+                          before={"token": row.pk, "prefix": row.prefix, "name": row.name})
+    return bool(revoked)
+
+
+def find(selector: str) -> ApiToken:
+    """A token by its number or its prefix (as `api_token list` shows them)."""
+    rows = ApiToken.objects.select_related("user")
+    found = list(rows.filter(pk=int(selector))) if selector.isdigit() else list(rows.filter(prefix=selector))
+    if not found:
+        raise TokenError(f"there is no API token {selector!r} (see: manage.py api_token list)")
+    if len(found) > 1:
+        raise TokenError(f"{len(found)} tokens start with {selector!r}: give the token's number instead")
+    return found[0]
+
+
+def authenticate(token: str) -> ApiToken | None:
+    """The active token row for a presented token (with its user), or None. Records when it was
+    last used (at most once a minute, so reads do not become writes)."""
+    if not token.startswith(PREFIX):
+        return None
+    row = ApiToken.objects.select_related("user").filter(digest=digest(token), revoked_at=None).first()
+    if row is None or not row.user.is_active:
+        return None
+    now = timezone.now()
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
+        ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+        row.last_used_at = now
+    return row

@@ -1,0 +1,83 @@
+"""The sync policy as people read it (the Policy page, `GET /api/v1/policy`): per label whether
+it syncs and how, and what never leaves the graph. Everything here is read from sync.policy and
+the settings, so the page cannot drift from what the engine does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from sync import policy
+from sync.policy import POLICY, LabelPolicy
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    label: str
+    synced: bool
+    data_type: str
+    priority: str  # "high" / "medium" / "low"; "" for a never-synced label
+    write_mode: str
+    write_mode_words: str
+    on_vector_failure: str
+    on_vector_failure_words: str
+    text_fields: tuple[tuple[str, str], ...]
+    metadata_fields: tuple[str, ...]
+    freshness_target: float | None  # seconds, for the label's priority
+    description: str
+
+    def as_json(self) -> dict:
+        return {
+            "label": self.label, "synced": self.synced, "data_type": self.data_type,
+            "priority": self.priority or None, "write_mode": self.write_mode or None,
+            "on_vector_failure": self.on_vector_failure or None,
+            "text_fields": [{"property": name, "caption": caption} for name, caption in self.text_fields],
+            "metadata_fields": list(self.metadata_fields), "freshness_target_seconds": self.freshness_target,
+            "description": self.description,
+        }
+
+
+def _row(rule: LabelPolicy) -> LabelRow:
+    if not rule.synced:
+        return LabelRow(rule.label, False, rule.data_type, "", "", "", "", "", (), (), None, rule.description)
+    dual = rule.write_mode == policy.WriteMode.DUAL_WRITE
+    return LabelRow(
+        rule.label, True, rule.data_type, rule.priority.value, rule.write_mode.value, rule.write_mode.label,
+        rule.on_vector_failure.value if dual else "", rule.on_vector_failure.label if dual else "",
+        rule.text_fields, rule.metadata_fields, settings.FRESHNESS_TARGETS[rule.priority.value], rule.description)
+
+
+def labels() -> list[LabelRow]:
+    """Synced labels first (HIGH priority first, then by name), then the never-synced ones."""
+    synced = [_row(POLICY[label]) for label in policy.synced_labels()]
+    never = [_row(rule) for rule in sorted(POLICY.values(), key=lambda r: r.label) if not rule.synced]
+    return synced + never
+
+
+@dataclass(frozen=True)
+class NeverSent:
+    sensitive_terms: tuple[str, ...]  # a field whose name holds one of these never leaves the graph
+    sensitive_fragments: tuple[str, ...]  # ... or holds one of these inside a longer word
+    never_synced_labels: tuple[str, ...]
+    engine_keys: tuple[str, ...]  # what every vector carries besides its label's allow-list
+    phone_regions: tuple[str, ...]  # national phone formats redacted besides international ones
+    snippet_chars: int
+
+    def as_json(self) -> dict:
+        return {"sensitive_terms": list(self.sensitive_terms), "sensitive_fragments": list(self.sensitive_fragments),
+                "never_synced_labels": list(self.never_synced_labels), "engine_keys": list(self.engine_keys),
+                "contact_details_redacted": True, "phone_regions": list(self.phone_regions),
+                "snippet_chars": self.snippet_chars}
+
+
+def never_sent() -> NeverSent:
+    return NeverSent(
+        tuple(sorted(policy.SENSITIVE_KEY_TERMS)), policy._SENSITIVE_FRAGMENTS,
+        tuple(sorted(rule.label for rule in POLICY.values() if not rule.synced)), policy.ENGINE_KEYS,
+        policy.phone_regions(), policy.SNIPPET_MAX_CHARS)
+
+
+def as_json() -> dict:
+    return {"labels": [row.as_json() for row in labels()], "never_sent": never_sent().as_json(),
+            "unlisted_labels": "never synced"}
