@@ -232,8 +232,11 @@ def test_a_viewer_is_offered_no_action(client, viewer, hostile, name, neo4j_driv
     from django.urls import Resolver404, resolve
 
     client.force_login(viewer)
+    response = client.get(url_for(name, hostile))
+    if not response["Content-Type"].startswith("text/html"):
+        return  # an export: no page to act from
     parser = Actions()
-    parser.feed(client.get(url_for(name, hostile)).content.decode())
+    parser.feed(response.content.decode())
     assert [action for action in parser.posts if action != reverse("logout")] == [], name
     refused = []
     for href in parser.links:
