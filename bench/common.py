@@ -53,6 +53,16 @@ def wipe_graph() -> None:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries a forked
+    parent's high-water mark across exec into it, so a child started by a process that had just
+    built a million rows reported that process's peak, not its own."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 
 import numpy as np
-from common import ROOT, Timer, setup, wipe_graph
+from common import ROOT, Timer, peak_rss_mb, setup, wipe_graph
 
 LABELS = ("ThreatActor", "Vulnerability", "Report")
 
@@ -123,8 +123,6 @@ def inject(count: int, fraction: float) -> dict[str, set[str]]:
 
 def run_reconcile() -> None:
     """In a fresh process: one full run; prints JSON with its figures."""
-    import resource
-
     from sync import reconcile
 
     findings: dict[str, list[str]] = {}
@@ -139,7 +137,7 @@ def run_reconcile() -> None:
     started = time.perf_counter()
     run = reconcile.full()
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb(),
                       "entities": run.entities_checked, "vectors": run.vectors_checked, "drift": run.drift,
                       "findings": findings}))
 

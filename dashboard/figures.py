@@ -15,7 +15,9 @@ from sync.observe.samples import Window, downsample
 
 PRIORITY_COLOURS = {"high": "#d55e00", "medium": "#0072b2", "low": "#009e73"}  # Okabe-Ito: colour-blind safe
 SERIES_COLOURS = ("#cc79a7", "#e69f00", "#56b4e9", "#999999", "#f0e442", "#000000", "#0072b2", "#d55e00")
-MARKER_STYLE = {"reconciliation": ("diamond", "#7b3fa0"), "resync": ("triangle-down", "#8a6d00")}
+MARKER_STYLE = {"reconciliation": ("diamond", "#7b3fa0"), "resync": ("triangle-down", "#8a6d00"),
+                "canary": ("x", "#c21f2a")}
+MARKER_NAMES = {"canary": "search canary missed"}  # the others: "<kind> started"
 DRIFT_KINDS = ("missing_vector", "orphan_vector", "stale_vector", "vector_ahead", "content_drift",
                "policy_violation")
 NO_SAMPLES = "No samples in this range yet"
@@ -94,9 +96,10 @@ def _marker_traces(markers: list[Marker]) -> list[dict]:
     for kind, (symbol, colour) in MARKER_STYLE.items():
         mine = [m for m in markers if m.kind == kind]
         if mine:
-            traces.append({"type": "scatter", "mode": "markers", "name": f"{kind} started", "yaxis": "y2",
-                           "x": [_x(m.at) for m in mine], "y": [0.97] * len(mine), "text": [_text(m.text) for m in mine],
-                           "hovertemplate": "%{text}<extra></extra>", "cliponaxis": False,
+            traces.append({"type": "scatter", "mode": "markers", "name": MARKER_NAMES.get(kind, f"{kind} started"),
+                           "yaxis": "y2", "x": [_x(m.at) for m in mine], "y": [0.97] * len(mine),
+                           "text": [_text(m.text) for m in mine], "hovertemplate": "%{text}<extra></extra>",
+                           "cliponaxis": False,
                            "marker": {"symbol": symbol, "size": 9, "color": colour}})
     return traces
 

@@ -67,6 +67,68 @@ def selection_params(selection: Selection, scope_all: bool = False) -> list[tupl
     return params
 
 
+def conflict_filter(data, *, for_action: bool = False):
+    """A conflict Filter from a query string or form; unknown values are a 400, not ignored."""
+    from sync.conflict_review import AGES, SORTS, Filter
+    from sync.models import Conflict
+
+    kind = data.get("kind", "").strip()
+    if kind and kind not in Conflict.Kind.values:
+        raise BadRequest(f"kind must be one of {', '.join(Conflict.Kind.values)}")
+    status = data.get("status", "").strip() or Conflict.Status.OPEN
+    if status != "all" and status not in Conflict.Status.values:
+        raise BadRequest(f"status must be all or one of {', '.join(Conflict.Status.values)}")
+    age = data.get("age", "").strip()
+    if age and age not in AGES:
+        raise BadRequest(f"age must be one of {', '.join(AGES)}")
+    sort = data.get("sort", "").strip() or "oldest"
+    if sort not in SORTS:
+        raise BadRequest(f"sort must be one of {', '.join(SORTS)}")
+    selection = Filter(kind=kind, status="" if status == "all" else status, label=data.get("label", "").strip()[:64],
+                       rule=data.get("rule", "").strip()[:64], age=age, field=data.get("field", "").strip()[:64],
+                       graph_source=data.get("graph_source", "").strip()[:200],
+                       other_source=data.get("other_source", "").strip()[:200],
+                       as_of=parse_time(data.get("as_of", "").strip(), "as_of"), sort=sort)
+    if for_action and selection.as_of is None:
+        raise BadRequest("as_of is missing: a bulk action applies to the conflicts shown at a time")
+    return selection
+
+
+def conflict_decision(data, conflict):
+    """The conflict page's form: choice-<field> (left/right/proposal/edit), edit-<field>, the
+    version the analyst saw, the graph values seen (JSON) and the note. A field the conflict does
+    not have, a choice that is not one of the four or a missing version is a 400."""
+    import json
+
+    from sync.conflict_review import SIDES, Decision
+
+    fields = set(conflict.fields)
+    choices, edits = {}, {}
+    for key in data:
+        for prefix, into in (("choice-", choices), ("edit-", edits)):
+            if key.startswith(prefix):
+                name = key[len(prefix):]
+                if name not in fields:
+                    raise BadRequest(f"{name[:64]!r} is not a field of this conflict "
+                                     f"(its fields: {', '.join(sorted(fields))})")
+                into[name] = data.get(key, "")
+    bad = sorted(name for name, side in choices.items() if side not in SIDES)
+    if bad:
+        raise BadRequest(f"{', '.join(bad)}: choose left, right, proposal or edit")
+    raw_version = data.get("version", "").strip()
+    try:
+        version = int(raw_version) if raw_version not in ("", "none") else None
+    except ValueError:
+        raise BadRequest("version must be the entity version shown on the page") from None
+    if raw_version == "":
+        raise BadRequest("version is missing: resolve from the conflict page, which says which version it shows")
+    try:
+        seen = json.loads(data.get("seen") or "null")
+    except ValueError:
+        raise BadRequest("seen must be the JSON the conflict page sent") from None
+    return Decision(choices, edits, version, data.get("note", "").strip()[:2000],
+                    seen if isinstance(seen, dict) else None)
+
 def audit_filter(data):
     """The audit page's filter from its query string (sync.audit.AuditFilter)."""
     from sync.audit import AuditFilter

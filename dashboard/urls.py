@@ -1,6 +1,18 @@
 from django.urls import path
 
-from dashboard.views import alerts, api, audit, overview, policy, queue, reconciliation
+from dashboard.views import (
+    alerts,
+    api,
+    audit,
+    conflicts,
+    entities,
+    overview,
+    policy,
+    queue,
+    reconciliation,
+    resync,
+    search,
+)
 
 # Each page's URL name is also its entry in the navigation (dashboard/context.py NAVIGATION).
 urlpatterns = [
@@ -20,6 +32,12 @@ urlpatterns = [
     path("alerts/", alerts.index, name="alerts"),
     path("alerts/banner", alerts.banner, name="alerts-banner"),
     path("alerts/<int:pk>/acknowledge", alerts.acknowledge, name="alert-acknowledge"),
+    path("conflicts/", conflicts.index, name="conflicts"),
+    path("conflicts/bulk/confirm", conflicts.bulk_confirm, name="conflicts-bulk-confirm"),
+    path("conflicts/bulk/<str:action>", conflicts.bulk_act, name="conflicts-bulk-act"),
+    path("conflicts/<int:pk>/", conflicts.detail, name="conflict"),
+    path("conflicts/<int:pk>/resolve", conflicts.resolve, name="conflict-resolve"),
+    path("conflicts/<int:pk>/dismiss", conflicts.dismiss, name="conflict-dismiss"),
     path("audit/", audit.index, name="audit"),
     path("audit/export.csv", audit.export, name="audit-export"),
     path("policy/", policy.index, name="policy"),
@@ -33,4 +51,11 @@ urlpatterns = [
     path("api/v1/resync", api.resync, name="api-resync"),
     path("api/v1/conflicts/<int:pk>/resolve", api.resolve, name="api-conflict-resolve"),
     path("api/v1/conflicts/<int:pk>/dismiss", api.dismiss, name="api-conflict-dismiss"),
+    path("entities/", entities.index, name="entities"),
+    path("entities/<str:label>/<path:uid>", entities.detail, name="entity"),
+    path("entity-record/<str:label>/<path:uid>", entities.record, name="entity-record"),
+    path("resync/", resync.confirm, name="resync"),
+    path("resync/start", resync.start, name="resync-start"),
+    path("search/", search.index, name="search"),
 ]
+

@@ -204,7 +204,9 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Collected static files (whitenoise serves them); an image collects them at build time, outside
+# its data volume.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(DATA_DIR / "static")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",
@@ -261,6 +263,9 @@ EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "all-MiniLM-L6-v2")
 EMBEDDING_DEVICE = env_str("EMBEDDING_DEVICE", "")
 # 32 measured fastest on 2 CPU cores (bench/embed.py: 19.9 texts/s vs 17.7 at 64, 13.3 at 128).
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=4096)
+# CPU threads torch may use in one process (0: torch's default, every core). With several drain
+# workers on one host, give each its share of the cores (docs/deploy.md, bench/scaleout.py).
+EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0, minimum=0, maximum=256)
 
 # --- the sync engine ------------------------------------------------------------------------
 SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 100, minimum=1, maximum=1000)
@@ -293,6 +298,8 @@ RECONCILE_WINDOW_MINUTES = env_int("RECONCILE_WINDOW_MINUTES", 60, minimum=1)
 RECONCILE_FULL_HOURS = env_int("RECONCILE_FULL_HOURS", 24, minimum=1)
 # A user may start a reconciliation from the dashboard once per this many seconds (0: no limit).
 RECONCILE_START_INTERVAL = env_float("RECONCILE_START_INTERVAL", 60.0, minimum=0.0)
+RESYNC_PER_MINUTE = env_int("RESYNC_PER_MINUTE", 10, minimum=0)  # resyncs one user may start a minute (0: no limit)
+SEARCH_CANARY_MINUTES = env_int("SEARCH_CANARY_MINUTES", 5, minimum=1)  # between two search-canary rounds
 
 
 def _conflict_rules() -> dict[str, str]:
@@ -336,7 +343,10 @@ INGEST_API_TOKENS = env_list("INGEST_API_TOKENS", [])
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- django-q2 ------------------------------------------------------------------------------
+# The broker carries only "run a drain / a capture / a reconciliation" tasks: the sync work itself
+# is in the database (sync events), claimed with leases, so a lost or repeated task costs nothing.
 REDIS_URL = env_str("REDIS_URL")
+Q_BROKER = env_choice("Q_BROKER", "redis" if REDIS_URL else "orm", ("orm", "redis", "sqs"))
 Q_CLUSTER = {
     "name": "nightingale",
     # The change poller's loop takes one worker, two at times (runs overlap, see sync.tasks);
@@ -345,8 +355,12 @@ Q_CLUSTER = {
     "workers": env_int("Q_WORKERS", 4, minimum=3),
     # Capture and drain runs last 95 s plus their last batch (sync.tasks.RUN_SECONDS).
     "timeout": env_int("Q_TIMEOUT", 600, minimum=180),
+    # A task not acknowledged this long after it was handed out (its worker died) is handed out
+    # again (on SQS: the message's visibility timeout).
     "retry": env_int("Q_RETRY", 660, minimum=20),
-    "max_attempts": 1,
+    # Attempts of a failing task before django-q2 gives up on it (0: no limit; on SQS, leave it to
+    # the queue's redrive policy, which moves the message to the dead-letter queue).
+    "max_attempts": env_int("Q_MAX_ATTEMPTS", 1, minimum=0),
     "queue_limit": 50,
     "bulk": 10,
     "catch_up": False,
@@ -359,8 +373,19 @@ if Q_CLUSTER["workers"] < SYNC_DRAIN_WORKERS + 2:
     raise ImproperlyConfigured(
         f"Q_WORKERS ({Q_CLUSTER['workers']}) must be at least SYNC_DRAIN_WORKERS + 2 "
         f"({SYNC_DRAIN_WORKERS + 2}): change capture takes two workers while its runs overlap")
-if REDIS_URL:
-    Q_CLUSTER["redis"] = REDIS_URL
+if Q_BROKER == "redis":
+    Q_CLUSTER["redis"] = env_required("REDIS_URL", "when Q_BROKER=redis (redis://host:6379/0)")
+elif Q_BROKER == "sqs":
+    # Credentials, and a local endpoint if any (AWS_ENDPOINT_URL_SQS), come from the usual AWS
+    # variables, read by boto3 itself: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN,
+    # AWS_PROFILE, or the instance's role.
+    SQS_QUEUE_NAME = env_str("SQS_QUEUE_NAME", "nightingale")
+    Q_CLUSTER["name"] = SQS_QUEUE_NAME  # django-q2 names the queue after the cluster
+    Q_CLUSTER["sqs"] = {
+        "aws_region": env_str("AWS_REGION") or env_required("AWS_DEFAULT_REGION", "(or AWS_REGION) when Q_BROKER=sqs"),
+        "receive_message_wait_time_seconds": env_int("SQS_WAIT_SECONDS", 10, minimum=0, maximum=20),
+    }
+    Q_CLUSTER["bulk"] = 10  # SQS hands out at most 10 messages a receive
 else:
     Q_CLUSTER["orm"] = "default"
     Q_CLUSTER["poll"] = 0.5

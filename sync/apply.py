@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
-from sync import ids, queue
+from sync import ids, queue, shutdown
 from sync.embedding import get_embedder, model_id
 from sync.models import Conflict, Priority, SyncEvent, SyncRecord, for_entities
 from sync.observe.metrics import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
@@ -124,18 +124,21 @@ def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None,
     (default SYNC_MAX_BATCH_CHUNKS) are embedded; events of entities beyond them are handed back to
     the queue untouched, so a large batch claimed in the expectation of cheap (metadata-only) work
     cannot turn into minutes of embedding."""
-    started = time.monotonic()
-    counts = ApplyCounts()
-    if not events:
-        return counts
-    plans: dict[tuple[str, str], _Plan] = {}
-    for event in events:
-        key = (event.label, event.uid)
-        plans.setdefault(key, _Plan(key=key, events=[])).events.append(event)
-    limit = settings.SYNC_MAX_BATCH_CHUNKS if chunk_limit is None else chunk_limit
     try:
+        stoppable = True  # noqa: F841 — sync.shutdown.MARK: a stop may interrupt from here on
+        shutdown.stop_if_requested()
+        started = time.monotonic()
+        counts = ApplyCounts()
+        if not events:
+            return counts
+        plans: dict[tuple[str, str], _Plan] = {}
+        for event in events:
+            key = (event.label, event.uid)
+            plans.setdefault(key, _Plan(key=key, events=[])).events.append(event)
+        limit = settings.SYNC_MAX_BATCH_CHUNKS if chunk_limit is None else chunk_limit
         with _LeaseKeeper(events):
             _apply(plans, counts, embed_limit=embed_limit, chunk_limit=limit, read_graph=True)
+        stoppable = False  # noqa: F841 — applied: a stop from here on is only recorded
     except BaseException:
         _release_interrupted(events)
         raise

@@ -10,7 +10,8 @@ fresh demo moves within a minute (`manage.py simulate`; bin/run starts it unless
   "searchable within a minute" promise the overview shows.
 - Now and then (`delete_every`, 2 minutes) a threat-intel item is deleted and, half a minute
   later, re-created with the same properties and relationships: a tombstone, then a new version.
-- Now and then (`dispute_every`, 90 s) two sources disagree on a rule-governed field through
+- On a fresh demo, `first_conflicts` (run by `load_demo`) makes a dozen such disputes at once, so a
+  new user finds conflicts to resolve; then, now and then (`dispute_every`, 90 s), two sources disagree on a rule-governed field through
   `sync.writes.write_entity` (a threat actor's severity, a vulnerability's CVSS score); the rule
   table settles most, and a low-confidence source leaves a conflict open for an analyst (at most
   MAX_OPEN_DEMO_CONFLICTS at a time, so the queue stays workable).
@@ -218,17 +219,22 @@ class Activity:
 
     # -- disagreeing sources ----------------------------------------------------------------------
 
-    def dispute(self) -> None:
-        from sync import writes
+    def dispute(self, *, label: str | None = None, leave_open: bool | None = None) -> None:
+        from sync import rules, writes
 
-        open_demo = Conflict.objects.filter(status=Conflict.Status.OPEN, sources__other__source__startswith=SOURCE)
-        leave_open = open_demo.count() < MAX_OPEN_DEMO_CONFLICTS and self.random.random() < 0.5
-        if self.random.random() < 0.5:
+        if leave_open is None:
+            open_demo = Conflict.objects.filter(status=Conflict.Status.OPEN, sources__other__source__startswith=SOURCE)
+            leave_open = open_demo.count() < MAX_OPEN_DEMO_CONFLICTS and self.random.random() < 0.5
+        if label is None:
+            label = "ThreatActor" if self.random.random() < 0.5 else "Vulnerability"
+        if label == "ThreatActor":
             uid = self.random_uid("ThreatActor")
             if uid is None:
                 self.counts.skipped += 1
                 return
             first, second = self.random.sample(["low", "medium", "high", "critical"], 2)
+            if leave_open:  # the low-confidence source says worse: the rule would adopt it, so it asks
+                first, second = sorted((first, second), key=rules.severity_rank)
             writes.write_entity("ThreatActor", uid, {"severity": first}, source=f"{SOURCE}:vendor-a",
                                 confidence=0.9, actor=SOURCE)
             writes.write_entity("ThreatActor", uid, {"severity": second}, source=f"{SOURCE}:vendor-b",
@@ -248,3 +254,19 @@ class Activity:
             what = f"Vulnerability:{uid} CVSS {first} vs {second}"
         self.counts.disputes += 1
         self.say(f"disagreeing sources: {what}" + (" (low confidence: an analyst decides)" if leave_open else ""))
+
+
+FIRST_DISPUTES = 12  # on a fresh demo: 8 left for an analyst, the rest settled by the rules
+
+
+def first_conflicts(*, disputes: int = FIRST_DISPUTES, seed: int = 20250601,
+                    say: Callable[[str], None] = log.info) -> Counts:
+    """Conflicts for a fresh demo, so a new user has some to resolve at once: pairs of sources
+    disagreeing on threat actors' severities and vulnerabilities' CVSS scores, written through
+    `sync.writes.write_entity` like any ingest, so the rule table settles some (recorded as
+    auto-resolved) and leaves the low-confidence ones open for an analyst."""
+    activity = Activity(rate=0, seed=seed, say=say)
+    for n in range(disputes):
+        activity.guarded("dispute", lambda n=n: activity.dispute(
+            label=("ThreatActor", "Vulnerability")[n % 2], leave_open=n % 3 != 2))
+    return activity.counts

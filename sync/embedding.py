@@ -176,13 +176,14 @@ class ModelInfo:
 class Embedder:
     """One sentence-transformers model and its tokenizer, each loaded lazily and only once."""
 
-    def __init__(self, model: str = BUNDLED_MODEL, device: str = "", batch_size: int = 64):
+    def __init__(self, model: str = BUNDLED_MODEL, device: str = "", batch_size: int = 64, threads: int = 0):
         if batch_size < 1:
             raise ImproperlyConfigured(f"EMBEDDING_BATCH_SIZE must be at least 1, got {batch_size}")
         self.name = model
         self.path = resolve_model_path(model)
         self.requested_device = device
         self.batch_size = batch_size
+        self.threads = threads  # torch CPU threads (0: torch's default)
         self.max_seq_length = _read_max_seq_length(self.path)
         self.model_id = model_fingerprint(self.path, model)
         self.load_count = 0  # how many times the weights were loaded: must stay at most 1
@@ -222,8 +223,12 @@ class Embedder:
         # Set before sentence-transformers pulls in huggingface_hub, which reads them at import.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
 
         # The "Loading weights" bar would land in worker logs as carriage-return noise.
         transformers_logging.disable_progress_bar()
@@ -418,6 +423,7 @@ def get_embedder() -> Embedder:
 
                 _embedder = Embedder(
                     settings.EMBEDDING_MODEL, settings.EMBEDDING_DEVICE, settings.EMBEDDING_BATCH_SIZE,
+                    settings.EMBEDDING_THREADS,
                 )
             embedder = _embedder
     return embedder

@@ -143,6 +143,7 @@ class SyncEvent(models.Model):
     # null for work that changed nothing there (a resync of unchanged data, a stale or fenced event).
     lag_seconds = models.FloatField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)  # when the attempt that left last_error failed
     resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                     on_delete=models.SET_NULL, related_name="+")
 

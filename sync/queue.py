@@ -294,7 +294,7 @@ def _bury_lost_leases(now: datetime) -> None:
     """An event whose worker died on it every attempt is poison: dead-letter it, don't loop."""
     SyncEvent.objects.filter(
         status=Status.IN_FLIGHT, lease_expires_at__lt=now, attempts__gte=settings.SYNC_MAX_ATTEMPTS,
-    ).update(status=Status.DEAD, finished_at=now, lease_expires_at=None,
+    ).update(status=Status.DEAD, finished_at=now, lease_expires_at=None, failed_at=now,
              last_error="the worker holding this event stopped before finishing it, on every attempt")
 
 
@@ -337,17 +337,18 @@ def fail(event: SyncEvent, error: str, *, permanent: bool = False,
     now = timezone.now()
     mine = SyncEvent.objects.filter(id=event.id, claim_token=event.claim_token, status=Status.IN_FLIGHT)
     if permanent or event.attempts >= settings.SYNC_MAX_ATTEMPTS:
-        mine.update(status=Status.DEAD, finished_at=now, lease_expires_at=None, last_error=error[:5000])
+        mine.update(status=Status.DEAD, finished_at=now, lease_expires_at=None, last_error=error[:5000],
+                    failed_at=now)
         return Status.DEAD
     retry_at = now + timedelta(seconds=backoff_delay(event.attempts, retry_after))
     try:
         with transaction.atomic():
             updated = mine.update(status=Status.QUEUED, next_attempt_at=retry_at, lease_expires_at=None,
-                                  last_error=error[:5000])
+                                  last_error=error[:5000], failed_at=now)
     except IntegrityError:
         # A newer change to this entity is already queued: that event covers this one.
         mine.update(status=Status.DONE, finished_at=now, outcome="superseded", lease_expires_at=None,
-                    last_error=error[:5000])
+                    last_error=error[:5000], failed_at=now)
         _fold_into_queued(event)
         return Status.DONE
     return Status.QUEUED if updated else event.status

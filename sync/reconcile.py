@@ -56,7 +56,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from sync import conflicts, ids, queue
+from sync import conflicts, ids, queue, shutdown
 from sync.embedding import content_hash, model_id
 from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
 from sync.observe.metrics import CONSISTENCY_VIOLATIONS
@@ -147,21 +147,27 @@ class Reconciler:
         self.run.vectors_checked += len(found)
         return found
 
-    def fetch_entities(self, keys) -> tuple[dict[tuple[str, str], StoredEntity], list[str], set]:
+    def fetch_entities(self, keys, first: FirstIds | None = None,
+                       ) -> tuple[dict[tuple[str, str], StoredEntity], list[str], set]:
         """What the store holds for these entities, asked by id. Our records say which ids the
         last write left (a hint only: what is asked is then checked): one chunk `Label:uid`, or
         `#0..#n-1`; without a record both first ids. An entity found under neither shape asked
         for is asked again under the other, and a stored first chunk's declared count is followed,
-        so nothing the store holds under the text's ids goes unseen. Returns (by entity, ids
+        so nothing the store holds under the text's ids goes unseen. `first`: both first ids of
+        every entity, asked already (by the full pass's reading thread). Returns (by entity, ids
         fetched, entities with a policy violation)."""
-        hints = _chunk_counts(keys)
-        asked: set[str] = set()
-        for key in keys:
-            count = hints.get(key, 0)
-            asked |= ({ids.vector_id(*key)} if count == 1 else
-                      {ids.vector_id(*key, n) for n in range(count)} if count > 1 else
-                      {ids.vector_id(*key), ids.vector_id(*key, 0)})
-        metadata = self.fetch(asked)
+        if first is not None:
+            asked, metadata = first.asked, dict(first.found)
+            self.run.vectors_checked += len(metadata)
+        else:
+            hints = _chunk_counts(keys)
+            asked = set()
+            for key in keys:
+                count = hints.get(key, 0)
+                asked |= ({ids.vector_id(*key)} if count == 1 else
+                          {ids.vector_id(*key, n) for n in range(count)} if count > 1 else
+                          {ids.vector_id(*key), ids.vector_id(*key, 0)})
+            metadata = self.fetch(asked)
         for _ in range(2):
             further: set[str] = set()
             for key in keys:
@@ -274,7 +280,7 @@ class Reconciler:
 
     def act(self) -> None:
         """Count, sample and repair the findings gathered so far, in bounded transactions."""
-        findings, self.findings = self._confirm_orphans(self.findings), []
+        findings, self.findings = self._confirm(self.findings), []
         resync: list[queue.Work] = []
         doomed: list[str] = []
         for finding in findings:
@@ -305,13 +311,24 @@ class Reconciler:
         for start in range(0, len(resync), REPAIR_BATCH):
             queue.enqueue_many(resync[start:start + REPAIR_BATCH])
 
-    def _confirm_orphans(self, findings: list[Finding]) -> list[Finding]:
-        """An orphan is deleted only if the graph still has no such entity right now."""
-        keys = [(f.label, f.uid) for f in findings if f.kind == "orphan_vector"]
+    def _confirm(self, findings: list[Finding]) -> list[Finding]:
+        """Findings a write landing between the graph read and the store read would make, checked
+        against the graph as it is now: an orphan is deleted only if the graph still has no such
+        entity, a vector ahead of the graph is an error only if the graph is still behind it."""
+        keys = [(f.label, f.uid) for f in findings if f.kind in ("orphan_vector", "vector_ahead")]
         if not keys:
             return findings
-        alive = set(self.graph.get_entities(keys))
-        return [f for f in findings if not (f.kind == "orphan_vector" and (f.label, f.uid) in alive)]
+        now = self.graph.get_entities(keys)
+
+        def holds(f: Finding) -> bool:
+            entity = now.get((f.label, f.uid))
+            if f.kind == "orphan_vector":
+                return entity is None
+            if f.kind == "vector_ahead":
+                return entity is None or entity.version < (f.vector_version or 0)
+            return True
+
+        return [f for f in findings if holds(f)]
 
     def _work(self, finding: Finding) -> queue.Work:
         return queue.Work(label=finding.label, uid=finding.uid, version=finding.graph_version,
@@ -351,11 +368,12 @@ class Reconciler:
             records_checked=self.run.records_checked, updated_at=timezone.now())
 
     # --- one page of entities ----------------------------------------------------------------------
-    def check_entities(self, entities: dict[tuple[str, str], Entity | None], examined: array | None = None) -> None:
+    def check_entities(self, entities: dict[tuple[str, str], Entity | None], examined: array | None = None,
+                       first: FirstIds | None = None) -> None:
         """Fetch what the store holds for these entities and compare (graph pass and incremental)."""
         keys = sorted(entities)
         pending = _pending_keys(keys)
-        stored, fetched, violated = self.fetch_entities([k for k in keys if k not in pending])
+        stored, fetched, violated = self.fetch_entities([k for k in keys if k not in pending], first)
         if examined is not None:
             examined.extend(hash(vid) for vid in fetched)
         for key in keys:
@@ -429,32 +447,45 @@ def incremental(*, window: timedelta | None = None, dry_run: bool = False,
 
 
 def execute(run: ReconcileRun) -> ReconcileRun:
-    """Run a queued run to its end (once: a second call for the same run does nothing)."""
-    now = timezone.now()
-    if not ReconcileRun.objects.filter(pk=run.pk, status=ReconcileRun.Status.QUEUED).update(
-            status=ReconcileRun.Status.RUNNING, started_at=now, updated_at=now):
-        run.refresh_from_db()
-        return run
-    run.status, run.started_at = ReconcileRun.Status.RUNNING, now
+    """Run a queued run to its end (once: a second call for the same run does nothing).
+
+    Whatever interrupts it, wherever (django-q2's timeout, SIGTERM, Ctrl-C — the claim
+    included), the run ends failed or, if it was never claimed, stays queued: never running."""
     started = time.monotonic()
+    now = timezone.now()
     reconciler = None
+    mine = False
     try:
+        stoppable = True  # noqa: F841 — sync.shutdown.MARK: a stop may interrupt from here on
+        shutdown.stop_if_requested()
+        mine = bool(ReconcileRun.objects.filter(pk=run.pk, status=ReconcileRun.Status.QUEUED).update(
+            status=ReconcileRun.Status.RUNNING, started_at=now, updated_at=now))
+        if not mine:
+            run.refresh_from_db()
+            return run
+        run.status, run.started_at = ReconcileRun.Status.RUNNING, now
         reconciler = Reconciler(run)
         (_full if run.mode == ReconcileRun.Mode.FULL else _incremental)(reconciler)
         reconciler.finish()
         run.status = ReconcileRun.Status.SUCCEEDED
+        stoppable = False  # noqa: F841 — done: a stop from here on is only recorded, the end is saved
     except BaseException as exc:
-        # Interrupted too (django-q2's timeout, SIGTERM, Ctrl-C): the run must not stay "running".
-        run.status = ReconcileRun.Status.FAILED
-        run.error = f"{type(exc).__name__}: {exc}"[:5000] if str(exc) else f"interrupted ({type(exc).__name__})"
-        if reconciler is not None:
-            _keep_counts(reconciler)
-        log.exception("%s reconciliation failed", run.mode)
+        # Interrupted in the claim itself, the claim may have gone through all the same.
+        mine = mine or ReconcileRun.objects.filter(pk=run.pk, status=ReconcileRun.Status.RUNNING,
+                                                   started_at=now).exists()
+        if mine:
+            run.status, run.started_at = ReconcileRun.Status.FAILED, now
+            run.error = (f"{type(exc).__name__}: {exc}"[:5000] if str(exc)
+                         else f"interrupted ({type(exc).__name__})")
+            if reconciler is not None:
+                _keep_counts(reconciler)
+            log.exception("%s reconciliation failed", run.mode)
         raise
     finally:
-        run.finished_at = timezone.now()
-        run.duration = time.monotonic() - started
-        run.save()
+        if mine:
+            run.finished_at = timezone.now()
+            run.duration = time.monotonic() - started
+            run.save()
     return run
 
 
@@ -495,9 +526,9 @@ def _full(r: Reconciler) -> None:
     examined = array("q")  # hashes of the vector ids the graph pass looked at
     for label in labels:
         seen = array("q")  # hashes of this label's uids
-        for page in _label_pages(r.graph, label):
+        for page, first in _label_pages(r.graph, r.vectors, label):
             seen.extend(hash(entity.uid) for entity in page)
-            r.check_entities({entity.key: entity for entity in page}, examined)
+            r.check_entities({entity.key: entity for entity in page}, examined, first)
             r.progress(len(page))
         r.check_records(label, np.sort(np.frombuffer(seen, dtype=np.int64)))
     looked_at = np.sort(np.frombuffer(examined, dtype=np.int64))
@@ -511,17 +542,36 @@ def _full(r: Reconciler) -> None:
             _strays(r, unexplained)
 
 
-def _label_pages(graph, label: str):
-    """The label's entities in uid pages, the next page read in a thread while this one is
-    compared (Neo4j and the vector store both answer without holding the GIL)."""
+@dataclass
+class FirstIds:
+    """Both first ids (`Label:uid`, `Label:uid#0`) of a page's entities, and what the store holds of them."""
+    asked: set[str]
+    found: dict[str, dict]
+
+
+def _read_page(graph, vectors, label: str, after: str | None) -> tuple[list[Entity], FirstIds]:
+    page = graph.scan_label(label, after, GRAPH_PAGE)
+    asked = {vid for entity in page for vid in (ids.vector_id(label, entity.uid), ids.vector_id(label, entity.uid, 0))}
+    wanted = sorted(asked)
+    found: dict[str, dict] = {}
+    for start in range(0, len(wanted), FETCH_BATCH):
+        found.update(vectors.fetch_metadata(wanted[start:start + FETCH_BATCH]))
+    return page, FirstIds(asked, found)
+
+
+def _label_pages(graph, vectors, label: str):
+    """The label's entities in uid pages with what the store holds under their first ids, the
+    next page (graph, then store) read in a thread while this one is compared: Neo4j, LanceDB
+    and Pinecone answer without holding the GIL. The store is read after the graph, as when
+    the comparison read it itself; a write landing in between is confirmed away (`_confirm`)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-scan") as pool:
-        coming = pool.submit(graph.scan_label, label, None, GRAPH_PAGE)
+        coming = pool.submit(_read_page, graph, vectors, label, None)
         while coming is not None:
-            page = coming.result()
-            coming = pool.submit(graph.scan_label, label, page[-1].uid, GRAPH_PAGE) \
+            page, first = coming.result()
+            coming = pool.submit(_read_page, graph, vectors, label, page[-1].uid) \
                 if len(page) == GRAPH_PAGE else None
             if page:
-                yield page
+                yield page, first
 
 
 def _strays(r: Reconciler, vector_ids: list[str]) -> None:

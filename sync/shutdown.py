@@ -36,16 +36,28 @@ def requested() -> bool:
     return _requested.is_set()
 
 
+def stop_if_requested() -> None:
+    """Where an interruptible call sets its MARK: a stop recorded just before (too early to be
+    raised) is raised now, so the call hands its work back instead of running to its end."""
+    if _requested.is_set():
+        _interrupted.set()
+        raise StopRequested("stopped by SIGTERM")
+
+
 # (module, function) of the calls a stop may interrupt: each hands back or records what it had
 # under way when an exception of any kind leaves it. Matched by name so that the handler never
-# imports (it may run in the middle of an import).
+# imports (it may run in the middle of an import). Each sets the local MARK to True as the first
+# statement of the `try` that hands its work back, and to False as the last: a signal landing
+# outside (on the call's first instruction, or in the `finally` that records its end) is only
+# recorded, as anywhere else, and `stop_if_requested()` after the MARK raises one recorded before.
 INTERRUPTIBLE = frozenset({("sync.apply", "apply_events"), ("sync.reconcile", "execute")})
+MARK = "stoppable"
 
 
 def _inside_interruptible(frame: FrameType | None) -> bool:
     while frame is not None:
         if (frame.f_globals.get("__name__"), frame.f_code.co_name) in INTERRUPTIBLE:
-            return True
+            return frame.f_locals.get(MARK) is True
         frame = frame.f_back
     return False
 

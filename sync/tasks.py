@@ -191,3 +191,22 @@ def reconcile_full() -> dict:
 
     run = reconcile.full(trigger=ReconcileRun.Trigger.SCHEDULE)
     return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+
+
+def resync_labels(labels: list[str], priority: int, audit_id: int) -> dict:
+    """A label or full resync too large for a web request (sync.resync.start), audited when it
+    was asked for (`audit_id`)."""
+    from sync.models import AuditEntry
+    from sync.resync import resync_labels as enqueue_labels
+
+    entry = AuditEntry.objects.get(pk=audit_id)
+    return enqueue_labels(labels, actor=entry.actor or entry.actor_name, priority=priority, entry=entry)
+
+
+def search_canary() -> dict:
+    """Search for a few recently synced HIGH entities by their own text (sync.canary)."""
+    from sync import canary
+
+    checks = canary.run()
+    return {"checked": len(checks), "found": sum(c.found for c in checks),
+            "missed": sum(not c.found and not c.error for c in checks), "errors": sum(bool(c.error) for c in checks)}

@@ -81,6 +81,22 @@ def test_disagreeing_sources_go_through_the_rules(small_graph, vectors):
     assert Conflict.objects.exclude(status="open").exists()  # most are settled by a rule
 
 
+def test_a_fresh_demo_has_conflicts_some_settled_by_the_rules_some_for_an_analyst(small_graph, vectors):
+    from sync.demo_activity import first_conflicts
+    from sync.models import AuditEntry
+
+    done = first_conflicts()
+    assert done.disputes == 12 and not done.errors
+    open_ = Conflict.objects.filter(status="open")
+    assert {c.kind for c in open_} == {"threat_severity", "vulnerability_score"}
+    assert all(c.proposal and "confidence 0.3 is below" in c.explanation for c in open_)
+    assert Conflict.objects.filter(status="auto_resolved").exists()
+    # Made by the write path: the rules' decisions are audited and the graph carries the sources.
+    assert AuditEntry.objects.filter(action="conflict.auto_resolve").exists()
+    actor = small_graph.get_entities([("ThreatActor", "apt-x")])[("ThreatActor", "apt-x")]
+    assert actor.properties["severity_source"].startswith("demo-activity:")
+
+
 def test_the_command_runs_for_a_while_and_leaves_the_graph_whole(small_graph, vectors):
     out = StringIO()
     call_command("simulate", "--rate", "120", "--seconds", "2", "--seed", "1", stdout=out)

@@ -8,6 +8,8 @@ test_shutdown/test_timeouts); 4. every saga ends; 5. nothing an analyst must see
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 from datetime import timedelta
 
@@ -253,6 +255,70 @@ def test_an_interrupted_reconciliation_ends_failed(synced_graph, vectors):
     assert run.status == "failed" and run.finished_at and "KeyboardInterrupt" in run.error
 
 
+def _stop_on_line(function, line: int):
+    """A trace that raises StopRequested through sync.shutdown's handler, as a SIGTERM landing on
+    the `line`-th line executed in `function`'s own frame would: only recorded while an
+    exception is being handled or before the call's MARK, raised anywhere else."""
+    from sync import shutdown
+
+    seen = 0
+
+    def trace(frame, event, arg):
+        nonlocal seen
+        if frame.f_code is not function.__code__:
+            return None
+        if event == "line":
+            seen += 1
+            if seen == line:
+                shutdown.handle_sigterm(signal.SIGTERM, frame)
+        return trace
+
+    return trace
+
+
+@pytest.mark.parametrize("where", ["reconcile", "apply"])
+def test_a_stop_landing_on_any_line_leaves_nothing_running_or_in_flight(synced_graph, vectors, graph, where):
+    """SIGTERM may arrive on any line, the claim of the run included (a run left 'running' was
+    seen under load when it landed just after the claim's UPDATE)."""
+    from sync import shutdown
+
+    graph.write_entity("ThreatActor", "stop-0", {"name": "Actor", "description": "x"}, source="t")
+    function = reconcile.execute if where == "reconcile" else apply_events
+    line, finished = 0, False
+    while not finished:
+        line += 1
+        shutdown._requested.clear()
+        shutdown._interrupted.clear()
+        if where == "reconcile":
+            subject = ReconcileRun.objects.create(mode="full", status="queued")
+            call = lambda subject=subject: reconcile.execute(subject)  # noqa: E731
+        else:
+            SyncEvent.objects.all().delete()
+            queue.enqueue_many([queue.Work("ThreatActor", "stop-0")])
+            subject = _claim_as(f"stopping-{line}")
+            call = lambda subject=subject: apply_events(subject)  # noqa: E731
+        sys.settrace(_stop_on_line(function, line))
+        try:
+            call()
+            finished = not shutdown.requested()  # ran past its last line with no stop raised
+        except shutdown.StopRequested:
+            pass
+        finally:
+            sys.settrace(None)
+        if where == "reconcile":
+            subject.refresh_from_db()
+            assert subject.status in {"queued", "failed", "succeeded"}, (line, subject.status)
+            if subject.status == "failed":
+                assert subject.finished_at and "StopRequested" in subject.error, line
+        else:
+            left = SyncEvent.objects.get()
+            assert (left.status, left.attempts) == ("queued", 0) or left.status == "done", (line, left.status)
+        assert line < 200
+    shutdown._requested.clear()
+    shutdown._interrupted.clear()
+    assert line > 5  # the sweep reached well into the call
+
+
 def test_a_reconciliation_whose_process_died_is_marked_failed(db):
     stale = timezone.now() - timedelta(minutes=30)
     dead = ReconcileRun.objects.create(mode="full", status="running", updated_at=stale)
@@ -456,6 +522,33 @@ def test_a_first_sync_of_many_entities_lists_nothing(synced_graph, vectors, grap
     counts = worker.drain(idle_exit=0)
     assert counts.upserted == 60
     assert counting.calls.get("list_ids", 0) == 0 and counting.calls["fetch_metadata"] <= 2
+
+
+def test_a_write_between_the_graph_read_and_the_store_read_is_no_vector_ahead(synced_graph, vectors, graph):
+    """The full pass reads a page of the graph, then the store: an apply landing in between makes
+    the vector look ahead of the page. That is checked against the graph as it is now, not
+    opened as a conflict."""
+    graph.write_entity("ThreatActor", "race-0", {"name": "Actor", "description": "first"}, source="t")
+    sync_all()
+    real = graph_store()
+
+    def scan_label(label, after, limit):
+        page = real.scan_label(label, after, limit)
+        if any(e.uid == "race-0" for e in page) and not scanned:
+            scanned.append(True)
+            # The apply of a newer version lands after the page was read.
+            real.write_entity("ThreatActor", "race-0", {"description": "second"}, source="t")
+            sync_all()
+        return page
+
+    scanned: list[bool] = []
+    use_graph_store(Wrapped(real, scan_label=scan_label))
+    try:
+        run = reconcile.full()
+    finally:
+        use_graph_store(real)
+    assert scanned and "vector_ahead" not in run.drift, run.drift
+    assert not Conflict.objects.exists()
 
 
 def test_releasing_a_batch_is_one_bounded_transaction(synced_graph, graph):

@@ -296,14 +296,14 @@ def test_the_command_fails_on_an_unusable_file(graph, tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_command_exit_status(synced_graph, tmp_path):
-    from django.db import connection
+    from tests.test_worker_processes import current_database_url
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"vulnerabilities": null}')
     partly_bad = tmp_path / "partly.json"
     partly_bad.write_text(json.dumps(feed(entry(), {"cveID": 7})))
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT),
-           "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+           "DATABASE_URL": current_database_url(),
            "LANCEDB_DIR": str(tmp_path / "lancedb")}
 
     def run(path):

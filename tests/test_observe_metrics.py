@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from sync import capture
@@ -57,13 +56,13 @@ def test_gauges_come_from_the_database(client, settings, neo4j_driver, vectors):
 @pytest.mark.django_db(transaction=True)
 def test_work_done_by_a_separate_worker_process_moves_lag_and_counters(client, settings, synced_graph, vectors,
                                                                        tmp_path):
-    from tests.test_worker_processes import actors, worker_env
+    from tests.test_worker_processes import actors, current_database_url, worker_env
 
     before = scrape(client, settings)
     count = 30
     actors(synced_graph, count)
     assert capture.poll_once("test", overlap=0).enqueued == count
-    env = worker_env(tmp_path, f"sqlite:///{connection.settings_dict['NAME']}")
+    env = worker_env(tmp_path, current_database_url())
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(settings.PROMETHEUS_MULTIPROC_DIR)
     worker = subprocess.Popen([sys.executable, "manage.py", "drain", "--until-empty"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -61,12 +61,14 @@ def hostile(db):
         mode="full", status=ReconcileRun.Status.SUCCEEDED, finished_at=timezone.now(), duration=1.5,
         drift={"stale_vector": 1}, labels={"ThreatActor": {"checked": 10, "drift": 1}}, error=PAYLOAD,
         samples=[{"kind": "stale_vector", "label": "ThreatActor", "uid": PAYLOAD, "detail": PAYLOAD}])
-    Conflict.objects.create(kind="threat_severity", label="ThreatActor", uid=PAYLOAD,
-                            graph_side={"severity": PAYLOAD}, other_side={"severity": "high"}, explanation=PAYLOAD)
+    conflict = Conflict.objects.create(
+        kind="threat_severity", label="ThreatActor", uid=PAYLOAD, graph_side={"severity": PAYLOAD},
+        other_side={"severity": "high"}, proposal={"severity": PAYLOAD}, explanation=PAYLOAD,
+        sources={"graph": {"source": PAYLOAD, "confidence": 0.5}, "other": {"source": PAYLOAD}})
     alert = Alert.objects.create(rule="dead_letters", severity="warning", summary=PAYLOAD)
     AuditEntry.record("system", "resync", PAYLOAD, note=PAYLOAD)
     group = deadletters.groups()[0].key
-    return {"event": event, "run": run, "alert": alert, "group": group}
+    return {"event": event, "run": run, "alert": alert, "group": group, "conflict": conflict}
 
 
 def url_for(name: str, objects: dict) -> str:
@@ -77,10 +79,18 @@ def url_for(name: str, objects: dict) -> str:
         "reconciliation-resync": {"pk": objects["run"].pk},
         "alert-acknowledge": {"pk": objects["alert"].pk},
         "queue-dead-act": {"action": "retry"},
+        "entity": {"label": "ThreatActor", "uid": PAYLOAD},
+        "entity-record": {"label": "ThreatActor", "uid": PAYLOAD},
+        "conflict": {"pk": objects["conflict"].pk},
+        "conflict-resolve": {"pk": objects["conflict"].pk},
+        "conflict-dismiss": {"pk": objects["conflict"].pk},
+        "conflicts-bulk-act": {"action": "dismiss"},
     }
     query = {
         "queue-dead": f"?group={objects['group']}",
         "queue-dead-confirm": f"?action=retry&ids={objects['event'].pk}",
+        "resync": "?scope=label&label=ThreatActor",
+        "conflicts-bulk-confirm": "?action=dismiss&as_of=2100-01-01T00:00:00%2B00:00",
     }
     return reverse(name, kwargs=kwargs.get(name)) + query.get(name, "")
 
@@ -197,6 +207,8 @@ def test_pages_escape_hostile_text_keep_the_policy_and_show_no_secret(client, ho
     ("queue", "the dead-letter group's error"), ("queue-dead", "the uid and error"),
     ("queue-dead-confirm", "the selection"), ("reconciliation-run", "the sample findings"),
     ("alerts", "the alert summary"), ("home", "the banner"), ("audit", "the audit entry's target and note"),
+    ("entities", "the uid and last error"), ("entity", "the uid, record error and timeline"),
+    ("conflicts", "the uid and sources"), ("conflict", "both sides, the proposal and the explanation"),
 ])
 def test_hostile_text_reaches_these_pages_escaped(client, admin_user, hostile, name, where, neo4j_driver, vectors):
     client.force_login(admin_user)

@@ -88,7 +88,7 @@ def test_failures_back_off_then_go_dead(settings):
         [event] = queue.claim_batch("w1", 1)
         assert queue.fail(event, f"boom {attempt}") == Status.QUEUED
         event.refresh_from_db()
-        assert event.next_attempt_at > timezone.now()
+        assert event.next_attempt_at > timezone.now() > event.failed_at  # when it failed: for the timeline
         assert queue.claim_batch("w1", 1) == []  # backing off
         SyncEvent.objects.update(next_attempt_at=timezone.now())
     [event] = queue.claim_batch("w1", 1)

@@ -93,6 +93,10 @@ def numeric_reads():
     return reads
 
 
+# Variables read only when another setting asks for them, and what it takes.
+READ_ONLY_WITH = {"SQS_WAIT_SECONDS": {"Q_BROKER": "sqs", "AWS_REGION": "us-east-1"}}
+
+
 @pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
 @pytest.mark.parametrize(("variable", "reader"), numeric_reads())
 def test_it_refuses_non_finite_numbers(tmp_path, monkeypatch, variable, reader, value):
@@ -104,6 +108,8 @@ def test_it_refuses_non_finite_numbers(tmp_path, monkeypatch, variable, reader, 
     for key in [k for k in os.environ if k.startswith(("VECTOR_", "PINECONE_", "DATABASE_", "REDIS_"))]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    for name, needed in READ_ONLY_WITH.get(variable, {}).items():
+        monkeypatch.setenv(name, needed)
     monkeypatch.setenv(variable, value)
     with pytest.raises(ImproperlyConfigured, match=rf"^{variable} must be a"):
         runpy.run_path(str(ROOT / "nightingale" / "settings.py"))

@@ -28,9 +28,20 @@ def worker_env(tmp_path, database_url, **extra):
         DJANGO_SETTINGS_MODULE="nightingale.settings", DATA_DIR=str(Path(settings.DATA_DIR)),
         DATABASE_URL=database_url, LANCEDB_DIR=str(tmp_path / "lancedb"), PINECONE_INDEX="test",
         NEO4J_URI=settings.NEO4J_URI, NEO4J_PASSWORD=settings.NEO4J_PASSWORD, SYNC_KICK_DRAIN="false",
-        HF_HUB_OFFLINE="1", **extra,
+        HF_HUB_OFFLINE="1",
     )
+    env.update(extra)
     return env
+
+
+def current_database_url() -> str:
+    """The URL of the database this test runs on, for the worker processes it starts (SQLite's
+    test database is a file; PostgreSQL's is pytest-django's test_ database on the same server)."""
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{params['NAME']}"
+    auth = params["USER"] + (f":{params['PASSWORD']}" if params.get("PASSWORD") else "")
+    return f"postgres://{auth}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
 
 
 def manage(*args, env, **kwargs):
@@ -59,7 +70,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(synced_graph, vectors, tmp_path
     count = 400
     actors(synced_graph, count)
     assert capture.poll_once("test", overlap=0).enqueued == count
-    env = worker_env(tmp_path, f"sqlite:///{connection.settings_dict['NAME']}", SYNC_VISIBILITY_TIMEOUT="4")
+    env = worker_env(tmp_path, current_database_url(), SYNC_VISIBILITY_TIMEOUT="4")
     victim = manage("drain", "--until-empty", "--batch-size", "50", env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from django.shortcuts import render
 
 from dashboard import figures
 from dashboard.access import viewer_required
+from sync import resync
 from sync.observe import overview, readings, samples
 
 
@@ -12,8 +13,10 @@ def _live_context() -> dict:
     reading = readings.read()
     services, checked_at = overview.services(reading.at)
     cards = overview.cards(reading)
+    progress = resync.progress(reading.at)  # a label or full resync while its work drains
+    moved = f":{progress.entry.pk}:{progress.queued}:{progress.waiting}:{progress.applied}" if progress else ""
     return {"cards": cards, "services": services, "services_checked_at": checked_at, "reading_at": reading.at,
-            "live_version": overview.version(cards, services)}
+            "resync": progress, "live_version": overview.version(cards, services) + moved}
 
 
 def _charts_context(range_key: str) -> dict:

@@ -154,6 +154,22 @@ def _workers(r: Readings, services) -> Finding | None:
                    max(known) if known else None, limit)
 
 
+def _search_canary(r: Readings, services) -> Finding | None:
+    from sync import canary
+
+    checks = [c for c in canary.latest_round(r.at) if not c.error]
+    if not checks:
+        return None  # no recent round that searched: nothing to judge
+    missed = [c for c in checks if not c.found]
+    if not missed:
+        return Finding(False, f"The search canary found all {len(checks)} recently synced HIGH entities "
+                       f"in the top {checks[0].top_k}.", 0, 0)
+    names = ", ".join(f"{c.label}:{c.uid}"[:80] for c in missed)
+    return Finding(True, f"The search canary missed {len(missed)} of {len(checks)} recently synced HIGH entities "
+                   f"({names}): searched for by their own text, they did not come back in the top "
+                   f"{missed[0].top_k}.", len(missed), 0)
+
+
 RULES: tuple[Rule, ...] = (
     Rule("lag", WARNING, "Sync lag above threshold", _lag,
          'sync_window_lag_seconds{priority="all",quantile="95"} > $ALERT_LAG_SECONDS'),
@@ -179,6 +195,7 @@ RULES: tuple[Rule, ...] = (
          'sync_service_up{service="vector_store"} == 0', needs_services=True),
     Rule("workers_heartbeat", CRITICAL, "Workers not heartbeating", _workers,
          '(max(sync_heartbeat_age_seconds) > $HEARTBEAT_MAX_AGE) or absent(sync_heartbeat_age_seconds{worker="observer"})'),
+    Rule("search_canary", WARNING, "Search canary missed", _search_canary, "sync_search_canary_misses > 0"),
 )
 BY_KEY = {rule.key: rule for rule in RULES}
 

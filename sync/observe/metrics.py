@@ -175,10 +175,20 @@ class ReadingsCollector(Collector):
                     value=len(now.late_schedules))
         yield gauge("sync_service_up", "1 when the service answers a ping", ["service"],
                     {(s.name,): int(s.ok) for s in services})
+        yield from _canary_gauges(now.at)
         counts: dict[tuple[str, str], int] = {}
         for rule, severity in open_alerts:
             counts[(rule, severity)] = counts.get((rule, severity), 0) + 1
         yield gauge("sync_alerts_open", "Open alerts of the in-app rules", ["rule", "severity"], counts)
+
+
+def _canary_gauges(at):
+    from sync import canary
+
+    checks = [c for c in canary.latest_round(at) if not c.error]
+    if checks:
+        yield gauge("sync_search_canary_misses", "Entities the newest search-canary round did not find in the top k",
+                    value=sum(not c.found for c in checks))
 
 
 def _reconcile_gauges(now):

@@ -143,3 +143,24 @@ class AlertDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} {self.event} of alert {self.alert_id} ({self.status})"
+
+
+class CanaryCheck(models.Model):
+    """One search-canary probe: a recently synced HIGH entity searched for by its own text, and
+    whether the index returned it in the top k (sync.canary)."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    label = models.CharField(max_length=64)
+    uid = models.CharField(max_length=1024)
+    version = models.BigIntegerField(null=True, blank=True)  # the graph version searched for
+    top_k = models.PositiveSmallIntegerField()
+    found = models.BooleanField(default=False)
+    rank = models.PositiveSmallIntegerField(null=True, blank=True)  # 1 = best; None when missed
+    score = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)  # why the probe could not search (a store did not answer)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"canary {self.label}:{self.uid} {'found' if self.found else 'missed'} at {self.at:%H:%M}"

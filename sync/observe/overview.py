@@ -225,6 +225,10 @@ def markers(window: samples.Window) -> list[Marker]:
     resyncs = (AuditEntry.objects.filter(action="resync", at__gt=window.since, at__lte=window.until)
                .order_by("-at").only("at", "target", "actor_name")[:MAX_MARKERS])
     found += [Marker(e.at, "resync", f"resync of {e.target} by {e.actor_name}") for e in resyncs]
+    from sync import canary
+
+    found += [Marker(c.at, "canary", f"search canary: {c.label}:{c.uid} not in the top {c.top_k}")
+              for c in canary.misses_between(window.since, window.until)[:MAX_MARKERS]]
     return sorted(found, key=lambda m: m.at)
 
 

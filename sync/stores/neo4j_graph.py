@@ -417,6 +417,43 @@ class Neo4jGraphStore:
 
         return self._read(work)
 
+    def neighbours(self, label: str, uid: str, limit: int = 50) -> list[Metadata]:
+        """The nodes one relationship away from (label, uid), for the entity page: relationship
+        type, direction, and the other node's label, uid and name (or title). Nodes without a
+        string uid (no identity to link to) are left out; at most `limit`, by type then uid."""
+        check_label(label)
+        cypher = (f"MATCH (n:`{label}` {{uid: $uid}})-[r]-(m) WHERE m.uid IS :: STRING "
+                  "RETURN type(r) AS type, startNode(r) = n AS outgoing, labels(m) AS labels, m.uid AS uid, "
+                  "coalesce(m[$keys[0]], m[$keys[1]], m[$keys[2]]) AS name "
+                  "ORDER BY type, uid LIMIT $limit")
+        # Keys as parameters: a key no node has yet (m.cve_id in a graph without KEVs) would make
+        # Neo4j log an "unknown property key" notification on every call.
+        rows = self._query(cypher, uid=check_uid(uid), limit=_check_limit(limit), keys=["name", "title", "cve_id"])
+        return [{"type": row["type"], "outgoing": row["outgoing"], "uid": row["uid"],
+                 "label": next((name for name in sorted(row["labels"]) if name != TOMBSTONE), ""),
+                 "name": row["name"] if isinstance(row["name"], str) else None} for row in rows]
+
+    def find_by_name(self, labels: Sequence[str], text: str, limit: int = 50) -> list[tuple[str, str]]:
+        """(label, uid) of nodes of `labels` whose name or title contains `text` (any case), for
+        the entities list's search box: at most `limit`, in uid order per label."""
+        needle = text.lower()
+        found: list[tuple[str, str]] = []
+        # Only labels the graph has: a query on an unknown label makes Neo4j log a notification.
+        present = {row["label"] for row in self._query("CALL db.labels() YIELD label RETURN label")}
+        for label in labels:
+            check_label(label)
+            if label not in present:
+                continue
+            rows = self._query(f"MATCH (n:`{label}`) WHERE n.uid IS :: STRING AND "
+                               "(toLower(toString(n[$keys[0]])) CONTAINS $text "
+                               "OR toLower(toString(n[$keys[1]])) CONTAINS $text) "
+                               "RETURN n.uid AS uid ORDER BY uid LIMIT $limit",
+                               text=needle, limit=_check_limit(limit - len(found)), keys=["name", "title"])
+            found += [(label, row["uid"]) for row in rows]
+            if len(found) >= limit:
+                break
+        return found
+
     def count_label(self, label: str) -> int:
         # A bare label count is answered from the count store, without touching nodes.
         return self._query(f"MATCH (n:`{check_label(label)}`) RETURN count(n) AS n")[0]["n"]

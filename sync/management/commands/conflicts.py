@@ -1,22 +1,67 @@
-"""List open conflicts."""
+"""List conflicts, or resolve / dismiss a filtered snapshot of open ones (the Conflicts page's bulk
+actions: each conflict is resolved and audited one by one, a stale one skipped and reported)."""
 
-from django.core.management.base import BaseCommand
+from datetime import datetime
 
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from sync.conflict_review import AGES, BULK_ACTIONS, Filter, bulk
+from sync.conflicts import ConflictError
 from sync.models import Conflict
 
 
 class Command(BaseCommand):
-    help = "List open conflicts with their proposal."
+    help = "List conflicts with their proposal, or --apply proposal/left/right/dismiss to the open ones matching."
 
     def add_arguments(self, parser):
-        parser.add_argument("--all", action="store_true", help="include resolved and dismissed ones")
+        parser.add_argument("--all", action="store_true", help="list resolved and dismissed ones too")
         parser.add_argument("--limit", type=int, default=50)
+        parser.add_argument("--apply", choices=sorted(BULK_ACTIONS),
+                            help="proposal: the rule's proposal; left: keep the graph; right: the other side; "
+                                 "dismiss: close without changing the graph")
+        parser.add_argument("--kind", choices=Conflict.Kind.values)
+        parser.add_argument("--label", default="")
+        parser.add_argument("--rule", default="")
+        parser.add_argument("--age", choices=sorted(AGES), help="open longer than")
+        parser.add_argument("--field", default="", help="conflicts on this field")
+        parser.add_argument("--graph-source", default="", help="the graph side's source")
+        parser.add_argument("--other-source", default="", help="the other side's source")
+        parser.add_argument("--before", default="", help="only conflicts opened by this ISO time (the snapshot)")
+        parser.add_argument("--note", default="", help="why (required with --apply; kept in each audit entry)")
+        parser.add_argument("--user", default="", help="the user acting, audited as such (default: the command itself)")
 
-    def handle(self, *args, all, limit, **options):
-        conflicts = Conflict.objects.all() if all else Conflict.objects.filter(status=Conflict.Status.OPEN)
+    def handle(self, *args, all, limit, apply, note, user, before, **options):
+        try:
+            as_of = datetime.fromisoformat(before) if before else None
+        except ValueError:
+            raise CommandError(f"--before must be an ISO 8601 time, got {before!r}") from None
+        if as_of is not None and timezone.is_naive(as_of):
+            as_of = timezone.make_aware(as_of)
+        selection = Filter(kind=options["kind"] or "", status="" if all and not apply else Conflict.Status.OPEN,
+                           label=options["label"], rule=options["rule"], age=options["age"] or "",
+                           field=options["field"], graph_source=options["graph_source"],
+                           other_source=options["other_source"], as_of=as_of)
+        if apply:
+            self._apply(selection.frozen(), apply, note, user)
+            return
+        conflicts = selection.rows()
         total = conflicts.count()
         for c in conflicts.order_by("-created_at")[:limit]:
             self.stdout.write(
                 f"#{c.pk} {c.status} {c.kind} {c.label}:{c.uid} v{c.graph_version} rule={c.rule or '-'} "
                 f"graph={c.graph_side} other={c.other_side} proposal={c.proposal or '-'}")
         self.stdout.write(f"{total} {'conflicts' if all else 'open conflicts'}")
+
+    def _apply(self, selection: Filter, action: str, note: str, username: str) -> None:
+        actor = "manage.py conflicts"
+        if username:
+            actor = get_user_model().objects.filter(username=username).first()
+            if actor is None:
+                raise CommandError(f"no user {username!r}")
+        try:
+            outcome = bulk(selection, action, actor, note)
+        except ConflictError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(outcome.words())

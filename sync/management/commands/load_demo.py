@@ -20,6 +20,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--if-empty", action="store_true",
                             help="do nothing when the graph already has Prospect nodes")
+        parser.add_argument("--no-conflicts", action="store_true",
+                            help="skip the first disputes (sync.demo_activity.first_conflicts)")
 
     def handle(self, *args, **options):
         graph = graph_store()
@@ -38,3 +40,17 @@ class Command(BaseCommand):
         width = max(len(name) for name in counts)
         for name, count in counts.items():
             self.stdout.write(f"  {name:<{width}}  {count:>6}")
+        if not options["no_conflicts"]:
+            self._first_conflicts()
+
+    def _first_conflicts(self) -> None:
+        from sync.demo_activity import first_conflicts
+        from sync.models import Conflict
+
+        done = first_conflicts(say=lambda line: None)
+        for error in done.errors:
+            self.stderr.write(f"demo: {error}")
+        open_ = Conflict.objects.filter(status=Conflict.Status.OPEN).count()
+        settled = Conflict.objects.filter(status=Conflict.Status.AUTO_RESOLVED).count()
+        self.stdout.write(f"demo: {done.disputes} disagreements between sources: {settled} settled by the "
+                          f"rules, {open_} open for an analyst (/conflicts/)")

@@ -2,30 +2,38 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sync.policy import synced_labels
-from sync.resync import resync_entity, resync_labels
+from sync import resync
+from sync.models import Priority
 
 
 class Command(BaseCommand):
-    help = "Enqueue a resync of one entity (Label:uid), of labels, or of every synced label."
+    help = ("Enqueue a resync of one entity (Label:uid), of a label, or of every synced label, in a "
+            "priority lane (LOW unless told; HIGH only for a few entities). Prints the preview first.")
 
     def add_arguments(self, parser):
         target = parser.add_mutually_exclusive_group(required=True)
         target.add_argument("--entity", help="Label:uid")
         target.add_argument("--label", action="append", help="a label (repeatable)")
         target.add_argument("--all", action="store_true", help="every synced label")
+        parser.add_argument("--priority", choices=[p.label for p in Priority], default=Priority.LOW.label)
+        parser.add_argument("--user", default="command", help="who to audit the resync as")
 
-    def handle(self, *args, entity, label, all, **options):
+    def handle(self, *args, entity, label, all, priority, user, **options):
         if entity:
             name, sep, uid = entity.partition(":")
             if not sep or not uid:
                 raise CommandError("--entity takes Label:uid, e.g. ThreatActor:apt29")
-            resync_entity(name, uid, actor="command")
-            self.stdout.write(f"queued {name}:{uid}")
-            return
-        labels = synced_labels() if all else label
-        unknown = set(labels) - set(synced_labels())
-        if unknown:
-            raise CommandError(f"not synced by the policy: {', '.join(sorted(unknown))}")
-        for name, count in resync_labels(labels, actor="command").items():
-            self.stdout.write(f"queued {count} {name}")
+            scopes = [resync.Scope(resync.ENTITY, name, uid)]
+        elif all:
+            scopes = [resync.Scope(resync.ALL)]
+        else:
+            scopes = [resync.Scope(resync.LABEL, name) for name in label]
+        try:
+            for scope in scopes:
+                shown = resync.preview(scope)
+                self.stdout.write(f"{scope.describe()}: {shown.entities} entities, {shown.embed} to embed, "
+                                  f"{shown.metadata_only} metadata-only, {priority.upper()} lane")
+                done = resync.start(scope, actor=user, priority=priority, background=False)
+                self.stdout.write(f"queued {done['queued']} {scope.target}")
+        except resync.NotResynced as exc:
+            raise CommandError(str(exc)) from exc

@@ -15,6 +15,8 @@ SCHEDULES = [
     ("sync: purge finished events", "sync.tasks.purge_finished_events", Schedule.DAILY, None, 60),
     ("sync: purge applied tombstones", "sync.tasks.purge_tombstones", Schedule.DAILY, None, 90),
     ("sync: end abandoned sagas and runs", "sync.tasks.upkeep", Schedule.MINUTES, 5, 5),
+    ("search: canary", "sync.tasks.search_canary", Schedule.MINUTES, settings.SEARCH_CANARY_MINUTES,
+     settings.SEARCH_CANARY_MINUTES),
     # Reconciliation waits one interval before its first run, so a fresh system's initial sync
     # is not reported as drift.
     ("reconcile: incremental", "sync.tasks.reconcile_incremental", Schedule.MINUTES,

@@ -1,0 +1,19 @@
+"""Conflict values as text: lists comma-separated, None as an em dash (escaped by the template)."""
+
+from django import template
+
+from sync.conflict_review import text
+
+register = template.Library()
+
+
+@register.filter
+def plain(value) -> str:
+    shown = text(value)
+    return shown if shown != "" else "—"
+
+
+@register.filter
+def field_of(row, side: str):
+    """The row's JSON-encoded value for one side (for the preview script's data attributes)."""
+    return row.json[side]
