@@ -220,27 +220,39 @@ def test_hostile_text_reaches_these_pages_escaped(client, admin_user, hostile, n
 
 
 class Actions(HTMLParser):
-    """The forms that POST and the links a page offers."""
+    """The forms that POST and can be submitted (they hold a submit button), and the links a page
+    offers."""
 
     def __init__(self):
         super().__init__()
         self.posts: list[str] = []
         self.links: list[str] = []
+        self.form: str | None = None  # the action of the POST form being read
+        self.submits = False
 
     def handle_starttag(self, tag, attrs):
         names = dict(attrs)
         if tag == "form" and (names.get("method") or "").lower() == "post":
-            self.posts.append(names.get("action") or "")
+            self.form, self.submits = names.get("action") or "", False
+        if self.form is not None and ((tag == "button" and names.get("type", "submit") == "submit")
+                                      or (tag == "input" and names.get("type") in ("submit", "image"))):
+            self.submits = True
         if tag == "a" and names.get("href", "").startswith("/"):
             self.links.append(names["href"])
         if names.get("hx-post"):
             self.posts.append(names["hx-post"])
 
+    def handle_endtag(self, tag):
+        if tag == "form" and self.form is not None:
+            if self.submits:
+                self.posts.append(self.form)
+            self.form = None
+
 
 @pytest.mark.parametrize("name", [n for n in GETS if dict(PROTECTED)[n].access.role == VIEWER])
 def test_a_viewer_is_offered_no_action(client, viewer, hostile, name, neo4j_driver, vectors):
-    """No form that POSTs (but logging out) and no link to a page a viewer may not open: a viewer
-    sees what an analyst would do, not buttons that end in 403."""
+    """No form that POSTs with a button (but logging out) and no link to a page a viewer may not
+    open: a viewer sees what an analyst would do, not buttons that end in 403."""
     from django.urls import Resolver404, resolve
 
     client.force_login(viewer)
