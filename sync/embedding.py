@@ -283,10 +283,12 @@ class Embedder:
         return self.max_seq_length - special
 
     # --- the work -----------------------------------------------------------------------------
-    def encode(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int | None = None, threads: int | None = None) -> np.ndarray:
         """L2-normalised float32 embeddings, shape (len(texts), 384).
 
         Texts longer than the model window are truncated by the model: `split` them first.
+        `threads`: torch's intra-op threads for this call only (a search query: one short text
+        gains nothing from more, and on a busy machine two threads made it 5-15x slower).
         """
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of texts, not a single str")
@@ -301,10 +303,16 @@ class Embedder:
             raise ValueError(f"batch_size must be at least 1, got {size}")
         model = self.model
         with self._encode_lock:
-            vectors = model.encode(
-                texts, batch_size=size, show_progress_bar=False, convert_to_numpy=True,
-                normalize_embeddings=True,
-            )
+            # torch's thread count is process-wide; changed only under the lock every encode takes.
+            before = torch_threads(threads) if threads else None
+            try:
+                vectors = model.encode(
+                    texts, batch_size=size, show_progress_bar=False, convert_to_numpy=True,
+                    normalize_embeddings=True,
+                )
+            finally:
+                if before:
+                    torch_threads(before)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(texts), DIMENSION):
             raise RuntimeError(f"the model returned shape {vectors.shape} for {len(texts)} texts")
@@ -410,6 +418,15 @@ class Embedder:
 
 _lock = threading.Lock()
 _embedder: Embedder | None = None
+
+
+def torch_threads(n: int) -> int:
+    """Set torch's intra-op thread count; returns the count it had."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return before
 
 
 def get_embedder() -> Embedder:

@@ -33,10 +33,13 @@ from sync.stores.base import Entity, Metadata, StoreError
 PAGE_SIZE = 50
 MAX_PAGE = 200  # bounded offsets: 10,000 rows deep at most; narrow the filter to go further
 NAME_MATCHES = 200  # graph nodes whose name matches the search, at most
+NAME_MIN_CHARS = 3  # shorter searches match uids only (a name scan reads every node of the labels)
 NEIGHBOURS = 50
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SORTS = {  # what the list sorts by; each leads with an indexed column or the (label, uid) key
-    "synced": ("synced_at", "id"),
+    # No tie-break column after synced_at: its index already orders ties (by row id in SQLite's,
+    # by heap position in PostgreSQL's), and one more column made the database sort every row.
+    "synced": ("synced_at",),
     "entity": ("label", "uid"),
     "status": ("status", "label", "uid"),
     "uid": ("uid", "label"),
@@ -114,10 +117,13 @@ def list_entities(selection: EntityFilter) -> EntityPage:
         wanted = Q(uid__icontains=selection.text)
         labels = [selection.label] if selection.label else list(synced_labels())
         try:
-            keys = graph_store().find_by_name(labels, selection.text, NAME_MATCHES)
+            keys = (graph_store().find_by_name(labels, selection.text, NAME_MATCHES)
+                    if len(selection.text) >= NAME_MIN_CHARS else None)
         except StoreError as exc:
-            name_error = f"names were not searched, only uids: {exc}"
-        else:
+            keys, name_error = None, f"names were not searched, only uids: {exc}"
+        if keys is None and not name_error:
+            name_error = f"names are searched from {NAME_MIN_CHARS} characters on; these are uid matches"
+        if keys is not None:
             name_matches = len(keys)
             by_label: dict[str, list[str]] = {}
             for label, uid in keys:

@@ -70,7 +70,8 @@ class Results:
 
 
 def embed_query(text: str) -> list[float]:
-    return get_embedder().encode([text])[0].tolist()
+    """One text, embedded on one thread (sync.embedding.Embedder.encode)."""
+    return get_embedder().encode([text], threads=1)[0].tolist()
 
 
 def _key(match: QueryMatch) -> tuple[str, str, int | None]:

@@ -104,6 +104,7 @@ def manage(env, *args, timeout=300) -> str:
 # --- Redis: two clusters as two hosts ------------------------------------------------------------
 
 @pytest.mark.postgres
+@pytest.mark.timeout(900)  # each host loads its model: over a minute apiece on a loaded machine
 def test_two_clusters_on_redis_apply_every_change_once_and_survive_a_kill(synced_graph, vectors, tmp_path):
     url = os.environ.get("TEST_POSTGRES_URL")
     if not url:
@@ -182,7 +183,7 @@ def _stream_kill_and_check(graph, vectors, url, hosts):
                 return next((name for name, counts in seen.items() if counts["in_flight"]), None)
             return None
 
-        victim = wait_for(a_host_mid_batch_after_both_worked, 200, "both hosts to apply batches", every=0.05)
+        victim = wait_for(a_host_mid_batch_after_both_worked, 360, "both hosts to apply batches", every=0.05)
         before_kill = sample()
         os.killpg(hosts[victim].pid, signal.SIGKILL)
         hosts[victim].wait(timeout=10)

@@ -90,6 +90,7 @@ def test_the_conflict_page_shows_both_sides_with_provenance_and_the_proposal(cli
     assert review.provenance["other"]["confidence"] == 0.7
     html = page.content.decode()
     assert "<details class=\"unchanged\">" in html and "ask an analyst" in html
+    assert 'href="/entities/Prospect/acme"' in html
     assert 'name="choice-sector"' not in html  # a viewer sees no decision controls
     assert review.effect.startswith("The embedded text changes")  # sector is embedded for prospects
     assert "/api/v1/" not in html

@@ -259,3 +259,12 @@ def test_it_hashes_the_canonical_text():
     assert content_hash("Cafe\u0301") == content_hash("Café")  # NFD and NFC spell the same text
     assert content_hash("APT28 uses spear-phishing.") != digest
     assert content_hash("apt29 uses spear-phishing.") != digest
+
+
+def test_one_call_can_use_one_thread_and_leaves_the_count_as_it_was(embedder):
+    import torch
+
+    texts = ["APT29 phishing diplomats", "ransomware initial access"]
+    before = torch.get_num_threads()
+    assert np.allclose(embedder.encode(texts, threads=1), embedder.encode(texts), atol=1e-5)
+    assert torch.get_num_threads() == before

@@ -67,6 +67,8 @@ def test_the_search_finds_uids_and_graph_names(client, viewer, graph):
     page = client.get("/entities/?q=cozy").content.decode()
     assert "ThreatActor:intrusion-set--7" in page and "ThreatActor:apt-cozy-9" in page
     assert "ThreatActor:other" not in page and "1 graph node by name" in page
+    page = client.get("/entities/?q=co").content.decode()  # too short for a name scan
+    assert "names are searched from 3 characters on" in page and "ThreatActor:intrusion-set--7" not in page
 
 
 def test_the_list_pages_are_bounded(client, viewer, db):
