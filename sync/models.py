@@ -12,6 +12,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import connection, models
 from django.db.models import Q
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 
@@ -258,6 +259,9 @@ class ImmutableAuditEntry(Exception):
     """Someone tried to change or delete an audit entry."""
 
 
+TARGET_PREFIX = 200
+
+
 class AuditEntry(models.Model):
     """Who did what to which entity or record, with the state before and after."""
 
@@ -279,6 +283,9 @@ class AuditEntry(models.Model):
             # 1,200 characters can outgrow a PostgreSQL b-tree entry.)
             models.Index(fields=["-at", "-id"], name="audit_page"),
             models.Index(fields=["actor_name", "-at"], name="audit_actor"),
+            # An entity's analyst actions (its timeline): the target's first characters, which fit
+            # any b-tree entry; `for_target` matches on them, then on the whole target.
+            models.Index(Substr("target", 1, TARGET_PREFIX), name="audit_target_prefix"),
         ]
 
     def __str__(self) -> str:
@@ -300,6 +307,15 @@ class AuditEntry(models.Model):
         name = actor.get_username() if user else (actor if isinstance(actor, str) else "system")
         return cls.objects.create(actor=user, actor_name=name, action=action, target=target,
                                   before=before, after=after, note=note)
+
+    @classmethod
+    def for_target(cls, *targets: str):
+        """The entries naming exactly these targets, found through the target-prefix index."""
+        prefix = Substr("target", 1, TARGET_PREFIX)
+        wanted = Q()
+        for target in targets:
+            wanted |= Q(target_prefix=target[:TARGET_PREFIX], target=target)
+        return cls.objects.annotate(target_prefix=prefix).filter(wanted)
 
 
 class ReconcileRun(models.Model):
