@@ -20,7 +20,15 @@ MARKER_STYLE = {"reconciliation": ("diamond", "#7b3fa0"), "resync": ("triangle-d
 MARKER_NAMES = {"canary": "search canary missed"}  # the others: "<kind> started"
 DRIFT_KINDS = ("missing_vector", "orphan_vector", "stale_vector", "vector_ahead", "content_drift",
                "policy_violation")
+NO_SAMPLES = "No samples in this range yet"
 GAP = 2.5  # a pause longer than this many sampling steps breaks a line instead of bridging it
+
+
+def _text(value: str) -> str:
+    """Text from the data (an entity's uid in a marker, an error or drift kind), as Plotly should show
+    it: Plotly reads <b>, <a href> and friends in any label as markup, and drops tags it does not know,
+    so a hostile uid would be a link or vanish. Escaped, Plotly shows the characters themselves."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _x(at: datetime) -> str:
@@ -41,6 +49,11 @@ def _times(samples) -> tuple[list, list[int | None]]:
         index.append(i)
         previous = sample.at
     return xs, index
+
+
+def _mode(xs: list) -> str:
+    """Dots as well while there are few points (a fresh start, one rollup of a long range so far)."""
+    return "lines" if sum(x is not None for x in xs) > 60 else "lines+markers"
 
 
 def _series(samples, index, value) -> list:
@@ -83,20 +96,24 @@ def _marker_traces(markers: list[Marker]) -> list[dict]:
     for kind, (symbol, colour) in MARKER_STYLE.items():
         mine = [m for m in markers if m.kind == kind]
         if mine:
-            traces.append({"type": "scatter", "mode": "markers", "name": MARKER_NAMES.get(kind, f"{kind} started"), "yaxis": "y2",
-                           "x": [_x(m.at) for m in mine], "y": [0.97] * len(mine), "text": [m.text for m in mine],
-                           "hovertemplate": "%{text}<extra></extra>",
+            traces.append({"type": "scatter", "mode": "markers", "name": MARKER_NAMES.get(kind, f"{kind} started"),
+                           "yaxis": "y2", "x": [_x(m.at) for m in mine], "y": [0.97] * len(mine),
+                           "text": [_text(m.text) for m in mine], "hovertemplate": "%{text}<extra></extra>",
+                           "cliponaxis": False,
                            "marker": {"symbol": symbol, "size": 9, "color": colour}})
     return traces
 
 
 def lag(samples, window: Window, markers: list[Marker]) -> dict:
+    """Lines with dots: an interval in which nothing of a priority was synced has no lag, and a
+    value between two such gaps is a point a line alone would not draw."""
     xs, index = _times(samples)
     traces = []
     for p in PRIORITIES:
         for stat, dash in (("p95", "solid"), ("p50", "dot")):
             traces.append({
-                "type": "scatter", "mode": "lines", "name": f"{p.upper()} {stat}", "legendgroup": p,
+                "type": "scatter", "mode": "lines+markers", "marker": {"size": 4 if stat == "p95" else 3},
+                "name": f"{p.upper()} {stat}", "legendgroup": p,
                 "x": xs, "y": _series(samples, index, lambda s, p=p, stat=stat: s.data["lag"][p][stat]),
                 "line": {"color": PRIORITY_COLOURS[p], "dash": dash, "width": 2 if stat == "p95" else 1},
                 "connectgaps": False, "hovertemplate": "%{y:.2f} s",
@@ -108,7 +125,7 @@ def lag(samples, window: Window, markers: list[Marker]) -> dict:
 def depth(samples, window: Window, markers: list[Marker]) -> dict:
     xs, index = _times(samples)
     traces = [{
-        "type": "scatter", "mode": "lines", "stackgroup": "depth", "name": p.upper(),
+        "type": "scatter", "mode": _mode(xs), "stackgroup": "depth", "name": p.upper(),
         "x": xs, "y": _series(samples, index, lambda s, p=p: round(sum(s.data["depth"][p].values()), 2)),
         "line": {"color": PRIORITY_COLOURS[p], "width": 1}, "hovertemplate": "%{y} events",
     } for p in PRIORITIES]
@@ -121,7 +138,7 @@ def throughput(samples, window: Window, markers: list[Marker]) -> dict:
     lines = (("in (enqueued)", "events_in", "#0072b2", "solid"), ("out (synced)", "events_out", "#009e73", "solid"),
              ("chunks embedded", "embedded", "#999999", "dot"))
     traces = [{
-        "type": "scatter", "mode": "lines", "name": name, "x": xs,
+        "type": "scatter", "mode": _mode(xs), "name": name, "x": xs,
         "y": _series(samples, index, lambda s, key=key: _per_minute(s.data.get(key, 0), s.seconds)),
         "line": {"color": colour, "dash": dash}, "hovertemplate": "%{y:.1f}/min",
     } for name, key, colour, dash in lines]
@@ -132,7 +149,7 @@ def throughput(samples, window: Window, markers: list[Marker]) -> dict:
 def errors(samples, window: Window, markers: list[Marker]) -> dict:
     xs, index = _times(samples)
     kinds = sorted({kind for s in samples for kind in s.data.get("errors", {})})
-    series = [(f"error: {kind}", lambda s, kind=kind: s.data.get("errors", {}).get(kind, 0)) for kind in kinds]
+    series = [(f"error: {_text(kind)}", lambda s, kind=kind: s.data.get("errors", {}).get(kind, 0)) for kind in kinds]
     if any(s.data.get("dead_new") for s in samples):
         series.append(("dead-lettered", lambda s: s.data.get("dead_new", 0)))
     traces = [{
@@ -142,7 +159,9 @@ def errors(samples, window: Window, markers: list[Marker]) -> dict:
     } for n, (name, value) in enumerate(series)]
     figure = {"data": traces + _marker_traces(markers),
               "layout": _layout("Errors by kind", "per minute", window, markers, barmode="stack")}
-    return figure if series else _empty(figure, "No failed attempts in this range")
+    if series:
+        return figure
+    return _empty(figure, "No failed attempts in this range" if samples else NO_SAMPLES)
 
 
 def drift(samples, window: Window, markers: list[Marker]) -> dict:
@@ -156,15 +175,17 @@ def drift(samples, window: Window, markers: list[Marker]) -> dict:
     kinds = [k for k in DRIFT_KINDS if any(found.get(k) for _, found in ordered)]
     kinds += sorted({k for _, found in ordered for k, n in found.items() if n and k not in DRIFT_KINDS})
     traces = [{
-        "type": "bar", "name": kind.replace("_", " "), "x": [at for at, _ in ordered],
+        "type": "bar", "name": _text(kind.replace("_", " ")), "x": [at for at, _ in ordered],
         "y": [found.get(kind, 0) for _, found in ordered],
-        "marker": {"color": SERIES_COLOURS[n % len(SERIES_COLOURS)]}, "hovertemplate": "%{y} " + kind,
+        "marker": {"color": SERIES_COLOURS[n % len(SERIES_COLOURS)]}, "hovertemplate": "%{y} differences",
     } for n, kind in enumerate(kinds)]
     figure = {"data": traces + _marker_traces(markers),
               "layout": _layout("Drift found by reconciliation, by kind", "differences", window, markers,
                                 barmode="stack")}
     if kinds:
         return figure
+    if not samples:  # a run may have finished, but no sample has seen it: say nothing about runs
+        return _empty(figure, NO_SAMPLES)
     return _empty(figure, f"{len(ordered)} reconciliation{'s' if len(ordered) != 1 else ''} in this range found "
                           "no drift" if ordered else "No reconciliation finished in this range")
 

@@ -177,12 +177,17 @@ AXES_VERBOSE = False
 
 # Content-Security-Policy (django-csp): scripts, styles, images and requests from this site only;
 # no inline script, style or event handler. Figures travel as <script type="application/json">
-# (data, not script), drawn by one static script.
+# (data, not script), drawn by one static script. One exception, by hash: the empty <style> element
+# Plotly creates at start and then fills through the CSSOM (its layout rules: without them the
+# layers of every chart stack instead of overlapping). The hash is that of the empty string, so no
+# style written into a page can use it.
+PLOTLY_STYLE_ELEMENT = "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
         "script-src": ["'self'"],
         "style-src": ["'self'"],
+        "style-src-elem": ["'self'", PLOTLY_STYLE_ELEMENT],
         "img-src": ["'self'", "data:"],
         "font-src": ["'self'"],
         "connect-src": ["'self'"],

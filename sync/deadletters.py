@@ -52,6 +52,7 @@ def fingerprint(error: str) -> str:
     return line.strip()[:FINGERPRINT_LENGTH]
 
 
+@lru_cache(maxsize=4096)
 def group_key(label: str, print_: str) -> str:
     """A short stable name for one fingerprint × label group (for URLs and commands)."""
     return hashlib.sha256(f"{label}\0{print_}".encode()).hexdigest()[:12]
@@ -159,11 +160,30 @@ def matching_ids(selection: Selection) -> list[int]:
     if selection.by_ids:
         return list(SyncEvent.objects.filter(status=DEAD, id__in=list(selection.ids))
                     .order_by("finished_at", "id").values_list("id", flat=True))
+    if selection.group:
+        return group_scan(selection)[1]
+    return list(_dead(selection).order_by("finished_at", "id").values_list("id", flat=True))
+
+
+def group_scan(selection: Selection) -> tuple[Group | None, list[int]]:
+    """A group's dead letters in one pass: the group (None when it has none) and their ids, oldest
+    death first. The fingerprint is not stored, so the group's rows are found by reading every dead
+    letter's error once (fingerprints and keys are cached per distinct text)."""
     rows = _dead(selection).order_by("finished_at", "id").values_list("id", "label", "last_error")
-    if not selection.group:
-        return [i for i, _, _ in rows.iterator(chunk_size=5000)]
-    return [i for i, label, error in rows.iterator(chunk_size=5000)
-            if group_key(label, fingerprint(error)) == selection.group]
+    group, ids = None, []
+    for i, label, error in rows.iterator(chunk_size=5000):
+        print_ = fingerprint(error)
+        if group_key(label, print_) != selection.group:
+            continue
+        if group is None:
+            group = Group(selection.group, label, print_, example=error)
+        ids.append(i)
+    if group is None:
+        return None, []
+    group.count = len(ids)
+    times = dict(SyncEvent.objects.filter(id__in={ids[0], ids[-1]}).values_list("id", "finished_at"))
+    group.first_failure, group.last_failure = times[ids[0]], times[ids[-1]]
+    return group, ids
 
 
 def count(selection: Selection) -> int:
@@ -172,9 +192,10 @@ def count(selection: Selection) -> int:
     return _dead(selection).count()
 
 
-def members(selection: Selection, limit: int = 100) -> tuple[list[SyncEvent], int]:
-    """Up to `limit` dead letters of the selection (newest death first), and how many there are."""
-    ids = matching_ids(selection)
+def members(selection: Selection, limit: int = 100, ids: list[int] | None = None) -> tuple[list[SyncEvent], int]:
+    """Up to `limit` dead letters of the selection (newest death first), and how many there are
+    (`ids`: the selection's ids when the caller has them already)."""
+    ids = matching_ids(selection) if ids is None else ids
     shown = ids[::-1][:limit]
     events = list(SyncEvent.objects.filter(id__in=shown).only(
         "id", "label", "uid", "priority", "attempts", "last_error", "created_at", "finished_at", "source"))
@@ -182,13 +203,14 @@ def members(selection: Selection, limit: int = 100) -> tuple[list[SyncEvent], in
     return events, len(ids)
 
 
-def describe(selection: Selection, n: int) -> str:
-    """In words, for a confirmation: '37 dead letters from ThreatActor with error "timeout <n>"'."""
+def describe(selection: Selection, n: int, group: Group | None = None) -> str:
+    """In words, for a confirmation: '37 dead letters from ThreatActor with error "timeout <n>"'
+    (`group`: the selection's group when the caller has it already)."""
     what = f"{n} dead letter{'s' if n != 1 else ''}"
     if selection.by_ids:
         return what + (" you selected" if n != 1 else "")
     if selection.group:
-        group = next(iter(groups(replace(selection, as_of=selection.as_of))), None)
+        group = group or group_scan(selection)[0]
         if group:
             return f"{what} from {group.label} with the error “{group.fingerprint}”"
     if selection.label:

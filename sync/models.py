@@ -11,7 +11,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, models
-from django.db.models import F, Q
+from django.db.models import Q
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 
@@ -254,18 +255,11 @@ class SagaLog(models.Model):
                            "at": timezone.now().isoformat()})
 
 
-class TargetHead(models.Func):
-    """An audit target's first 200 characters (the audit page's target index). The numbers are
-    written into the SQL: a database uses an index on an expression only for the same SQL text,
-    and bound parameters would not be."""
-
-    template = "SUBSTR(%(expressions)s, 1, 200)"
-    output_field = models.CharField()
-    length = 200
-
-
 class ImmutableAuditEntry(Exception):
     """Someone tried to change or delete an audit entry."""
+
+
+TARGET_PREFIX = 200
 
 
 class AuditEntry(models.Model):
@@ -285,12 +279,13 @@ class AuditEntry(models.Model):
         ordering = ["-at"]
         indexes = [
             models.Index(fields=["action", "-at"], name="audit_action"),
-            # The audit page's keyset pages (newest first), its user filter, and its target-prefix
-            # filter on the target's first TARGET_HEAD characters (a whole 1,200-character target
-            # can outgrow a PostgreSQL b-tree entry; sync.audit filters on the same expression).
+            # The audit page's keyset pages (newest first) and its user filter. (Not the target:
+            # 1,200 characters can outgrow a PostgreSQL b-tree entry.)
             models.Index(fields=["-at", "-id"], name="audit_page"),
             models.Index(fields=["actor_name", "-at"], name="audit_actor"),
-            models.Index(TargetHead("target"), F("at"), name="audit_target_head"),
+            # An entity's analyst actions (its timeline): the target's first characters, which fit
+            # any b-tree entry; `for_target` matches on them, then on the whole target.
+            models.Index(Substr("target", 1, TARGET_PREFIX), name="audit_target_prefix"),
         ]
 
     def __str__(self) -> str:
@@ -312,6 +307,15 @@ class AuditEntry(models.Model):
         name = actor.get_username() if user else (actor if isinstance(actor, str) else "system")
         return cls.objects.create(actor=user, actor_name=name, action=action, target=target,
                                   before=before, after=after, note=note)
+
+    @classmethod
+    def for_target(cls, *targets: str):
+        """The entries naming exactly these targets, found through the target-prefix index."""
+        prefix = Substr("target", 1, TARGET_PREFIX)
+        wanted = Q()
+        for target in targets:
+            wanted |= Q(target_prefix=target[:TARGET_PREFIX], target=target)
+        return cls.objects.annotate(target_prefix=prefix).filter(wanted)
 
 
 class ReconcileRun(models.Model):

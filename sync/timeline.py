@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Q
-
 from sync.models import AuditEntry, Conflict, Priority, ReconcileRun, SagaLog, SyncEvent
 
 KINDS = {
@@ -140,7 +138,8 @@ def timeline(label: str, uid: str, kinds: set[str] | None = None) -> list[Moment
         moments += _findings(label, uid)
     if "analyst" in wanted:
         target = f"{label}:{uid}"
-        for entry in AuditEntry.objects.filter(Q(target=target) | Q(target=label, action="resync"))[:ROWS]:
+        entries = AuditEntry.for_target(target) | AuditEntry.for_target(label).filter(action="resync")
+        for entry in entries.order_by("-at")[:ROWS]:
             whole_label = entry.target == label
             moments.append(Moment(entry.at, "analyst", f"{entry.action.replace('_', ' ')} by {entry.actor_name}"
                                   + (f" (all of {label})" if whole_label else ""),

@@ -106,3 +106,21 @@ def test_the_command_wants_a_selection(db):
 
     with pytest.raises(CommandError, match="say which dead letters"):
         call_command("dead_letters", "discard")
+
+
+def test_one_pass_over_a_group_finds_what_the_grouping_does():
+    from datetime import timedelta
+
+    now = timezone.now()
+    for i, minutes in enumerate((9, 5, 5, 5, 1)):
+        dead("Malware", f"m{i}", f"ReadTimeout: timed out after {i + 1}.0 s", died=now - timedelta(minutes=minutes))
+    dead("Malware", "other", "PermanentStoreError: refused")
+    dead("Report", "r", "ReadTimeout: timed out after 3.0 s")  # same error, another label: another group
+    expected = next(g for g in deadletters.groups() if g.label == "Malware" and g.count == 5)
+    group, ids = deadletters.group_scan(Selection(group=expected.key, as_of=timezone.now()))
+    assert (group.key, group.label, group.fingerprint, group.count) == (
+        expected.key, "Malware", "ReadTimeout: timed out after <n> s", 5)
+    assert (group.first_failure, group.last_failure) == (expected.first_failure, expected.last_failure)
+    assert ids == list(SyncEvent.objects.filter(label="Malware", last_error__startswith="ReadTimeout")
+                       .order_by("finished_at", "id").values_list("id", flat=True))
+    assert deadletters.group_scan(Selection(group="0" * 12, as_of=timezone.now())) == (None, [])

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from sync.models import Priority, ReconcileRun
+from sync.models import AuditEntry, Priority, ReconcileRun
 from sync.observe import samples
 from sync.observe.models import Heartbeat, MetricSample
 from tests.observe_helpers import finished, waiting
@@ -72,7 +72,10 @@ def test_the_drift_card_names_the_last_reconciliation(logged_in, observed):
                                                                                      "stale_vector": 1},
                                       started_at=timezone.now() - timedelta(minutes=3), finished_at=timezone.now())
     page = logged_in.get("/").content.decode()
-    assert f"incremental #{run.pk}, finished" in page and "2 missing vector, 1 stale vector" in page
+    assert f"incremental #{run.pk}, finished under a minute ago" in page and "2 missing vector, 1 stale vector" in page
+    run.finished_at = timezone.now() - timedelta(seconds=150)  # to the minute: an idle poll gets 204
+    run.save()
+    assert f"incremental #{run.pk}, finished 2 min ago" in logged_in.get("/").content.decode()
 
 
 def test_a_live_poll_that_finds_nothing_changed_sends_nothing(logged_in, observed):
@@ -132,6 +135,38 @@ def test_text_from_the_graph_is_escaped(logged_in, observed):
     ReconcileRun.objects.create(mode="full", status="failed", error=hostile, drift={hostile: 1},
                                 started_at=timezone.now() - timedelta(minutes=1), finished_at=timezone.now())
     samples.record(timezone.now() + timedelta(seconds=15), totals=NO_COUNTERS)
+    AuditEntry.record("system", "resync", f"ThreatActor:{hostile}")
     page = logged_in.get("/").content.decode()
     assert hostile not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    # In the figures too, escaped for Plotly (which reads tags in labels as markup).
+    data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
+    marker = next(t for t in data["lag"]["data"] if t["name"] == "resync started")
+    assert marker["text"] == ["resync of ThreatActor:&lt;img src=x onerror=alert(1)&gt; by system"]
+
+
+def test_a_lone_value_is_drawn_as_a_dot(logged_in, observed):
+    """Nothing synced in an interval leaves a gap in the lag line; a value between two gaps, or the
+    one rollup a long range has after a fresh start, would be invisible as a line alone."""
+    page = logged_in.get("/?range=1h").content.decode()
+    data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
+    assert {t["mode"] for t in data["lag"]["data"] if t["name"].endswith(("p95", "p50"))} == {"lines+markers"}
+    assert {t["mode"] for t in data["depth"]["data"] if t["name"] in ("HIGH", "MEDIUM", "LOW")} == {"lines+markers"}
+    now = timezone.now()
+    for n in range(100):  # an hour of samples: lines only, no clutter of dots
+        samples.record(now - timedelta(seconds=15 * (n + 6)), totals=NO_COUNTERS)
+    page = logged_in.get("/?range=1h").content.decode()
+    data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
+    assert {t["mode"] for t in data["depth"]["data"] if t["name"] in ("HIGH", "MEDIUM", "LOW")} == {"lines"}
+
+
+def test_empty_charts_say_why(logged_in):
+    """With no sample in the range, the charts say so, and not that no reconciliation finished or
+    nothing failed (the samples are what would show it)."""
+    ReconcileRun.objects.create(mode="full", status="succeeded", drift={"stale_vector": 2},
+                                started_at=timezone.now() - timedelta(seconds=30), finished_at=timezone.now())
+    page = logged_in.get("/overview/charts?range=1h").content.decode()
+    data = json.loads(page.split('<script id="figures-data" type="application/json">')[1].split("</script>")[0])
+    assert [a["text"] for a in data["drift"]["layout"]["annotations"]] == ["No samples in this range yet"]
+    assert [a["text"] for a in data["errors"]["layout"]["annotations"]] == ["No samples in this range yet"]
+    assert "No samples in this range yet" in page

@@ -174,8 +174,13 @@ GETS = [n for n, v in PROTECTED if "GET" in v.access.methods]
 @pytest.mark.parametrize("role", ["viewer", "analyst", "admin"])
 @pytest.mark.parametrize("name", GETS)
 def test_pages_escape_hostile_text_keep_the_policy_and_show_no_secret(client, hostile, settings, role, name,
-                                                                     neo4j_driver, vectors):
+                                                                     graph, vectors):
     from tests.conftest import make_user
+
+    # The entity itself, in the graph, carries the markup too (names, descriptions: pages that
+    # read the graph show it).
+    graph.write_entity("ThreatActor", PAYLOAD, {"name": PAYLOAD, "description": f"Targets energy firms. {PAYLOAD}"},
+                       source="test")
 
     for key, value in SECRETS.items():
         setattr(settings, key, value)
@@ -212,3 +217,58 @@ def test_hostile_text_reaches_these_pages_escaped(client, admin_user, hostile, n
         assert "Retry 1 dead letter" in page
         return
     assert ESCAPED in page, f"{name}: {where} should be shown, escaped"
+
+
+class Actions(HTMLParser):
+    """The forms that POST and can be submitted (they hold a submit button), and the links a page
+    offers."""
+
+    def __init__(self):
+        super().__init__()
+        self.posts: list[str] = []
+        self.links: list[str] = []
+        self.form: str | None = None  # the action of the POST form being read
+        self.submits = False
+
+    def handle_starttag(self, tag, attrs):
+        names = dict(attrs)
+        if tag == "form" and (names.get("method") or "").lower() == "post":
+            self.form, self.submits = names.get("action") or "", False
+        if self.form is not None and ((tag == "button" and names.get("type", "submit") == "submit")
+                                      or (tag == "input" and names.get("type") in ("submit", "image"))):
+            self.submits = True
+        if tag == "a" and names.get("href", "").startswith("/"):
+            self.links.append(names["href"])
+        if names.get("hx-post"):
+            self.posts.append(names["hx-post"])
+
+    def handle_endtag(self, tag):
+        if tag == "form" and self.form is not None:
+            if self.submits:
+                self.posts.append(self.form)
+            self.form = None
+
+
+@pytest.mark.parametrize("name", [n for n in GETS if dict(PROTECTED)[n].access.role == VIEWER])
+def test_a_viewer_is_offered_no_action(client, viewer, hostile, name, neo4j_driver, vectors):
+    """No form that POSTs with a button (but logging out) and no link to a page a viewer may not
+    open: a viewer sees what an analyst would do, not buttons that end in 403."""
+    from django.urls import Resolver404, resolve
+
+    client.force_login(viewer)
+    response = client.get(url_for(name, hostile))
+    if not response["Content-Type"].startswith("text/html"):
+        return  # an export: no page to act from
+    parser = Actions()
+    parser.feed(response.content.decode())
+    assert [action for action in parser.posts if action != reverse("logout")] == [], name
+    refused = []
+    for href in parser.links:
+        try:
+            view = resolve(href.split("?")[0].split("#")[0]).func
+        except Resolver404:
+            continue
+        rule = getattr(view, "access", None)
+        if rule is not None and rule.role != VIEWER:
+            refused.append(href)
+    assert refused == [], f"{name} links a viewer to pages they may not open"

@@ -23,6 +23,8 @@ def test_relative_times_carry_the_absolute_time():
     assert html == '<time datetime="2026-12-01T23:37:05+00:00" title="2026-12-01 23:37:05 UTC">3 min ago</time>'
     assert ">in 2 h<" in str(reltime(now + timedelta(hours=2), now))
     assert reltime(None) == "—"
+    assert ">just now<" in str(reltime(now - timedelta(seconds=2), now))  # not "0 s ago"
+    assert ">12 s ago<" in str(reltime(now - timedelta(seconds=12), now))
 
 
 def test_durations_pick_their_unit():

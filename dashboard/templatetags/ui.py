@@ -47,6 +47,8 @@ def ago(delta: timedelta) -> str:
     seconds = delta.total_seconds()
     future = seconds < 0
     seconds = abs(seconds)
+    if seconds < 5:
+        return "just now"
     if seconds < 45:
         text = f"{seconds:.0f} s"
     elif seconds < 5400:

@@ -74,8 +74,8 @@ def dead_letters(request):
         return _bad(request, exc)
     as_of = selection.as_of or timezone.now()
     selection = deadletters.Selection(label=selection.label, group=selection.group, text=selection.text, as_of=as_of)
-    events, total = deadletters.members(selection, limit=SHOWN)
-    group = deadletters.groups(selection)[0] if selection.group and total else None
+    group, ids = deadletters.group_scan(selection) if selection.group else (None, None)
+    events, total = deadletters.members(selection, limit=SHOWN, ids=ids)
     return render(request, "dashboard/dead_letters.html", {
         "events": events, "total": total, "shown": SHOWN, "group": group, "selection": selection,
         "as_of_iso": as_of.isoformat(timespec="microseconds"),
@@ -93,9 +93,10 @@ def confirm(request):
         selection = dead_letter_selection(request.GET, for_action=True)
     except BadRequest as exc:
         return _bad(request, exc)
-    n = deadletters.count(selection)
+    group, ids = deadletters.group_scan(selection) if selection.group and not selection.by_ids else (None, None)
+    n = len(ids) if ids is not None else deadletters.count(selection)
     return render(request, "dashboard/dead_letters_confirm.html", {
-        "action": action, "verb": ACTIONS[action], "count": n, "what": deadletters.describe(selection, n),
+        "action": action, "verb": ACTIONS[action], "count": n, "what": deadletters.describe(selection, n, group),
         "hidden": selection_params(selection, scope_all=request.GET.get("scope") == "all"),
         "command": f"{selection.as_command(action)} --user {request.user.get_username()}", "selection": selection,
         "curl": equivalents.curl(f"/api/v1/dead-letters/{action}", _as_json(selection, request.GET.get("scope"))),

@@ -37,5 +37,9 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () { draw(document); });
+  // The charts take their colours from the theme's custom properties: redraw when it changes.
+  if (window.matchMedia) {
+    window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", function () { draw(document); });
+  }
   document.addEventListener("htmx:load", function (event) { draw(event.detail.elt); });
 })();

@@ -16,7 +16,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from sync.models import AuditEntry, ReconcileRun
-from sync.observe import health, readings, samples
+from sync.observe import health, readings, samples, units
 from sync.observe.models import Heartbeat, MetricSample
 from sync.observe.units import duration, per_minute, rate, split_duration
 
@@ -173,13 +173,13 @@ def _drift_card(reading: readings.Readings) -> Card:
         return Card("drift", "Drift found", "—", "", INFO, "no run yet", "no reconciliation has finished yet", "",
                     _url("reconciliation"), "Reconciliation")
     total = sum(run.drift.values())
-    age = duration((reading.at - (run.finished_at or run.started_at)).total_seconds())
+    ago = units.age((reading.at - (run.finished_at or run.started_at)).total_seconds())
     kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(run.drift.items()) if n)
     if run.status == run.Status.FAILED:
         state, word = CRITICAL, "run failed"
     else:
         state, word = (WARNING, "drift found") if total else (OK, "in sync")
-    what = f"{run.mode}{' dry run' if run.dry_run else ''} #{run.pk}, finished {age} ago"
+    what = f"{run.mode}{' dry run' if run.dry_run else ''} #{run.pk}, finished {ago} ago"
     return Card("drift", "Drift found", str(total), "differences", state, word, what, kinds,
                 _url("reconciliation"), "Reconciliation")
 

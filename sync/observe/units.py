@@ -33,3 +33,15 @@ def per_minute(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def age(value: float) -> str:
+    """How long ago, to the minute: a live region showing it changes at most once a minute, so a
+    poll in between finds nothing changed (204)."""
+    if value < 60:
+        return "under a minute"
+    if value < 7200:
+        return f"{value // 60:.0f} min"
+    if value < 172800:
+        return f"{value // 3600:.0f} h"
+    return f"{value // 86400:.0f} d"
