@@ -235,8 +235,11 @@ def test_acknowledge_an_alert(objects):
     assert call(token, "/api/v1/alerts/999999/acknowledge").status_code == 404
 
 
-def test_resync_an_entity(objects):
+def test_resync_an_entity(objects, graph, vectors):
     user, token = token_for("analyst")
+    gone = call(token, "/api/v1/resync", {"entity": "KEV:CVE-2024-3400"})
+    assert gone.status_code == 400 and "the graph holds no KEV" in gone.json()["error"]
+    graph.import_entities("KEV", [{"uid": "CVE-2024-3400", "cve_id": "CVE-2024-3400"}], source="test")
     response = call(token, "/api/v1/resync", {"entity": "KEV:CVE-2024-3400"})
     assert response.status_code == 200
     assert SyncEvent.objects.filter(label="KEV", uid="CVE-2024-3400", status="queued", source="resync").exists()
@@ -249,6 +252,26 @@ def test_resync_a_label(objects, graph, vectors):
     response = call(token, "/api/v1/resync", {"labels": ["Malware"]})
     assert response.json()["queued"] == {"Malware": 3}
     assert AuditEntry.objects.get(action="resync", target="Malware").actor == user
+
+
+def test_a_resync_by_api_keeps_the_pages_rules(objects, graph, vectors, settings):
+    """The same resync.start as the page and the command: the LOW lane unless told, HIGH only for
+    a few entities, and the per-user rate limit (429 naming it)."""
+    from sync.models import Priority
+    from sync.resync import HIGH_MAX
+
+    graph.import_entities("Malware", [{"uid": f"m{n}", "name": f"Malware {n}"} for n in range(HIGH_MAX + 1)],
+                          source="test")
+    settings.RESYNC_PER_MINUTE = 2
+    user, token = token_for("analyst")
+    assert call(token, "/api/v1/resync", {"entity": "Malware:m1"}).status_code == 200
+    assert SyncEvent.objects.get(uid="m1").priority == Priority.LOW
+    refused = call(token, "/api/v1/resync", {"labels": ["Malware"], "priority": "high"})
+    assert refused.status_code == 400 and "HIGH is for at most" in refused.json()["error"]
+    assert call(token, "/api/v1/resync", {"labels": ["Malware"], "priority": "medium"}).status_code == 200
+    limited = call(token, "/api/v1/resync", {"entity": "Malware:m2"})
+    assert limited.status_code == 429 and "the limit is 2" in limited.json()["error"]
+    assert AuditEntry.objects.filter(action="resync", actor=user).count() == 2
 
 
 def test_dismiss_a_conflict_then_resolving_it_is_refused(objects):

@@ -14,7 +14,8 @@ from sync.models import Conflict, ReconcileRun
 from sync.observe import alerting
 from sync.observe.models import Alert
 from sync.policy import policy_for, synced_labels
-from sync.resync import resync_entity, resync_labels
+from sync.resync import ALL, ENTITY, LABEL, NotResynced, RateLimited, Scope
+from sync.resync import start as start_resync
 
 DEAD_LETTER_FIELDS = {"ids": list, "label": str, "group": str, "text": str, "as_of": str, "scope": str, "note": str}
 
@@ -107,7 +108,9 @@ def acknowledge(request, pk: int):
 
 @token_role(ANALYST)
 def resync(request):
-    data = body(request, {"entity": str, "labels": list, "all": bool})
+    """What the Resync confirmation and `manage.py resync` do, through the same `resync.start`:
+    the LOW lane unless told, HIGH only for a few entities, the per-user rate limit, audited."""
+    data = body(request, {"entity": str, "labels": list, "all": bool, "priority": str, "note": str})
     given = [name for name in ("entity", "labels", "all") if data.get(name)]
     if len(given) != 1:
         raise ApiError(400, 'say what to resync: exactly one of "entity": "Label:uid", "labels": [...], "all": true')
@@ -117,13 +120,25 @@ def resync(request):
             raise ApiError(400, "entity takes Label:uid, e.g. ThreatActor:apt29", field="entity")
         if not policy_for(label).synced:
             raise ApiError(400, f"{label} is not a label the policy syncs", field="entity")
-        resync_entity(label, uid, actor=request.user)
-        return JsonResponse({"queued": {f"{label}:{uid}": 1}, "audited_as": "resync"})
-    labels = list(synced_labels()) if data.get("all") else data["labels"]
-    unknown = sorted(str(name) for name in labels if name not in synced_labels())
-    if unknown:
-        raise ApiError(400, f"not synced by the policy: {', '.join(unknown)}", field="labels")
-    return JsonResponse({"queued": resync_labels(labels, actor=request.user), "audited_as": "resync"})
+        scopes = [Scope(ENTITY, label, uid)]
+    elif data.get("all"):
+        scopes = [Scope(ALL)]
+    else:
+        unknown = sorted(str(name) for name in data["labels"] if name not in synced_labels())
+        if unknown:
+            raise ApiError(400, f"not synced by the policy: {', '.join(unknown)}", field="labels")
+        scopes = [Scope(LABEL, name) for name in dict.fromkeys(data["labels"])]
+    priority = data.get("priority", "low").strip().lower()
+    queued, started = {}, []
+    try:
+        for scope in scopes:
+            done = start_resync(scope, actor=request.user, priority=priority, note=data.get("note", "")[:1000])
+            queued[scope.target] = done["queued"]
+            started.append({"target": scope.target, **done})
+    except NotResynced as exc:
+        # Scopes before this one are queued (and audited) already: say which.
+        raise ApiError(429 if isinstance(exc, RateLimited) else 400, str(exc), queued=queued) from None
+    return JsonResponse({"queued": queued, "resyncs": started, "audited_as": "resync"})
 
 
 def _conflict(pk: int) -> Conflict:
