@@ -37,6 +37,10 @@ class NotResynced(Exception):
     """Why a resync was not previewed or started, in words for the person who asked."""
 
 
+class RateLimited(NotResynced):
+    """This person started RESYNC_PER_MINUTE resyncs in the last minute."""
+
+
 @dataclass(frozen=True)
 class Scope:
     kind: str
@@ -153,7 +157,7 @@ def check_rate(actor) -> None:
     since = timezone.now() - RATE_WINDOW
     recent = AuditEntry.objects.filter(actor=actor, action="resync", at__gt=since).count()
     if recent >= limit:
-        raise NotResynced(f"you started {recent} resyncs in the last minute (the limit is {limit}); "
+        raise RateLimited(f"you started {recent} resyncs in the last minute (the limit is {limit}); "
                           "wait a minute, or resync the whole label at once")
 
 

@@ -157,9 +157,7 @@ BAD_BODIES = [
     ("api-resync", {}, 400, "exactly one of"),
     ("api-resync", {"entity": "apt29"}, 400, "entity takes Label:uid"),
     ("api-resync", {"entity": "Contact:jane"}, 400, "not a label the policy syncs"),
-    ("api-resync", {"label": "Deal"}, 400, "not a label the policy syncs"),
-    ("api-resync", {"labels": ["KEV"]}, 400, "unknown field labels"),
-    ("api-resync", {"entity": "KEV:CVE-1", "priority": "urgent"}, 400, "priority must be one of"),
+    ("api-resync", {"labels": ["Deal"]}, 400, "not synced by the policy: Deal"),
     ("api-resync", {"entity": "ThreatActor:x", "all": True}, 400, "exactly one of"),
     ("api-conflict-resolve", {"choice": "graph"}, 400, "note is required"),
     ("api-conflict-resolve", {"choice": "graph", "note": "   "}, 400, "note is required"),
@@ -237,25 +235,43 @@ def test_acknowledge_an_alert(objects):
     assert call(token, "/api/v1/alerts/999999/acknowledge").status_code == 404
 
 
-def test_resync_an_entity_and_a_label_as_the_resync_page_does(objects, graph, vectors, settings):
-    settings.RESYNC_PER_MINUTE = 2
+def test_resync_an_entity(objects, graph, vectors):
+    user, token = token_for("analyst")
+    gone = call(token, "/api/v1/resync", {"entity": "KEV:CVE-2024-3400"})
+    assert gone.status_code == 400 and "the graph holds no KEV" in gone.json()["error"]
+    graph.import_entities("KEV", [{"uid": "CVE-2024-3400", "cve_id": "CVE-2024-3400"}], source="test")
+    response = call(token, "/api/v1/resync", {"entity": "KEV:CVE-2024-3400"})
+    assert response.status_code == 200
+    assert SyncEvent.objects.filter(label="KEV", uid="CVE-2024-3400", status="queued", source="resync").exists()
+    assert AuditEntry.objects.get(action="resync").actor == user
+
+
+def test_resync_a_label(objects, graph, vectors):
     graph.import_entities("Malware", [{"uid": f"m{n}", "name": f"Malware {n}"} for n in range(3)], source="test")
     user, token = token_for("analyst")
-    response = call(token, "/api/v1/resync", {"entity": "Malware:m1", "priority": "high", "note": "vendor fixed it"})
-    assert response.status_code == 200, response.content
-    assert response.json()["queued"] == 1
-    event = SyncEvent.objects.get(label="Malware", uid="m1", status="queued", source="resync")
-    assert event.priority == 0  # the HIGH lane, as asked
-    entry = AuditEntry.objects.get(action="resync")
-    assert (entry.actor, entry.target, entry.note) == (user, "Malware:m1", "vendor fixed it")
-    response = call(token, "/api/v1/resync", {"label": "Malware"})
-    assert response.json()["queued"] == 3 and response.json()["priority"] == "low"
+    response = call(token, "/api/v1/resync", {"labels": ["Malware"]})
+    assert response.json()["queued"] == {"Malware": 3}
     assert AuditEntry.objects.get(action="resync", target="Malware").actor == user
-    limited = call(token, "/api/v1/resync", {"label": "Malware"})
-    assert limited.status_code == 429 and "in the last minute" in limited.json()["error"]
-    _, other = token_for("analyst", "second-analyst")
-    missing = call(other, "/api/v1/resync", {"entity": "Malware:nope"})
-    assert missing.status_code == 404 and "the graph holds no Malware" in missing.json()["error"]
+
+
+def test_a_resync_by_api_keeps_the_pages_rules(objects, graph, vectors, settings):
+    """The same resync.start as the page and the command: the LOW lane unless told, HIGH only for
+    a few entities, and the per-user rate limit (429 naming it)."""
+    from sync.models import Priority
+    from sync.resync import HIGH_MAX
+
+    graph.import_entities("Malware", [{"uid": f"m{n}", "name": f"Malware {n}"} for n in range(HIGH_MAX + 1)],
+                          source="test")
+    settings.RESYNC_PER_MINUTE = 2
+    user, token = token_for("analyst")
+    assert call(token, "/api/v1/resync", {"entity": "Malware:m1"}).status_code == 200
+    assert SyncEvent.objects.get(uid="m1").priority == Priority.LOW
+    refused = call(token, "/api/v1/resync", {"labels": ["Malware"], "priority": "high"})
+    assert refused.status_code == 400 and "HIGH is for at most" in refused.json()["error"]
+    assert call(token, "/api/v1/resync", {"labels": ["Malware"], "priority": "medium"}).status_code == 200
+    limited = call(token, "/api/v1/resync", {"entity": "Malware:m2"})
+    assert limited.status_code == 429 and "the limit is 2" in limited.json()["error"]
+    assert AuditEntry.objects.filter(action="resync", actor=user).count() == 2
 
 
 def test_dismiss_a_conflict_then_resolving_it_is_refused(objects):
@@ -393,4 +409,4 @@ def test_the_resync_confirmation_shows_its_api_call(client, analyst_user, graph,
     client.force_login(analyst_user)
     page = unescape(client.get("/resync/?scope=label&label=Malware").content.decode())
     assert '/api/v1/resync" -H "Authorization: Bearer $NIGHTINGALE_TOKEN"' in page
-    assert '-d \'{"label": "Malware", "priority": "low"}\'' in page
+    assert '-d \'{"labels": ["Malware"], "priority": "low"}\'' in page

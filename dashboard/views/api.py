@@ -9,11 +9,13 @@ from dashboard.access import ANALYST, VIEWER, role_of
 from dashboard.api import ApiError, body, ints, token_role
 from dashboard.forms import BadRequest, audit_filter, parse_time
 from sync import audit, deadletters, policy_summary, resolution, runs
-from sync import resync as resyncs
 from sync.conflicts import ConflictError
 from sync.models import Conflict, ReconcileRun
 from sync.observe import alerting
 from sync.observe.models import Alert
+from sync.policy import policy_for, synced_labels
+from sync.resync import ALL, ENTITY, LABEL, NotResynced, RateLimited, Scope
+from sync.resync import start as start_resync
 
 DEAD_LETTER_FIELDS = {"ids": list, "label": str, "group": str, "text": str, "as_of": str, "scope": str, "note": str}
 
@@ -106,31 +108,37 @@ def acknowledge(request, pk: int):
 
 @token_role(ANALYST)
 def resync(request):
-    """What the Resync confirmation starts (sync.resync.start: preview, lane, rate limit, audit):
-    {"entity": "Label:uid"} | {"label": "L"} | {"all": true}, with "priority" and "note"."""
-    data = body(request, {"entity": str, "label": str, "all": bool, "priority": str, "note": str})
-    given = [name for name in ("entity", "label", "all") if data.get(name)]
+    """What the Resync confirmation and `manage.py resync` do, through the same `resync.start`:
+    the LOW lane unless told, HIGH only for a few entities, the per-user rate limit, audited."""
+    data = body(request, {"entity": str, "labels": list, "all": bool, "priority": str, "note": str})
+    given = [name for name in ("entity", "labels", "all") if data.get(name)]
     if len(given) != 1:
-        raise ApiError(400, 'say what to resync: exactly one of "entity": "Label:uid", "label": "L", "all": true')
+        raise ApiError(400, 'say what to resync: exactly one of "entity": "Label:uid", "labels": [...], "all": true')
+    if data.get("entity"):
+        label, sep, uid = data["entity"].partition(":")
+        if not sep or not uid:
+            raise ApiError(400, "entity takes Label:uid, e.g. ThreatActor:apt29", field="entity")
+        if not policy_for(label).synced:
+            raise ApiError(400, f"{label} is not a label the policy syncs", field="entity")
+        scopes = [Scope(ENTITY, label, uid)]
+    elif data.get("all"):
+        scopes = [Scope(ALL)]
+    else:
+        unknown = sorted(str(name) for name in data["labels"] if name not in synced_labels())
+        if unknown:
+            raise ApiError(400, f"not synced by the policy: {', '.join(unknown)}", field="labels")
+        scopes = [Scope(LABEL, name) for name in dict.fromkeys(data["labels"])]
+    priority = data.get("priority", "low").strip().lower()
+    queued, started = {}, []
     try:
-        if data.get("entity"):
-            label, sep, uid = data["entity"].partition(":")
-            if not sep or not uid:
-                raise ApiError(400, "entity takes Label:uid, e.g. ThreatActor:apt29", field="entity")
-            scope = resyncs.Scope(resyncs.ENTITY, label, uid)
-        elif data.get("label"):
-            scope = resyncs.Scope(resyncs.LABEL, data["label"])
-        else:
-            scope = resyncs.Scope(resyncs.ALL)
-        done = resyncs.start(scope, actor=request.user, priority=data.get("priority") or "low",
-                             note=data.get("note", "")[:1000])
-    except resyncs.NotResynced as exc:
-        words = str(exc)
-        status = (429 if "in the last minute" in words else 503 if words.startswith("cannot")
-                  else 404 if "the graph holds no" in words else 400)
-        raise ApiError(status, words) from None
-    return JsonResponse({**done, "target": scope.target, "audited_as": "resync"},
-                        status=202 if done.get("background") else 200)
+        for scope in scopes:
+            done = start_resync(scope, actor=request.user, priority=priority, note=data.get("note", "")[:1000])
+            queued[scope.target] = done["queued"]
+            started.append({"target": scope.target, **done})
+    except NotResynced as exc:
+        # Scopes before this one are queued (and audited) already: say which.
+        raise ApiError(429 if isinstance(exc, RateLimited) else 400, str(exc), queued=queued) from None
+    return JsonResponse({"queued": queued, "resyncs": started, "audited_as": "resync"})
 
 
 def _conflict(pk: int) -> Conflict:

@@ -22,7 +22,7 @@ def _back(scope: resync.Scope) -> str:
 
 def _api_scope(scope: resync.Scope) -> dict:
     """The scope as the API's body (dashboard/views/api.py)."""
-    return {resync.ENTITY: {"entity": scope.target}, resync.LABEL: {"label": scope.label},
+    return {resync.ENTITY: {"entity": scope.target}, resync.LABEL: {"labels": [scope.label]},
             resync.ALL: {"all": True}}[scope.kind]
 
 
