@@ -311,7 +311,9 @@ class AuditEntry(models.Model):
     @classmethod
     def for_target(cls, *targets: str):
         """The entries naming exactly these targets, found through the target-prefix index."""
-        prefix = Substr("target", 1, TARGET_PREFIX)
+        from sync.audit import TargetHead  # the index's own SQL text (Substr's bound numbers miss it)
+
+        prefix = TargetHead("target")
         wanted = Q()
         for target in targets:
             wanted |= Q(target_prefix=target[:TARGET_PREFIX], target=target)
