@@ -145,9 +145,11 @@ def _stream_kill_and_check(graph, vectors, url, hosts):
     stop_stream = threading.Event()
 
     def stream():
-        # Foreign changes through Cypher, like another tool's: creations, then edits, ~4 a second.
+        # Foreign changes through Cypher, like another tool's: creations, then edits, ~4 a second,
+        # until the test stops it: a drain holds its slot while work keeps coming (up to
+        # RUN_SECONDS), so the second host gets a slot only when one comes free with work left.
         n = 0
-        while not stop_stream.is_set() and n < 3 * count:
+        while not stop_stream.is_set():
             uid = f"actor-{n % count:04d}"
             if n < count:
                 query = "CREATE (:ThreatActor {uid: $uid, name: $uid, description: $d})"
