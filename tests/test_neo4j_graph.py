@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 
 from sync.stores.base import Change, PermanentStoreError, RetryableStoreError, VersionConflict
-from sync.stores.neo4j_graph import Neo4jGraphStore, changes_cypher
+from sync.stores.neo4j_graph import NAME_INDEX, Neo4jGraphStore, changes_cypher
 
 LABELS = ["Actor", "Dossier"]
 PROBE_LABELS = ["ProbeActor", "ProbeReport"]
@@ -466,6 +466,48 @@ def test_it_scans_a_label_in_uid_order_through_the_uid_index(store, neo4j_driver
     assert store.count_label("Actor") == 2000
     assert "NodeUniqueIndexSeekByRange" in operators(result.summary.profile)
     assert db_hits(result.summary.profile) < 200
+
+
+# --- names ------------------------------------------------------------------------------------------
+
+NAMES = ["Cozy Bear", "COZYBEAR-2", "APT29 (The Dukes)", "Fancy.Bear", "O'Neil group", "cve-2024-3094 exploit",
+         "x_y_z", "Ünïcode Pända", "中国 APT10", "Sandworm", "", "   spaced   out   "]
+
+
+def test_names_are_found_through_the_name_index_as_the_scan_finds_them(store, neo4j_driver):
+    rows = [{"uid": f"a{i:03d}", "name": name} for i, name in enumerate(NAMES)]
+    rows += [{"uid": f"t{i:03d}", "title": name.upper()} for i, name in enumerate(NAMES)]
+    store.import_entities("Actor", rows, source="t")
+    store.import_entities("Dossier", [{"uid": "d1", "title": "Cozy Bear report"}],
+                          source="t")
+    needles = ["cozy", "COZY BEAR", "zy be", "bear-2", "apt29 (the", "(the dukes)", "y.b", "o'neil", "'ne",
+               "2024-30", "cve-2024-3094 exploit", "_y_", "x_y", "nïc", "pända", "apt10", "中国", "sand",
+               "worm", "spaced   out", "ed   o", "zzz", "---", "a", "29"]
+
+    result = neo4j_driver.execute_query(
+        f"PROFILE CALL db.index.fulltext.queryNodes('{NAME_INDEX}', '*cozy*') YIELD node RETURN node.uid")
+    assert store._name_index_labels(online=True) >= set(LABELS)  # what find_by_name asks first
+    for needle in needles:
+        assert store.find_by_name(LABELS, needle, 50) == store._scan_names(LABELS, needle.lower(), 50), needle
+    assert store.find_by_name(LABELS, "cozy", 50) == [("Actor", "a000"), ("Actor", "a001"), ("Actor", "t000"),
+                                                      ("Actor", "t001"), ("Dossier", "d1")]
+    assert store.find_by_name(["Dossier", "Actor"], "cozy", 2) == [("Dossier", "d1"), ("Actor", "a000")]
+    assert "NodeByLabelScan" not in operators(result.summary.profile)
+
+
+def test_the_name_index_grows_with_the_labels_and_is_not_needed(store, neo4j_driver):
+    store.import_entities("Actor", [{"uid": "a1", "name": "Cozy Bear"}], source="t")
+    store.ensure_schema(["Newcomer"])  # the index now covers Actor, Dossier and Newcomer
+    records, _, _ = neo4j_driver.execute_query(
+        "SHOW FULLTEXT INDEXES YIELD name, labelsOrTypes, state WHERE name = $name RETURN *", name=NAME_INDEX)
+    assert set(records[0]["labelsOrTypes"]) >= {"Actor", "Dossier", "Newcomer"}
+    assert records[0]["state"] == "ONLINE"
+    assert store.find_by_name(["Actor"], "cozy") == [("Actor", "a1")]
+    neo4j_driver.execute_query(f"DROP INDEX {NAME_INDEX}")
+    try:
+        assert store.find_by_name(["Actor"], "cozy") == [("Actor", "a1")]  # scanned instead
+    finally:
+        store.ensure_schema(LABELS)
 
 
 # --- bulk import ------------------------------------------------------------------------------------

@@ -73,6 +73,14 @@ _INT64 = (-(2**63), 2**63 - 1)
 # Lower bound for "from the beginning": a typed datetime keeps the updated_at range index usable and
 # ignores nodes whose updated_at is not a DATETIME (foreign junk that reconciliation must catch).
 _EPOCH = datetime(1, 1, 1, tzinfo=UTC)
+# The full-text index the entities list searches names in. Its analyzer lower-cases and splits
+# words as Unicode's word rules say (never inside a run of ASCII letters and digits) and keeps
+# stop words: what `find_by_name`'s narrowing relies on.
+NAME_INDEX = "sync_names"
+NAME_KEYS = ("name", "title")
+NAME_ANALYZER = "standard-no-stop-words"
+_NAME_CONTAINS = ("n.uid IS :: STRING AND (toLower(toString(n[$keys[0]])) CONTAINS $text "
+                  "OR toLower(toString(n[$keys[1]])) CONTAINS $text)")
 
 T = TypeVar("T")
 
@@ -361,22 +369,47 @@ class Neo4jGraphStore:
     # -- schema --
 
     def ensure_schema(self, labels: Iterable[str]) -> None:
-        """Uniqueness on uid and a range index on updated_at per label, plus the tombstones'. Idempotent."""
+        """Uniqueness on uid and a range index on updated_at per label, the tombstones' key and
+        index, and the full-text name index (`NAME_INDEX`) over the labels. Idempotent."""
+        labels = sorted({check_label(label) for label in labels})
         statements = [
             f"CREATE CONSTRAINT sync_tombstone_key IF NOT EXISTS FOR (t:{TOMBSTONE}) "
             "REQUIRE (t.label, t.uid) IS UNIQUE",
             f"CREATE INDEX sync_tombstone_updated_at IF NOT EXISTS FOR (t:{TOMBSTONE}) ON (t.updated_at)",
         ]
-        for label in sorted({check_label(label) for label in labels}):
+        for label in labels:
             statements.append(f"CREATE CONSTRAINT sync_{label}_uid IF NOT EXISTS "
                               f"FOR (n:`{label}`) REQUIRE n.uid IS UNIQUE")
             statements.append(f"CREATE INDEX sync_{label}_updated_at IF NOT EXISTS "
                               f"FOR (n:`{label}`) ON (n.updated_at)")
+        statements += self._name_index_statements(labels)
         # Schema changes cannot share a transaction with each other or with data.
         for statement in statements:
             self._query(statement, write=True)
         # New indexes populate in the background; queries planned before they are online would scan.
         self._query("CALL db.awaitIndexes(300)")
+
+    def _name_index_statements(self, labels: Sequence[str]) -> list[str]:
+        """The name index grows to cover every label asked for (one full-text index can name many
+        labels, but not gain one in place: it is dropped and created again with the union)."""
+        covered = self._name_index_labels()
+        if covered is not None and set(labels) <= covered:
+            return []
+        union = sorted(set(labels) | (covered or set()))
+        return ([f"DROP INDEX {NAME_INDEX} IF EXISTS"] if covered is not None else []) + [
+            f"CREATE FULLTEXT INDEX {NAME_INDEX} IF NOT EXISTS "
+            f"FOR (n:{'|'.join(f'`{label}`' for label in union)}) "
+            f"ON EACH [{', '.join(f'n.`{key}`' for key in NAME_KEYS)}] "
+            f"OPTIONS {{indexConfig: {{`fulltext.analyzer`: '{NAME_ANALYZER}'}}}}"]
+
+    def _name_index_labels(self, online: bool = False) -> set[str] | None:
+        """The labels the name index covers (None when there is none, or it is not online yet
+        and `online` is asked)."""
+        rows = self._query("SHOW FULLTEXT INDEXES YIELD name, labelsOrTypes, properties, state "
+                           "WHERE name = $name RETURN labelsOrTypes, properties, state", name=NAME_INDEX)
+        if not rows or rows[0]["properties"] != list(NAME_KEYS) or (online and rows[0]["state"] != "ONLINE"):
+            return None
+        return set(rows[0]["labelsOrTypes"])
 
     # -- reads --
 
@@ -435,20 +468,42 @@ class Neo4jGraphStore:
 
     def find_by_name(self, labels: Sequence[str], text: str, limit: int = 50) -> list[tuple[str, str]]:
         """(label, uid) of nodes of `labels` whose name or title contains `text` (any case), for
-        the entities list's search box: at most `limit`, in uid order per label."""
+        the entities list's search box: at most `limit`, per label in `labels` order, uid order within.
+
+        Served by the full-text name index where it can be: the index narrows the nodes to those
+        holding every letter-and-digit run of the text inside one word (Lucene's wildcard
+        `*run*`), and the containment itself is then checked on those alone, as the scan checks
+        it on every node. A text with no such run, or with characters outside ASCII (the
+        tokenizer splits some scripts letter by letter), and a graph whose index is missing or
+        still being built, are scanned. What the index cannot see: a name or title that is not a
+        string (a number), and a word longer than 255 characters.
+        """
         needle = text.lower()
+        _check_limit(limit)
+        labels = [check_label(label) for label in labels]
+        runs = re.findall(r"[a-z0-9]+", needle) if needle.isascii() else []
+        covered = self._name_index_labels(online=True) if runs else None
+        if covered is None or not set(labels) <= covered:
+            return self._scan_names(labels, needle, limit)
+        rows = self._query(
+            "CALL db.index.fulltext.queryNodes($index, $words) YIELD node AS n "
+            f"WITH n WHERE {_NAME_CONTAINS} "
+            "UNWIND [i IN range(0, size($labels) - 1) WHERE $labels[i] IN labels(n)] AS position "
+            "RETURN $labels[position] AS label, n.uid AS uid ORDER BY position, uid LIMIT $limit",
+            index=NAME_INDEX, words=" AND ".join(f"*{run}*" for run in runs), text=needle,
+            keys=list(NAME_KEYS), labels=labels, limit=limit)
+        return [(row["label"], row["uid"]) for row in rows]
+
+    def _scan_names(self, labels: Sequence[str], needle: str, limit: int) -> list[tuple[str, str]]:
+        """`find_by_name` by reading every node of the labels (`needle` lower-cased)."""
         found: list[tuple[str, str]] = []
         # Only labels the graph has: a query on an unknown label makes Neo4j log a notification.
         present = {row["label"] for row in self._query("CALL db.labels() YIELD label RETURN label")}
         for label in labels:
-            check_label(label)
             if label not in present:
                 continue
-            rows = self._query(f"MATCH (n:`{label}`) WHERE n.uid IS :: STRING AND "
-                               "(toLower(toString(n[$keys[0]])) CONTAINS $text "
-                               "OR toLower(toString(n[$keys[1]])) CONTAINS $text) "
-                               "RETURN n.uid AS uid ORDER BY uid LIMIT $limit",
-                               text=needle, limit=_check_limit(limit - len(found)), keys=["name", "title"])
+            rows = self._query(f"MATCH (n:`{label}`) WHERE {_NAME_CONTAINS} RETURN n.uid AS uid ORDER BY uid LIMIT $limit",
+                               text=needle, limit=limit - len(found), keys=list(NAME_KEYS))
             found += [(label, row["uid"]) for row in rows]
             if len(found) >= limit:
                 break
