@@ -109,6 +109,12 @@ def vector_id(label: str, uid: str, chunk: int | None = None) -> str:
     return f"{base}#{chunk}"
 
 
+def first_vector_ids(label: str, uid: str) -> tuple[str, str]:
+    """Both ids the first vector of (label, uid) can have: `Label:uid` (one chunk) and `Label:uid#0`."""
+    base = entity_prefix(label, uid)
+    return base, f"{base}#0"
+
+
 def belongs_to_entity(vid: str, label: str, uid: str) -> bool:
     """Is `vid` one of the vectors of (label, uid) — its one-chunk id or one of its chunks?"""
     base = entity_prefix(label, uid)

@@ -41,6 +41,7 @@ a run whose process was killed outright is marked failed by `fail_abandoned`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -62,6 +63,7 @@ from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entit
 from sync.observe.metrics import CONSISTENCY_VIOLATIONS
 from sync.policy import (
     ENGINE_KEYS,
+    SNIPPET_MAX_CHARS,
     allowed_metadata,
     build_text,
     has_contact_details,
@@ -95,16 +97,26 @@ COMPARABLE_METADATA_BYTES = 30_000
 ABANDONED_AFTER = timedelta(minutes=10)  # a running run that saved no progress for this long died
 
 
-@dataclass
 class StoredEntity:
-    """What the vector store holds for one entity: its chunks' ids and the metadata that matters."""
+    """What the vector store holds for one entity: its chunks' ids and the metadata that matters.
+    (A plain class with slots: reconciliation makes one per entity.)"""
 
-    ids: list[str] = field(default_factory=list)
-    versions: set[int] = field(default_factory=set)
-    hashes: set[str] = field(default_factory=set)
-    models: set[str] = field(default_factory=set)
-    chunks_declared: set[int] = field(default_factory=set)
-    fields: dict[str, Any] | None = None  # allow-listed metadata of the first chunk seen
+    __slots__ = ("ids", "versions", "hashes", "models", "chunks_declared", "fields")
+
+    def __init__(self, fields: dict[str, Any] | None = None):
+        self.ids: list[str] = []
+        self.versions: set[int] = set()
+        self.hashes: set[str] = set()
+        self.models: set[str] = set()
+        self.chunks_declared: set[int] = set()
+        self.fields = fields  # allow-listed metadata of the first chunk seen
+
+    def add(self, vid: str, metadata: dict) -> None:
+        self.ids.append(vid)
+        self.versions.add(_int(metadata.get("version")))
+        self.hashes.add(str(metadata.get("content_hash", "")))
+        self.models.add(str(metadata.get("model") or ""))
+        self.chunks_declared.add(_int(metadata.get("chunks"), 1))
 
     @property
     def version(self) -> int:
@@ -123,6 +135,36 @@ class Finding:
     other: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Expected:
+    """What the engine would write for one entity now, built from the graph by the policy."""
+
+    text: str
+    content_hash: str
+    metadata: dict[str, Any]
+    metadata_error: str  # why the metadata cannot be built ("" when it can)
+    snippet: str | None  # the text snippet a one-chunk text travels with (None: longer, or chunked)
+
+    @classmethod
+    def of(cls, policy, entity: Entity) -> Expected:
+        text = build_text(policy, entity.properties)
+        try:
+            metadata, error = allowed_metadata(policy, entity.properties), ""
+        except ValueError as exc:
+            metadata, error = {}, str(exc)
+        snippet = text if len(text) <= SNIPPET_MAX_CHARS else None  # longer: its chunks' snippets are searched
+        return cls(text, content_hash(text), metadata, error, snippet)
+
+
+_ABSENT = object()
+
+
+@functools.lru_cache(maxsize=256)
+def _stored_keys(policy) -> frozenset[str]:
+    """The metadata keys a vector of the label may carry."""
+    return frozenset(policy.metadata_fields) | frozenset(ENGINE_KEYS)
+
+
 class Reconciler:
     def __init__(self, run: ReconcileRun):
         self.run = run
@@ -136,14 +178,12 @@ class Reconciler:
         self.models: Counter[str] = Counter()
         self.labels: dict[str, Counter[str]] = defaultdict(Counter)  # label -> entities checked, drift found
         self.records_repaired = 0
+        self.expected: dict[tuple[str, str], Expected] = {}  # of the entities being checked
         self._saved = time.monotonic()
 
     # --- reading the vector store ----------------------------------------------------------
     def fetch(self, vector_ids) -> dict[str, dict]:
-        wanted = sorted(vector_ids)
-        found: dict[str, dict] = {}
-        for start in range(0, len(wanted), FETCH_BATCH):
-            found.update(self.vectors.fetch_metadata(wanted[start:start + FETCH_BATCH]))
+        found = _fetch_metadata(self.vectors, vector_ids)
         self.run.vectors_checked += len(found)
         return found
 
@@ -157,24 +197,26 @@ class Reconciler:
         every entity, asked already (by the full pass's reading thread). Returns (by entity, ids
         fetched, entities with a policy violation)."""
         if first is not None:
-            asked, metadata = first.asked, dict(first.found)
+            firsts, metadata = first.ids, dict(first.found)
+            asked = {vid for pair in firsts.values() for vid in pair}
             self.run.vectors_checked += len(metadata)
         else:
+            firsts = {key: ids.first_vector_ids(*key) for key in keys}
             hints = _chunk_counts(keys)
             asked = set()
             for key in keys:
                 count = hints.get(key, 0)
-                asked |= ({ids.vector_id(*key)} if count == 1 else
+                asked |= ({firsts[key][0]} if count == 1 else
                           {ids.vector_id(*key, n) for n in range(count)} if count > 1 else
-                          {ids.vector_id(*key), ids.vector_id(*key, 0)})
+                          set(firsts[key]))
             metadata = self.fetch(asked)
         for _ in range(2):
             further: set[str] = set()
             for key in keys:
-                base, first = ids.vector_id(*key), ids.vector_id(*key, 0)
-                if base not in metadata and first not in metadata:
-                    further |= {base, first} - asked
-                leading = metadata.get(first)
+                base, first_id = firsts[key]
+                if base not in metadata and first_id not in metadata:
+                    further |= {base, first_id} - asked
+                leading = metadata.get(first_id)
                 if leading:
                     declared = min(_int(leading.get("chunks"), 1), MAX_CHUNKS)
                     further |= {ids.vector_id(*key, n) for n in range(1, declared)} - asked
@@ -182,41 +224,54 @@ class Reconciler:
                 break
             asked |= further
             metadata.update(self.fetch(further))
-        stored, violated = self.classify(metadata)
+        owners = {vid: key for key, pair in firsts.items() for vid in pair}
+        stored, violated = self.classify(metadata, owners)
         return stored, list(metadata), violated
 
-    def classify(self, metadata: dict[str, dict]) -> tuple[dict[tuple[str, str], StoredEntity], set]:
-        """Group fetched vectors by entity; policy violations are reported here."""
-        stored: dict[tuple[str, str], StoredEntity] = defaultdict(StoredEntity)
+    def classify(self, metadata: dict[str, dict], owners: dict[str, tuple[str, str]] | None = None,
+                 ) -> tuple[dict[tuple[str, str], StoredEntity], set]:
+        """Group fetched vectors by entity; policy violations are reported here. `owners`: the
+        entity each first id was asked for (its id says so; no need to parse it again)."""
+        stored: dict[tuple[str, str], StoredEntity] = {}
         violated: set[tuple[str, str]] = set()
+        owners = owners or {}
         for vid, meta in metadata.items():
-            self._classify_vector(vid, meta, stored, violated)
+            self._classify_vector(vid, meta, owners.get(vid) or _identity(vid, meta), stored, violated)
         return stored, violated
 
-    def _classify_vector(self, vid: str, metadata: dict, stored: dict, violated: set) -> None:
-        label, uid = _identity(vid, metadata)
+    def _classify_vector(self, vid: str, metadata: dict, owner: tuple[str | None, str | None],
+                         stored: dict, violated: set) -> None:
+        label, uid = owner
         policy = policy_for(label) if label else None
         self.models[str(metadata.get("model") or "unknown")] += 1
         if policy is None or not policy.synced:
             self.found(Finding("policy_violation", label or "?", uid or vid,
                                f"label {label or '?'} is never synced", [vid]))
             return
-        extra = sorted(set(metadata) - set(policy.metadata_fields) - set(ENGINE_KEYS))
-        private = any(has_contact_details(v) for k, v in metadata.items() if k == "text" or k not in ENGINE_KEYS)
-        if extra or private:
+        allowed = _stored_keys(policy)
+        extra = [] if allowed.issuperset(metadata) else sorted(set(metadata) - allowed)
+        fields = {k: metadata[k] for k in policy.metadata_fields if k in metadata}
+        if extra or self._holds_contact_details((label, uid), fields, metadata.get("text")):
             detail = ("fields outside the allow-list: " + ", ".join(extra) if extra
                       else "an e-mail address or phone number in the metadata")
             self.found(Finding("policy_violation", label, uid, detail, [vid], other={"fields": extra}))
             violated.add((label, uid))
             return
-        entity = stored[(label, uid)]
-        entity.ids.append(vid)
-        entity.versions.add(_int(metadata.get("version")))
-        entity.hashes.add(str(metadata.get("content_hash", "")))
-        entity.models.add(str(metadata.get("model") or ""))
-        entity.chunks_declared.add(_int(metadata.get("chunks"), 1))
-        if entity.fields is None:
-            entity.fields = {k: metadata[k] for k in policy.metadata_fields if k in metadata}
+        entity = stored.get((label, uid))
+        if entity is None:
+            entity = stored[(label, uid)] = StoredEntity(fields)
+        entity.add(vid, metadata)
+
+    def _holds_contact_details(self, key: tuple[str, str], fields: dict[str, Any], text: Any) -> bool:
+        """Does a stored value (an allow-listed field or the text snippet) hold an e-mail address
+        or phone number? A value equal to what the engine writes for the entity now is clean (it
+        was redacted when built) and is not searched."""
+        expected = self.expected.get(key)
+        written = expected.metadata if expected else {}
+        if fields == written and (text is None or (expected and text == expected.snippet)):
+            return False
+        return (text is not None and not (expected and text == expected.snippet) and has_contact_details(text)) \
+            or any(has_contact_details(value) for name, value in fields.items() if written.get(name, _ABSENT) != value)
 
     # --- comparing one entity ----------------------------------------------------------------
     def compare(self, entity: Entity | None, key: tuple[str, str], stored: StoredEntity | None) -> None:
@@ -229,7 +284,8 @@ class Reconciler:
         self.run.entities_checked += 1
         self.labels[label]["checked"] += 1
         policy = policy_for(label)
-        text = build_text(policy, entity.properties)
+        expected = self.expected.get(key) or Expected.of(policy, entity)
+        text = expected.text
         if not stored or not stored.ids:
             if text:
                 self.found(Finding("missing_vector", label, uid, "the entity has no vector",
@@ -243,27 +299,26 @@ class Reconciler:
             self.found(Finding("vector_ahead", label, uid, f"vector v{stored.version} > graph v{entity.version}",
                                **found, other={"version": stored.version, "content_hash": sorted(stored.hashes)}))
         else:
-            problem = self._content_problem(policy, entity, text, stored)
+            problem = self._content_problem(expected, stored)
             if problem:
                 self.found(Finding("content_drift", label, uid, problem, **found))
 
-    def _content_problem(self, policy, entity: Entity, text: str, stored: StoredEntity) -> str:
-        if not text:
+    def _content_problem(self, expected: Expected, stored: StoredEntity) -> str:
+        if not expected.text:
             return "the entity has no text but the store holds vectors for it"
-        if stored.hashes != {content_hash(text)}:
+        if stored.hashes != {expected.content_hash}:
             return "content hash differs from the graph's text"
         if len(stored.versions) > 1 or stored.chunks_declared != {len(stored.ids)}:
             return f"chunks disagree ({len(stored.ids)} stored, {sorted(stored.chunks_declared)} declared)"
         if stored.models != {self.model}:
             others = ", ".join(sorted(m or "an unrecorded model" for m in stored.models - {self.model}))
             return f"embedded by {others}, not by {self.model}"
-        try:
-            expected = allowed_metadata(policy, entity.properties)
-        except ValueError as exc:
-            return f"metadata cannot be built: {exc}"
-        if len(repr(expected)) < COMPARABLE_METADATA_BYTES and expected != (stored.fields or {}):
-            changed = sorted(k for k in set(expected) | set(stored.fields or {})
-                             if expected.get(k) != (stored.fields or {}).get(k))
+        if expected.metadata_error:
+            return f"metadata cannot be built: {expected.metadata_error}"
+        metadata = expected.metadata
+        if len(repr(metadata)) < COMPARABLE_METADATA_BYTES and metadata != (stored.fields or {}):
+            changed = sorted(k for k in set(metadata) | set(stored.fields or {})
+                             if metadata.get(k) != (stored.fields or {}).get(k))
             return "metadata differs: " + ", ".join(changed)
         return ""
 
@@ -373,6 +428,8 @@ class Reconciler:
         """Fetch what the store holds for these entities and compare (graph pass and incremental)."""
         keys = sorted(entities)
         pending = _pending_keys(keys)
+        self.expected = {key: Expected.of(policy_for(key[0]), entity) for key, entity in entities.items()
+                         if entity is not None and key not in pending}
         stored, fetched, violated = self.fetch_entities([k for k in keys if k not in pending], first)
         if examined is not None:
             examined.extend(hash(vid) for vid in fetched)
@@ -380,6 +437,7 @@ class Reconciler:
             if key in pending or key in violated:
                 continue  # queued, in flight, or being rebuilt after a violation: not drift of its own
             self.compare(entities[key], key, stored.get(key))
+        self.expected = {}
 
     # --- records ---------------------------------------------------------------------------------
     def check_records(self, label: str, seen: np.ndarray) -> None:
@@ -545,18 +603,23 @@ def _full(r: Reconciler) -> None:
 @dataclass
 class FirstIds:
     """Both first ids (`Label:uid`, `Label:uid#0`) of a page's entities, and what the store holds of them."""
-    asked: set[str]
+    ids: dict[tuple[str, str], tuple[str, str]]
     found: dict[str, dict]
 
 
 def _read_page(graph, vectors, label: str, after: str | None) -> tuple[list[Entity], FirstIds]:
     page = graph.scan_label(label, after, GRAPH_PAGE)
-    asked = {vid for entity in page for vid in (ids.vector_id(label, entity.uid), ids.vector_id(label, entity.uid, 0))}
-    wanted = sorted(asked)
+    firsts = {entity.key: ids.first_vector_ids(label, entity.uid) for entity in page}
+    return page, FirstIds(firsts, _fetch_metadata(vectors, {vid for pair in firsts.values() for vid in pair}))
+
+
+def _fetch_metadata(vectors, vector_ids) -> dict[str, dict]:
+    """The metadata the store holds under these ids, asked FETCH_BATCH at a time in id order."""
+    wanted = sorted(vector_ids)
     found: dict[str, dict] = {}
     for start in range(0, len(wanted), FETCH_BATCH):
         found.update(vectors.fetch_metadata(wanted[start:start + FETCH_BATCH]))
-    return page, FirstIds(asked, found)
+    return found
 
 
 def _label_pages(graph, vectors, label: str):

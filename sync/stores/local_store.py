@@ -90,7 +90,9 @@ ID_INDEX_MIN_ROWS = 1_000
 INDEX_REFRESH_MIN_ROWS = 1_000
 INDEX_REFRESH_FACTOR = 4
 COMPACT_EVERY = 100
-LIST_PAGE_SIZE = 5_000
+# Each page of a listing sorts the ids after the cursor: 50,000 ids a page (about 4 MB) listed a
+# million ids in 1.8 s, 5,000 a page in 10.6 s.
+LIST_PAGE_SIZE = 50_000
 COMMIT_ATTEMPTS = 6
 # A filtered query first asks LanceDB for this many times top_k nearest candidates, then four
 # times more each round until top_k of them pass the filter or the table is exhausted.
