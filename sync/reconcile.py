@@ -268,9 +268,8 @@ class Reconciler:
         was redacted when built) and is not searched."""
         expected = self.expected.get(key)
         written = expected.metadata if expected else {}
-        if fields == written and (text is None or (expected and text == expected.snippet)):
-            return False
-        return (text is not None and not (expected and text == expected.snippet) and has_contact_details(text)) \
+        text_clean = text is None or (expected is not None and text == expected.snippet)
+        return (not text_clean and has_contact_details(text)) \
             or any(has_contact_details(value) for name, value in fields.items() if written.get(name, _ABSENT) != value)
 
     # --- comparing one entity ----------------------------------------------------------------
