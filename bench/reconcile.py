@@ -123,7 +123,7 @@ def inject(count: int, fraction: float) -> dict[str, set[str]]:
 
 def run_reconcile() -> None:
     """In a fresh process: one full run; prints JSON with its figures."""
-    from sync import reconcile
+    from sync.reconcile import reconciler as reconcile
 
     findings: dict[str, list[str]] = {}
     original = reconcile.Reconciler.act

@@ -31,7 +31,7 @@ def main() -> None:
     from django.conf import settings
 
     from sync import queue, worker
-    from sync.demo import load_demo
+    from sync.demo.graph import load_demo
     from sync.embedding import get_embedder
     from sync.policy import build_document, synced_labels
     from sync.stores import graph_store, vector_store

@@ -69,7 +69,7 @@ def selection_params(selection: Selection, scope_all: bool = False) -> list[tupl
 
 def conflict_filter(data, *, for_action: bool = False):
     """A conflict Filter from a query string or form; unknown values are a 400, not ignored."""
-    from sync.conflict_review import AGES, SORTS, Filter
+    from sync.conflicts.review import AGES, SORTS, Filter
     from sync.models import Conflict
 
     kind = data.get("kind", "").strip()
@@ -100,7 +100,7 @@ def conflict_decision(data, conflict):
     not have, a choice that is not one of the four or a missing version is a 400."""
     import json
 
-    from sync.conflict_review import SIDES, Decision
+    from sync.conflicts.review import SIDES, Decision
 
     fields = set(conflict.fields)
     choices, edits = {}, {}

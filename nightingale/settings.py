@@ -434,6 +434,6 @@ EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "nightingale@localhost")
-# bin/run starts `manage.py simulate` beside the demo unless this is off (see sync/demo_activity.py).
+# bin/run starts `manage.py simulate` beside the demo unless this is off (see sync/demo/activity.py).
 DEMO_ACTIVITY = env_choice("DEMO_ACTIVITY", "on", ("on", "off"))
 DEMO_ACTIVITY_RATE = env_float("DEMO_ACTIVITY_RATE", 6.0, minimum=0.0, maximum=600.0)  # foreign edits a minute

@@ -39,7 +39,7 @@ from django.utils import timezone
 from sync import ids, queue, shutdown
 from sync.embedding import get_embedder, model_id
 from sync.models import Conflict, Priority, SyncEvent, SyncRecord, for_entities
-from sync.observe.metrics import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
+from sync.observe.counters import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
 from sync.policy import ELLIPSIS, MAX_UID_CHARS, build_document
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, Metadata, RetryableStoreError, StoreError, VectorRecord

@@ -17,21 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import CharField, Func, Q
+from django.db.models import Q
 
-from sync.models import TARGET_PREFIX, AuditEntry
+from sync.models import TARGET_PREFIX, AuditEntry, TargetHead
 
 PAGE_SIZE = 50
 TARGET_HEAD = TARGET_PREFIX  # how much of a target the target index holds (audit_target_prefix)
 
 
-class TargetHead(Func):
-    """An audit target's first TARGET_PREFIX characters, the expression of the audit_target_prefix
-    index, with the numbers written into the SQL: a database uses an index on an expression only
-    for the same SQL text, and Substr's bound parameters are not (SQLite scanned all 200,000)."""
-
-    template = f"SUBSTR(%(expressions)s, 1, {TARGET_PREFIX})"
-    output_field = CharField()
 COUNT_LIMIT = 10_000
 # What each action records (the vocabulary of the filter; other actions are shown as they come).
 ACTIONS = {

@@ -35,7 +35,7 @@ from django.utils import timezone
 from sync import queue
 from sync.apply import check_key
 from sync.models import ChangeCursor, SyncEvent, SyncRecord, for_entities
-from sync.observe.metrics import SYNC_ERRORS
+from sync.observe.counters import SYNC_ERRORS
 from sync.policy import synced_labels
 from sync.stores import graph_store
 from sync.stores.base import Change, StoreError

@@ -262,6 +262,15 @@ class ImmutableAuditEntry(Exception):
 TARGET_PREFIX = 200
 
 
+class TargetHead(models.Func):
+    """An audit target's first TARGET_PREFIX characters, the expression of the audit_target_prefix
+    index, with the numbers written into the SQL: a database uses an index on an expression only
+    for the same SQL text, and Substr's bound parameters are not (SQLite scanned all 200,000)."""
+
+    template = f"SUBSTR(%(expressions)s, 1, {TARGET_PREFIX})"
+    output_field = models.CharField()
+
+
 class AuditEntry(models.Model):
     """Who did what to which entity or record, with the state before and after."""
 
@@ -311,9 +320,7 @@ class AuditEntry(models.Model):
     @classmethod
     def for_target(cls, *targets: str):
         """The entries naming exactly these targets, found through the target-prefix index."""
-        from sync.audit import TargetHead  # the index's own SQL text (Substr's bound numbers miss it)
-
-        prefix = TargetHead("target")
+        prefix = TargetHead("target")  # the index's own SQL text (Substr's bound numbers miss it)
         wanted = Q()
         for target in targets:
             wanted |= Q(target_prefix=target[:TARGET_PREFIX], target=target)

@@ -50,7 +50,7 @@ def stop_if_requested() -> None:
 # statement of the `try` that hands its work back, and to False as the last: a signal landing
 # outside (on the call's first instruction, or in the `finally` that records its end) is only
 # recorded, as anywhere else, and `stop_if_requested()` after the MARK raises one recorded before.
-INTERRUPTIBLE = frozenset({("sync.apply", "apply_events"), ("sync.reconcile", "execute")})
+INTERRUPTIBLE = frozenset({("sync.apply", "apply_events"), ("sync.reconcile.reconciler", "execute")})
 MARK = "stoppable"
 
 

@@ -159,9 +159,9 @@ def purge_finished_events(days: int = 7) -> int:
 
 @stoppable
 def run_reconciliation(run_id: int) -> dict:
-    """A run queued by `sync.reconcile.start` (the dashboard, the API)."""
-    from sync import reconcile
+    """A run queued by `sync.reconcile.reconciler.start` (the dashboard, the API)."""
     from sync.models import ReconcileRun
+    from sync.reconcile import reconciler as reconcile
 
     run = reconcile.execute(ReconcileRun.objects.get(pk=run_id))
     return {"run": run.pk, "status": run.status, "drift": run.drift, "repaired": run.repaired}
@@ -169,8 +169,8 @@ def run_reconciliation(run_id: int) -> dict:
 
 @stoppable
 def reconcile_incremental() -> dict:
-    from sync import reconcile
     from sync.models import ReconcileRun
+    from sync.reconcile import reconciler as reconcile
 
     run = reconcile.incremental(trigger=ReconcileRun.Trigger.SCHEDULE)
     return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
@@ -179,15 +179,16 @@ def reconcile_incremental() -> dict:
 def upkeep() -> dict:
     """End what a killed process left open: sagas still `started`, reconciliations still `running`
     (or queued but never started)."""
-    from sync import reconcile, writes
+    from sync import writes
+    from sync.reconcile import reconciler as reconcile
 
     return {"sagas_ended": writes.fail_abandoned_sagas(), "reconciliations_failed": reconcile.fail_abandoned()}
 
 
 @stoppable
 def reconcile_full() -> dict:
-    from sync import reconcile
     from sync.models import ReconcileRun
+    from sync.reconcile import reconciler as reconcile
 
     run = reconcile.full(trigger=ReconcileRun.Trigger.SCHEDULE)
     return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
@@ -204,8 +205,8 @@ def resync_labels(labels: list[str], priority: int, audit_id: int) -> dict:
 
 
 def search_canary() -> dict:
-    """Search for a few recently synced HIGH entities by their own text (sync.canary)."""
-    from sync import canary
+    """Search for a few recently synced HIGH entities by their own text (sync.search.canary)."""
+    from sync.search import canary
 
     checks = canary.run()
     return {"checked": len(checks), "found": sum(c.found for c in checks),

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from sync import api, views
+from sync.ingest import api
+from sync.observe import views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),

@@ -20,10 +20,12 @@ from typing import Any
 
 from django.utils import timezone
 
-from sync import conflicts, queue, rules
+from sync import queue
 from sync.apply import apply_now
+from sync.conflicts import records as conflicts
+from sync.conflicts import rules
 from sync.models import SagaLog
-from sync.observe.metrics import SAGAS, SYNC_ERRORS
+from sync.observe.counters import SAGAS, SYNC_ERRORS
 from sync.policy import WriteMode, policy_for
 from sync.stores import graph_store
 from sync.stores.base import Entity, StoreError, VersionConflict

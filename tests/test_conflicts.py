@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from sync import conflicts, resolution
+from sync.conflicts import records as conflicts
+from sync.conflicts import resolve as resolution
 from sync.models import AuditEntry, Conflict, SyncEvent
 from sync.writes import write_entity
 

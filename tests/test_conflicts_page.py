@@ -12,7 +12,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from sync import conflict_review
+from sync.conflicts import review as conflict_review
 from sync.models import AuditEntry, Conflict
 from sync.writes import write_entity
 
@@ -210,7 +210,7 @@ def test_a_preview_by_get_recomputes_the_resulting_node(client, viewer, prospect
 
 
 def test_a_vector_ahead_conflict_keeps_the_graph(client, analyst_user, synced_graph, vectors):
-    from sync.conflicts import open_conflict
+    from sync.conflicts.records import open_conflict
 
     write_entity("ThreatActor", "apt1", {"name": "APT1", "severity": "high"}, source="misp")
     version = node(synced_graph, "ThreatActor", "apt1").version

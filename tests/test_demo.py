@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
-from sync import demo
+from sync.demo import graph as demo
 from sync.stores import graph_store
 from sync.stores.neo4j_graph import TOMBSTONE
 

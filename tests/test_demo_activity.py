@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 
 from sync import capture
-from sync.demo_activity import OBSERVED, Activity
+from sync.demo.activity import OBSERVED, Activity
 from sync.models import Conflict, SyncEvent
 
 pytestmark = pytest.mark.django_db
@@ -82,7 +82,7 @@ def test_disagreeing_sources_go_through_the_rules(small_graph, vectors):
 
 
 def test_a_fresh_demo_has_conflicts_some_settled_by_the_rules_some_for_an_analyst(small_graph, vectors):
-    from sync.demo_activity import first_conflicts
+    from sync.demo.activity import first_conflicts
     from sync.models import AuditEntry
 
     done = first_conflicts()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from sync import entities, queue, timeline, worker
+from sync import queue, worker
+from sync.entities import lookup as entities
+from sync.entities import timeline
 from sync.models import AuditEntry, Conflict, ReconcileRun, SagaLog, SyncEvent, SyncRecord
 from sync.stores import use_graph_store, use_vector_store
 from sync.stores.base import RetryableStoreError

@@ -18,10 +18,11 @@ from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from sync import capture, embedding, queue, reconcile, worker
+from sync import capture, embedding, queue, worker
 from sync.apply import apply_events
 from sync.ids import vector_id
 from sync.models import Conflict, ReconcileRun, SagaLog, SyncEvent, SyncRecord
+from sync.reconcile import reconciler as reconcile
 from sync.resync import resync_labels
 from sync.stores import graph_store, use_graph_store, use_vector_store
 from sync.stores.base import VectorRecord

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from sync.kev import (
-    KEV_SAMPLE_PATH,
+from sync.demo.graph import KEV_SAMPLE_PATH
+from sync.ingest.kev import (
     KevFeedError,
     import_kev_feed,
     parse_kev_feed,

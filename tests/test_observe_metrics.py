@@ -86,27 +86,27 @@ def test_work_done_by_a_separate_worker_process_moves_lag_and_counters(client, s
 
 
 def test_files_of_exited_processes_are_folded_without_changing_a_total(settings, tmp_path):
-    from sync.observe import metrics
+    from sync.observe import counters
 
     settings.PROMETHEUS_MULTIPROC_DIR = tmp_path
     script = ("import os, django; os.environ['DJANGO_SETTINGS_MODULE'] = 'nightingale.settings'; django.setup(); "
-              "from sync.observe.metrics import SYNC_ERRORS, SYNC_LAG, EMBEDDED_CHUNKS; "
+              "from sync.observe.counters import SYNC_ERRORS, SYNC_LAG, EMBEDDED_CHUNKS; "
               "SYNC_ERRORS.labels('store').inc(3); SYNC_LAG.labels('high').observe(2.5); EMBEDDED_CHUNKS.inc(7)")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": ""}
     for _ in range(3):  # three short-lived processes, as recycled workers leave them
         subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, timeout=120)
-    before = metrics.counter_totals()
-    exposition = metrics.multiprocess_registry()
+    before = counters.counter_totals()
+    exposition = counters.multiprocess_registry()
     lag_count = _lag_count(exposition)
     assert before["errors"]["store"] == 9 and before["embedded"] == 21 and lag_count == 3
     assert len(list(tmp_path.glob("*_[0-9]*.db"))) >= 6
 
-    assert metrics.fold_dead_processes() >= 6
+    assert counters.fold_dead_processes() >= 6
     assert not list(tmp_path.glob("*_[0-9]*.db"))
-    assert metrics.counter_totals() == before and _lag_count(metrics.multiprocess_registry()) == 3
+    assert counters.counter_totals() == before and _lag_count(counters.multiprocess_registry()) == 3
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, timeout=120)
-    metrics.fold_dead_processes()  # into the existing archive
-    assert metrics.counter_totals()["errors"]["store"] == 12 and _lag_count(metrics.multiprocess_registry()) == 4
+    counters.fold_dead_processes()  # into the existing archive
+    assert counters.counter_totals()["errors"]["store"] == 12 and _lag_count(counters.multiprocess_registry()) == 4
 
 
 def _lag_count(registry):

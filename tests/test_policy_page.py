@@ -2,8 +2,8 @@
 
 import pytest
 
-from sync import policy_summary
 from sync.policy import POLICY, SENSITIVE_KEY_TERMS, synced_labels
+from sync.policy import summary as policy_summary
 
 pytestmark = pytest.mark.django_db
 

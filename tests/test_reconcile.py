@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sync import queue, reconcile, worker
+from sync import queue, worker
 from sync.ids import vector_id
 from sync.models import Conflict, ReconcileRun, SyncEvent
+from sync.reconcile import reconciler as reconcile
 from sync.stores.base import VectorRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -85,7 +85,7 @@ def test_progress_polls_until_the_run_ends(client, viewer):
 
 
 def test_a_real_run_records_its_match_per_label(synced_graph, vectors):
-    from sync import reconcile
+    from sync.reconcile import reconciler as reconcile
 
     synced_graph.import_entities("ThreatActor", [
         {"uid": f"actor-{n}", "name": f"Actor {n}", "description": "Spear-phishing against energy firms."}

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sync import rules
-from sync.rules import Side
+from sync.conflicts import rules
+from sync.conflicts.rules import Side
 
 OLD = datetime(2026, 1, 1, tzinfo=UTC)
 NEW = datetime(2026, 6, 1, tzinfo=UTC)

@@ -7,12 +7,14 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from sync import canary, queue, search, worker
+from sync import queue, worker
 from sync.embedding import get_embedder
 from sync.ids import vector_id
 from sync.models import SyncEvent
 from sync.observe import alerting, overview, readings, samples
 from sync.observe.models import Alert, CanaryCheck
+from sync.search import canary
+from sync.search import query as search
 from sync.stores import use_vector_store
 from sync.stores.base import VectorRecord
 from tests.test_entities_page import Unreachable

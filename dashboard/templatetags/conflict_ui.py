@@ -2,7 +2,7 @@
 
 from django import template
 
-from sync.conflict_review import text
+from sync.conflicts.review import text
 
 register = template.Library()
 

@@ -8,12 +8,15 @@ from django.utils import timezone
 from dashboard.access import ANALYST, VIEWER, role_of
 from dashboard.api import ApiError, body, ints, token_role
 from dashboard.forms import BadRequest, audit_filter, parse_time
-from sync import audit, deadletters, policy_summary, resolution, runs
-from sync.conflicts import ConflictError
+from sync import audit, deadletters
+from sync.conflicts import resolve as resolution
+from sync.conflicts.records import ConflictError
 from sync.models import Conflict, ReconcileRun
 from sync.observe import alerting
 from sync.observe.models import Alert
 from sync.policy import policy_for, synced_labels
+from sync.policy import summary as policy_summary
+from sync.reconcile import runs
 from sync.resync import ALL, ENTITY, LABEL, NotResynced, RateLimited, Scope
 from sync.resync import start as start_resync
 

@@ -1,6 +1,6 @@
 """Conflicts: the filtered list with counts by kind, one conflict side by side with per-field
 choices, and bulk actions (apply the proposal, dismiss, resolve similar) over a confirmed snapshot.
-The work is in sync.conflict_review; these views parse, call it and render."""
+The work is in sync.conflicts.review; these views parse, call it and render."""
 
 import json
 from dataclasses import replace
@@ -15,10 +15,10 @@ from django.utils.http import urlencode
 from dashboard import equivalents
 from dashboard.access import analyst_action, analyst_page, viewer_required
 from dashboard.forms import BadRequest, conflict_decision, conflict_filter
-from sync import conflict_review as review_
-from sync.conflicts import ConflictError
+from sync.conflicts import review as review_
+from sync.conflicts.records import ConflictError
+from sync.conflicts.resolve import StaleConflict
 from sync.models import Conflict
-from sync.resolution import StaleConflict
 
 STATUSES = ["open", "auto_resolved", "resolved", "dismissed", "all"]
 

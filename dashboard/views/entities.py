@@ -10,7 +10,8 @@ from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 
 from dashboard.access import viewer_required
-from sync import entities, timeline
+from sync.entities import lookup as entities
+from sync.entities import timeline
 from sync.models import SyncRecord
 from sync.policy import Priority, synced_labels
 

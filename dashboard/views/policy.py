@@ -1,11 +1,11 @@
 """The sync policy, read-only: per label whether it syncs, its priority, write mode, embedded
 text fields, metadata allow-list and freshness target, and what never leaves the graph.
-Everything comes from sync.policy and the settings (sync.policy_summary)."""
+Everything comes from sync.policy and the settings (sync.policy.summary)."""
 
 from django.shortcuts import render
 
 from dashboard.access import viewer_required
-from sync import policy_summary
+from sync.policy import summary as policy_summary
 
 
 @viewer_required

@@ -15,7 +15,7 @@ from dashboard.access import analyst_action, analyst_page, viewer_required
 from dashboard.forms import BadRequest, dead_letter_selection, selection_params
 from sync import deadletters
 from sync.models import Priority
-from sync.queue_summary import summary
+from sync.observe.queue_summary import summary
 
 ACTIONS = {"retry": "Retry", "discard": "Discard"}
 GROUP_SORTS = {"label": lambda g: (g.label, g.fingerprint), "count": lambda g: (g.count, g.label),

@@ -11,8 +11,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 
 from dashboard import equivalents
 from dashboard.access import analyst_action, viewer_required
-from sync import reconcile, runs
 from sync.models import ReconcileRun
+from sync.reconcile import reconciler as reconcile
+from sync.reconcile import runs
 
 PAGE = 50
 SORTS = {"started": "started_at", "mode": "mode", "status": "status", "duration": "duration",

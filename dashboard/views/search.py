@@ -5,9 +5,9 @@ from django.http import HttpResponseBadRequest
 from django.shortcuts import render
 
 from dashboard.access import viewer_required
-from sync import canary
-from sync import search as searching
+from sync.observe import readings
 from sync.policy import synced_labels
+from sync.search import query as searching
 
 STATE_WORDS = {"in_sync": "in sync", "stale": "stale", "vector_ahead": "vector ahead of graph",
                "missing_from_graph": "missing from graph", "excluded": "excluded", "unknown": "not joined"}
@@ -32,5 +32,5 @@ def index(request):
             for hit in (results.hits if results else [])]
     return render(request, "dashboard/search.html", {
         "text": text, "label": label, "k": raw_k, "labels": synced_labels(), "results": results, "hits": hits,
-        "max_k": searching.MAX_TOP_K, "canary": canary.recent_rounds(),
+        "max_k": searching.MAX_TOP_K, "canary": readings.canary_recent_rounds(),
     })

@@ -29,7 +29,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from sync.models import AuditEntry
-from sync.observe.models import Alert, AlertDelivery
+from sync.observe import readings
+from sync.observe.models import ALERT_TITLES, Alert, AlertDelivery
 from sync.observe.readings import CAPTURE, OBSERVER, Readings
 from sync.observe.units import duration as seconds
 
@@ -51,10 +52,13 @@ class Finding:
 class Rule:
     key: str
     severity: str
-    title: str
     check: Callable[[Readings, dict | None], Finding | None]  # None: cannot tell from this reading
     prometheus: str  # the same condition in PromQL, on the gauges /metrics exports
     needs_services: bool = False
+
+    @property
+    def title(self) -> str:
+        return ALERT_TITLES[self.key]
 
 
 def _lag(r: Readings, services) -> Finding:
@@ -155,9 +159,7 @@ def _workers(r: Readings, services) -> Finding | None:
 
 
 def _search_canary(r: Readings, services) -> Finding | None:
-    from sync import canary
-
-    checks = [c for c in canary.latest_round(r.at) if not c.error]
+    checks = [c for c in readings.canary_latest_round(r.at) if not c.error]
     if not checks:
         return None  # no recent round that searched: nothing to judge
     missed = [c for c in checks if not c.found]
@@ -171,33 +173,35 @@ def _search_canary(r: Readings, services) -> Finding | None:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("lag", WARNING, "Sync lag above threshold", _lag,
+    Rule("lag", WARNING, _lag,
          'sync_window_lag_seconds{priority="all",quantile="95"} > $ALERT_LAG_SECONDS'),
-    Rule("queue_depth", WARNING, "Queue depth above threshold", _queue_depth,
+    Rule("queue_depth", WARNING, _queue_depth,
          "sum(sync_queue_depth) > $ALERT_QUEUE_DEPTH"),
-    Rule("dead_letters", WARNING, "Dead letters waiting", _dead_letters,
+    Rule("dead_letters", WARNING, _dead_letters,
          "sync_dead_letters > $ALERT_DEAD_LETTERS"),
-    Rule("freshness_high", CRITICAL, "HIGH freshness target breached", _freshness("high"),
+    Rule("freshness_high", CRITICAL, _freshness("high"),
          'sync_freshness_breached{priority="high"} == 1'),
-    Rule("freshness_medium", WARNING, "MEDIUM freshness target breached", _freshness("medium"),
+    Rule("freshness_medium", WARNING, _freshness("medium"),
          'sync_freshness_breached{priority="medium"} == 1'),
-    Rule("freshness_low", WARNING, "LOW freshness target breached", _freshness("low"),
+    Rule("freshness_low", WARNING, _freshness("low"),
          'sync_freshness_breached{priority="low"} == 1'),
-    Rule("reconciliation_failed", CRITICAL, "Reconciliation failed", _reconciliation_failed,
+    Rule("reconciliation_failed", CRITICAL, _reconciliation_failed,
          "sync_reconciliation_last_failed == 1"),
-    Rule("reconciliation_overdue", CRITICAL, "Reconciliation overdue", _reconciliation_overdue,
+    Rule("reconciliation_overdue", CRITICAL, _reconciliation_overdue,
          "time() - sync_reconciliation_last_start_timestamp_seconds > $ALERT_RECONCILE_OVERDUE_SECONDS"),
-    Rule("compensation_failed", CRITICAL, "Saga compensation failed", _compensation_failed,
+    Rule("compensation_failed", CRITICAL, _compensation_failed,
          "sync_compensation_failures_unreconciled > 0"),
-    Rule("graph_unreachable", CRITICAL, "Neo4j unreachable", _service("graph", "Neo4j"),
+    Rule("graph_unreachable", CRITICAL, _service("graph", "Neo4j"),
          'sync_service_up{service="graph"} == 0', needs_services=True),
-    Rule("vector_store_unreachable", CRITICAL, "Vector store unreachable", _service("vector_store", "vector store"),
+    Rule("vector_store_unreachable", CRITICAL, _service("vector_store", "vector store"),
          'sync_service_up{service="vector_store"} == 0', needs_services=True),
-    Rule("workers_heartbeat", CRITICAL, "Workers not heartbeating", _workers,
+    Rule("workers_heartbeat", CRITICAL, _workers,
          '(max(sync_heartbeat_age_seconds) > $HEARTBEAT_MAX_AGE) or absent(sync_heartbeat_age_seconds{worker="observer"})'),
-    Rule("search_canary", WARNING, "Search canary missed", _search_canary, "sync_search_canary_misses > 0"),
+    Rule("search_canary", WARNING, _search_canary, "sync_search_canary_misses > 0"),
 )
 BY_KEY = {rule.key: rule for rule in RULES}
+if set(BY_KEY) != set(ALERT_TITLES):
+    raise ValueError("every alert rule has one title in sync.observe.models.ALERT_TITLES, and only rules do")
 
 
 def thresholds() -> dict[str, float]:

@@ -60,6 +60,25 @@ class Heartbeat(models.Model):
                                                           "detail": detail})
 
 
+# What each alert rule is called, by its key: a stored alert shows its title, and the rules
+# themselves (sync.observe.alerting) judge readings, which the models must not import.
+ALERT_TITLES = {
+    "lag": "Sync lag above threshold",
+    "queue_depth": "Queue depth above threshold",
+    "dead_letters": "Dead letters waiting",
+    "freshness_high": "HIGH freshness target breached",
+    "freshness_medium": "MEDIUM freshness target breached",
+    "freshness_low": "LOW freshness target breached",
+    "reconciliation_failed": "Reconciliation failed",
+    "reconciliation_overdue": "Reconciliation overdue",
+    "compensation_failed": "Saga compensation failed",
+    "graph_unreachable": "Neo4j unreachable",
+    "vector_store_unreachable": "Vector store unreachable",
+    "workers_heartbeat": "Workers not heartbeating",
+    "search_canary": "Search canary missed",
+}
+
+
 class Alert(models.Model):
     """One breach of one rule, from the check that found it to the check that saw it clear."""
 
@@ -103,10 +122,7 @@ class Alert(models.Model):
 
     @property
     def title(self) -> str:
-        from sync.observe.alerting import BY_KEY
-
-        rule = BY_KEY.get(self.rule)
-        return rule.title if rule else self.rule
+        return ALERT_TITLES.get(self.rule, self.rule)
 
 
 class AlertDelivery(models.Model):
@@ -147,7 +163,7 @@ class AlertDelivery(models.Model):
 
 class CanaryCheck(models.Model):
     """One search-canary probe: a recently synced HIGH entity searched for by its own text, and
-    whether the index returned it in the top k (sync.canary)."""
+    whether the index returned it in the top k (sync.search.canary)."""
 
     at = models.DateTimeField(default=timezone.now, db_index=True)
     label = models.CharField(max_length=64)

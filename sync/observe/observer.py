@@ -25,8 +25,8 @@ from django.db import connections
 from django.utils import timezone
 
 from sync.models import WorkerLease
-from sync.observe import alerting, delivery, health, metrics, readings, samples
-from sync.observe.metrics import SYNC_ERRORS
+from sync.observe import alerting, counters, delivery, health, readings, samples
+from sync.observe.counters import SYNC_ERRORS
 from sync.observe.models import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def tick(owner: str, now: datetime | None = None) -> TickResult:
     result.rolled_up = step("rollup", lambda: samples.rollup(now)) or 0
     if result.rolled_up:  # every five minutes
         result.pruned = step("retention", lambda: samples.prune(now)) or 0
-        step("metric files", metrics.fold_dead_processes)
+        step("metric files", counters.fold_dead_processes)
     result.deliveries = step("deliveries", lambda: delivery.deliver_due()) or {}
     if result.errors:
         step("heartbeat", lambda: Heartbeat.beat(readings.OBSERVER, owner, at=now.isoformat(), errors=result.errors,

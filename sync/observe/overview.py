@@ -8,6 +8,7 @@ MAX_MARKERS of each kind of marker.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -225,16 +226,14 @@ def markers(window: samples.Window) -> list[Marker]:
     resyncs = (AuditEntry.objects.filter(action="resync", at__gt=window.since, at__lte=window.until)
                .order_by("-at").only("at", "target", "actor_name")[:MAX_MARKERS])
     found += [Marker(e.at, "resync", f"resync of {e.target} by {e.actor_name}") for e in resyncs]
-    from sync import canary
-
     found += [Marker(c.at, "canary", f"search canary: {c.label}:{c.uid} not in the top {c.top_k}")
-              for c in canary.misses_between(window.since, window.until)[:MAX_MARKERS]]
+              for c in readings.canary_misses_between(window.since, window.until)[:MAX_MARKERS]]
     return sorted(found, key=lambda m: m.at)
 
 
 def version(found_cards: list[Card], found_services: list[health.ServiceHealth]) -> str:
     """Changes when a number or state the live region shows does (not with the time of the reading)."""
-    import hashlib
+
 
     state = repr([tuple(vars(c).values()) for c in found_cards]) + repr(
         [(s.name, s.ok, s.target, s.detail) for s in found_services])

@@ -16,7 +16,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from sync.models import ChangeCursor, Conflict, Priority, ReconcileRun, SagaLog, SyncEvent
-from sync.observe.models import Heartbeat
+from sync.observe.models import CanaryCheck, Heartbeat
 
 PRIORITIES = tuple(p.label for p in Priority)  # "high", "medium", "low": the order of every chart
 OBSERVER = "observer"
@@ -195,3 +195,23 @@ def schedules(now: datetime) -> dict:
         if overdue is not None and overdue > settings.SCHEDULE_GRACE:
             late.append((name or func, overdue))
     return {"late_schedules": late, "schedules": len(rows)}
+
+
+# --- the search canary's rounds (run by sync.search.canary) ---
+def canary_latest_round(now=None) -> list[CanaryCheck]:
+    """The search canary's newest round's checks, if it ran within two schedule intervals (else: none to judge)."""
+    now = now or timezone.now()
+    newest = CanaryCheck.objects.order_by("-at").first()
+    if newest is None or now - newest.at > timedelta(minutes=2 * settings.SEARCH_CANARY_MINUTES):
+        return []
+    return list(CanaryCheck.objects.filter(at=newest.at))
+
+
+def canary_recent_rounds(limit: int = 15) -> list[CanaryCheck]:
+    return list(CanaryCheck.objects.order_by("-at", "label", "uid")[:limit])
+
+
+def canary_misses_between(since, until) -> list[CanaryCheck]:
+    """Probes that searched and did not find their entity (not those a store stopped)."""
+    return list(CanaryCheck.objects.filter(at__gt=since, at__lte=until, found=False, error="")
+                .order_by("-at")[:50])

@@ -59,7 +59,7 @@ def aligned(now: datetime, seconds: float) -> datetime:
 def record(now: datetime | None = None, *, reading: readings_.Readings | None = None,
            totals: dict | None = None) -> MetricSample | None:
     """The raw sample ending at the interval boundary just passed; None if it exists already."""
-    from sync.observe.metrics import counter_totals
+    from sync.observe.counters import counter_totals
 
     at = aligned(now or timezone.now(), settings.SAMPLE_INTERVAL)
     if MetricSample.objects.filter(resolution=RAW, at=at).exists():

@@ -7,8 +7,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from sync.conflict_review import AGES, BULK_ACTIONS, Filter, bulk
-from sync.conflicts import ConflictError
+from sync.conflicts.records import ConflictError
+from sync.conflicts.review import AGES, BULK_ACTIONS, Filter, bulk
 from sync.models import Conflict
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sync.kev import MAX_FEED_BYTES, KevFeedError, import_kev_feed, write_through_sync
+from sync.ingest.kev import MAX_FEED_BYTES, KevFeedError, import_kev_feed, write_through_sync
 from sync.policy import synced_labels
 from sync.stores import graph_store
 from sync.stores.base import StoreError

@@ -8,7 +8,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sync.demo import DemoLoadError, load_demo
+from sync.demo.graph import DemoLoadError, load_demo
 from sync.policy import synced_labels
 from sync.stores import graph_store
 from sync.stores.base import StoreError
@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--if-empty", action="store_true",
                             help="do nothing when the graph already has Prospect nodes")
         parser.add_argument("--no-conflicts", action="store_true",
-                            help="skip the first disputes (sync.demo_activity.first_conflicts)")
+                            help="skip the first disputes (sync.demo.activity.first_conflicts)")
 
     def handle(self, *args, **options):
         graph = graph_store()
@@ -44,7 +44,7 @@ class Command(BaseCommand):
             self._first_conflicts()
 
     def _first_conflicts(self) -> None:
-        from sync.demo_activity import first_conflicts
+        from sync.demo.activity import first_conflicts
         from sync.models import Conflict
 
         done = first_conflicts(say=lambda line: None)

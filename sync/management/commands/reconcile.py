@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sync import reconcile
+from sync.reconcile import reconciler as reconcile
 
 
 class Command(BaseCommand):
@@ -46,8 +46,8 @@ class Command(BaseCommand):
     def _queue(self, mode: str, dry_run: bool, username: str) -> None:
         from django.contrib.auth import get_user_model
 
-        from sync import runs
         from sync.models import ReconcileRun
+        from sync.reconcile import runs
 
         actor = "command"
         if username:

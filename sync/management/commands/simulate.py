@@ -6,7 +6,7 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from sync.demo_activity import Activity
+from sync.demo.activity import Activity
 
 
 class Command(BaseCommand):

@@ -220,7 +220,8 @@ class Activity:
     # -- disagreeing sources ----------------------------------------------------------------------
 
     def dispute(self, *, label: str | None = None, leave_open: bool | None = None) -> None:
-        from sync import rules, writes
+        from sync import writes
+        from sync.conflicts import rules
 
         if leave_open is None:
             open_demo = Conflict.objects.filter(status=Conflict.Status.OPEN, sources__other__source__startswith=SOURCE)

@@ -1,6 +1,6 @@
 """What an analyst needs to work the conflicts: a filtered list with counts by kind, one conflict
 laid out field by field (word diff, provenance, the rule's proposal, a preview of the resulting
-node), per-field decisions turned into one `sync.resolution.resolve` call, and bulk actions over
+node), per-field decisions turned into one `sync.conflicts.resolve.resolve` call, and bulk actions over
 a filtered snapshot that still resolve (and audit) each conflict one by one.
 
 The list, the conflict page, the bulk confirmation and `manage.py conflicts` share `Filter`, so
@@ -19,12 +19,12 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from sync import resolution
-from sync.conflicts import STORE_KINDS, ConflictError
+from sync.conflicts import resolve as resolution
+from sync.conflicts.records import STORE_KINDS, ConflictError
+from sync.conflicts.resolve import StaleConflict
 from sync.embedding import content_hash
 from sync.models import Conflict
 from sync.policy import build_text, policy_for
-from sync.resolution import StaleConflict
 from sync.stores import graph_store
 
 Status = Conflict.Status

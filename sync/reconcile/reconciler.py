@@ -57,10 +57,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from sync import conflicts, ids, queue, shutdown
+from sync import ids, queue, shutdown
+from sync.conflicts import records as conflicts
 from sync.embedding import content_hash, model_id
 from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
-from sync.observe.metrics import CONSISTENCY_VIOLATIONS
+from sync.observe.counters import CONSISTENCY_VIOLATIONS
 from sync.policy import (
     ENGINE_KEYS,
     SNIPPET_MAX_CHARS,

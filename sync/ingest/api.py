@@ -13,7 +13,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from sync.ingest import IngestError, parse_items
+from sync.ingest.validate import IngestError, parse_items
 from sync.stores.base import PermanentStoreError, RetryableStoreError, VersionConflict
 from sync.writes import CompensationFailed, SyncWriteError, write_entity
 

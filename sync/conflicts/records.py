@@ -1,6 +1,6 @@
 """Conflicts: how they are stored when the write path or reconciliation raises them.
 
-Applying an analyst's decision is `sync.resolution`'s work: this module only records.
+Applying an analyst's decision is `sync.conflicts.resolve`'s work: this module only records.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from sync.conflicts.rules import Proposal, Side
 from sync.models import AuditEntry, Conflict, ReconcileRun, SyncRecord
-from sync.rules import Proposal, Side
 from sync.stores.base import Entity
 
 log = logging.getLogger(__name__)

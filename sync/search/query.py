@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from sync import ids, queue
 from sync.embedding import get_embedder
 from sync.models import Priority
-from sync.observe.metrics import CONSISTENCY_VIOLATIONS
+from sync.observe.counters import CONSISTENCY_VIOLATIONS
 from sync.policy import policy_for
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, QueryMatch, StoreError

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.conf import settings
 from django.utils import timezone
 
 from sync import ids
 from sync.models import SyncRecord
 from sync.observe.models import CanaryCheck
 from sync.policy import Priority, build_text, policy_for, synced_labels
-from sync.search import embed_query
+from sync.search.query import embed_query
 from sync.stores import graph_store, vector_store
 from sync.stores.base import StoreError
 
@@ -63,22 +62,3 @@ def run(now=None, probes: int = PROBES, top_k: int = TOP_K) -> list[CanaryCheck]
     CanaryCheck.objects.bulk_create(checks)
     CanaryCheck.objects.filter(at__lt=now - KEEP).delete()
     return checks
-
-
-def latest_round(now=None) -> list[CanaryCheck]:
-    """The newest round's checks, if it ran within two schedule intervals (else: none to judge)."""
-    now = now or timezone.now()
-    newest = CanaryCheck.objects.order_by("-at").first()
-    if newest is None or now - newest.at > timedelta(minutes=2 * settings.SEARCH_CANARY_MINUTES):
-        return []
-    return list(CanaryCheck.objects.filter(at=newest.at))
-
-
-def recent_rounds(limit: int = 15) -> list[CanaryCheck]:
-    return list(CanaryCheck.objects.order_by("-at", "label", "uid")[:limit])
-
-
-def misses_between(since, until) -> list[CanaryCheck]:
-    """Probes that searched and did not find their entity (not those a store stopped)."""
-    return list(CanaryCheck.objects.filter(at__gt=since, at__lte=until, found=False, error="")
-                .order_by("-at")[:50])

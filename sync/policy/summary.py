@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from sync import policy
-from sync.policy import POLICY, LabelPolicy
+from sync.policy import labels as policy
+from sync.policy.document import SNIPPET_MAX_CHARS
+from sync.policy.labels import POLICY, LabelPolicy
+from sync.policy.redact import phone_regions
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def never_sent() -> NeverSent:
     return NeverSent(
         tuple(sorted(policy.SENSITIVE_KEY_TERMS)), policy._SENSITIVE_FRAGMENTS,
         tuple(sorted(rule.label for rule in POLICY.values() if not rule.synced)), policy.ENGINE_KEYS,
-        policy.phone_regions(), policy.SNIPPET_MAX_CHARS)
+        phone_regions(), SNIPPET_MAX_CHARS)
 
 
 def as_json() -> dict:

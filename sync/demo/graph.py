@@ -47,9 +47,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from sync.kev import (
+from sync.ingest.kev import (
     KEV_CONFIDENCE,
-    KEV_SAMPLE_PATH,
     KEV_SOURCE,
     LISTS,
     KevEntry,
@@ -85,6 +84,11 @@ SOURCES = {
 
 Row = dict[str, Any]
 RelRow = tuple[str, str, str, str, dict[str, Any]]
+
+
+# ~40 real catalogue entries in the official format, for the demo graph and tests. Assembled by hand
+# from the public catalogue; dates and CWEs are as published to the best of our knowledge.
+KEV_SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "kev_sample.json"
 
 
 @dataclass

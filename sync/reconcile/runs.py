@@ -1,7 +1,7 @@
 """Reconciliation runs as people start and follow them: start on a user's behalf (rate-limited
 per user, audited), read progress, resync what a run found.
 
-The run itself is sync.reconcile's: `start` queues it for the task cluster, which executes it
+The run itself is sync.reconcile.reconciler's: `start` queues it for the task cluster, which executes it
 and saves progress every few seconds.
 """
 
@@ -14,8 +14,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from sync import reconcile
 from sync.models import AuditEntry, ReconcileRun
+from sync.reconcile import reconciler as reconcile
 from sync.resync import resync_entity
 
 ACTIVE = (ReconcileRun.Status.QUEUED, ReconcileRun.Status.RUNNING)

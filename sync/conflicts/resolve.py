@@ -15,7 +15,7 @@ from typing import Any
 from django.utils import timezone
 
 from sync import ids
-from sync.conflicts import STORE_KINDS, ConflictError, _jsonable, closed
+from sync.conflicts.records import STORE_KINDS, ConflictError, _jsonable, closed
 from sync.models import AuditEntry, Conflict
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, VersionConflict

@@ -25,14 +25,9 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from sync.stores.base import Entity, Metadata, PermanentStoreError, RetryableStoreError, StoreError
-
-# ~40 real catalogue entries in the official format, for the demo graph and tests. Assembled by hand
-# from the public catalogue; dates and CWEs are as published to the best of our knowledge.
-KEV_SAMPLE_PATH = Path(__file__).resolve().parent / "data" / "kev_sample.json"
 
 KEV_SOURCE = "cisa-kev"
 # The catalogue is CISA's own curated statement of exploitation: nothing in it is a guess.
