@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -253,6 +252,8 @@ def measure(client, params: dict) -> dict:
     from django.db import connection, reset_queries
     from django.test.utils import CaptureQueriesContext
 
+    from sync.observe.readings import percentiles
+
     figures = {}
     for name, url, live in PAGES:
         url = url.format(**params)
@@ -266,8 +267,8 @@ def measure(client, params: dict) -> dict:
                 times.append(timer.seconds * 1000)
                 queries.append(len(captured))
                 size = len(response.content)
-        times.sort()
-        figures[name] = {"p50": statistics.median(times), "p95": times[int(len(times) * 0.95) - 1],
+        p50, p95 = percentiles(times, 0.50, 0.95)
+        figures[name] = {"p50": p50, "p95": p95,
                          "queries": max(queries), "bytes": size, "live": live}
     return figures
 

@@ -74,7 +74,7 @@ def build(count: int) -> None:
 
 
 def inject(count: int, fraction: float) -> dict[str, set[str]]:
-    from sync.ids import vector_id
+    from sync.ids import parse_entity_key, vector_id
     from sync.stores import graph_store, vector_store
     from sync.stores.base import VectorRecord
 
@@ -92,20 +92,19 @@ def inject(count: int, fraction: float) -> dict[str, set[str]]:
         vector_id(label, f"{label.lower()}-000000")] for label in LABELS}
 
     def vid(key):
-        label, uid = key.split(":", 1)
-        return vector_id(label, uid)
+        return vector_id(*parse_entity_key(key))
 
     store.delete([vid(k) for k in injected["missing_vector"]])
     orphans = {}
     for key in injected["orphan_vector"]:
-        label, uid = key.split(":", 1)
+        label, uid = parse_entity_key(key)
         orphans[key] = f"{label}:ghost-{uid}"
     injected["orphan_vector"] = set(orphans.values())
-    store.upsert([VectorRecord(vid(k), templates[k.split(":")[0]].values,
-                               {**templates[k.split(":")[0]].metadata, "uid": k.split(":", 1)[1]})
-                  for k in orphans.values()])
+    store.upsert([VectorRecord(vector_id(label, uid), templates[label].values,
+                               {**templates[label].metadata, "uid": uid})
+                  for label, uid in map(parse_entity_key, orphans.values())])
     for key in injected["stale_vector"]:
-        label, uid = key.split(":", 1)
+        label, uid = parse_entity_key(key)
         graph.driver.execute_query(f"MATCH (n:{label} {{uid: $uid}}) SET n.version = n.version + 1", uid=uid,
                                    database_=graph.database)
     fetched = store.fetch([vid(k) for k in injected["vector_ahead"] | injected["content_drift"]

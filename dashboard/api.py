@@ -10,11 +10,11 @@ import json
 from functools import wraps
 
 from django.contrib.auth.decorators import login_not_required
-from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from dashboard import tokens
 from dashboard.access import DESCRIPTION, ROLES, Rule, has_role, role_of
+from nightingale.http import bearer, json_error
 from sync.models import AuditEntry
 
 TYPE_WORDS = {str: "a string", bool: "true or false", int: "an integer", list: "a list", dict: "an object"}
@@ -24,10 +24,6 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, **extra):
         super().__init__(message)
         self.status, self.extra = status, extra
-
-
-def error(status: int, message: str, **extra) -> JsonResponse:
-    return JsonResponse({"error": message, **extra}, status=status)
 
 
 def token_role(role: str, methods: tuple[str, ...] = ("POST",)):
@@ -42,15 +38,15 @@ def token_role(role: str, methods: tuple[str, ...] = ("POST",)):
         @wraps(view)
         def checked(request, *args, **kwargs):
             if request.method not in methods:
-                response = error(405, f"use {' or '.join(methods)}")
+                response = json_error(405, f"use {' or '.join(methods)}")
                 response["Allow"] = ", ".join(methods)
                 return response
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                return error(401, "send `Authorization: Bearer <token>` (manage.py api_token create USER --name WHAT)")
-            row = tokens.authenticate(token.strip())
+            token = bearer(request)
+            if token is None:
+                return json_error(401, "send `Authorization: Bearer <token>` (manage.py api_token create USER --name WHAT)")
+            row = tokens.authenticate(token)
             if row is None:
-                return error(401, "unknown or revoked API token")
+                return json_error(401, "unknown or revoked API token")
             request.user, request.api_token = row.user, row
             if not has_role(row.user, role):
                 held = role_of(row.user)
@@ -58,13 +54,13 @@ def token_role(role: str, methods: tuple[str, ...] = ("POST",)):
                     AuditEntry.record(row.user, "access.denied", request.path[:1200],
                                       after={"method": request.method, "needs": role, "has": held,
                                              "token": row.prefix})
-                return error(403, f"this needs the {role} role ({DESCRIPTION[role]}); "
-                                  f"the token's user {row.user.get_username()} is {held or 'without a role'}",
-                             needs=role, has=held)
+                return json_error(403, f"this needs the {role} role ({DESCRIPTION[role]}); "
+                                       f"the token's user {row.user.get_username()} is {held or 'without a role'}",
+                                  needs=role, has=held)
             try:
                 return view(request, *args, **kwargs)
             except ApiError as exc:
-                return error(exc.status, str(exc), **exc.extra)
+                return json_error(exc.status, str(exc), **exc.extra)
 
         checked.api_access = Rule(role, methods)
         return checked

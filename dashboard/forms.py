@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
-from django.utils import timezone
-
+from nightingale import times
+from sync import deadletters
 from sync.deadletters import Selection
 
-GROUP = re.compile(r"^[0-9a-f]{12}$")
-MAX_IDS = 10_000
+DEAD_LETTER_WORDING = deadletters.Wording(
+    both="choose dead letters either by id or by filter, not both",
+    nothing="nothing selected: pick dead letters, a group, a filter, or scope=all")
 
 
 class BadRequest(ValueError):
@@ -18,40 +18,29 @@ class BadRequest(ValueError):
 
 
 def parse_time(value: str, name: str) -> datetime | None:
-    if not value:
-        return None
+    """nightingale.times.parse_time, refused as a BadRequest."""
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO 8601 time, got {value[:40]!r}") from None
-    return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, timezone.get_current_timezone())
+        return times.parse_time(value, name)
+    except times.BadTime as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def dead_letter_selection(data, *, for_action: bool = False) -> Selection:
     """A Selection from a query string or form: ids=… (repeatable or comma-separated), or the
-    filter label / group / text with as_of. An action on no filter at all must say scope=all."""
+    filter label / group / text with as_of (sync.deadletters.select checks them). An action on
+    no filter at all must say scope=all."""
     raw_ids = [part for value in data.getlist("ids") for part in value.split(",") if part.strip()]
     try:
-        ids = tuple(sorted({int(part) for part in raw_ids}))
+        ids = [int(part) for part in raw_ids]
     except ValueError:
         raise BadRequest("ids must be event numbers") from None
-    if len(ids) > MAX_IDS:
-        raise BadRequest(f"at most {MAX_IDS} dead letters can be selected by id; use a filter instead")
-    group = data.get("group", "").strip()
-    if group and not GROUP.match(group):
-        raise BadRequest("group must be a 12-character group key from the queue page")
-    label = data.get("label", "").strip()[:64]
-    text = data.get("text", "").strip()[:200]
-    as_of = parse_time(data.get("as_of", "").strip(), "as_of")
-    selection = Selection(ids=ids, label=label, group=group, text=text, as_of=as_of)
-    if for_action:
-        if ids and (group or label or text):
-            raise BadRequest("choose dead letters either by id or by filter, not both")
-        if not ids and not (group or label or text) and data.get("scope") != "all":
-            raise BadRequest("nothing selected: pick dead letters, a group, a filter, or scope=all")
-        if not ids and as_of is None:
-            raise BadRequest("as_of is missing: the action applies to the dead letters shown at a time")
-    return selection
+    try:
+        return deadletters.select(ids, label=data.get("label", ""), group=data.get("group", ""),
+                                  text=data.get("text", ""), as_of=parse_time(data.get("as_of", "").strip(), "as_of"),
+                                  everything=data.get("scope") == "all", action=for_action,
+                                  wording=DEAD_LETTER_WORDING)
+    except deadletters.BadSelection as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def selection_params(selection: Selection, scope_all: bool = False) -> list[tuple[str, str]]:
@@ -100,7 +89,8 @@ def conflict_decision(data, conflict):
     not have, a choice that is not one of the four or a missing version is a 400."""
     import json
 
-    from sync.conflicts.review import SIDES, Decision
+    from sync.conflicts.resolve import Decision
+    from sync.conflicts.review import SIDES
 
     fields = set(conflict.fields)
     choices, edits = {}, {}

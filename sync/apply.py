@@ -40,7 +40,7 @@ from sync import ids, queue, shutdown
 from sync.embedding import get_embedder, model_id
 from sync.models import Conflict, Priority, SyncEvent, SyncRecord, for_entities
 from sync.observe.counters import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
-from sync.policy import ELLIPSIS, MAX_UID_CHARS, build_document
+from sync.policy import ELLIPSIS, build_document
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, Metadata, RetryableStoreError, StoreError, VectorRecord
 
@@ -177,18 +177,11 @@ def apply_now(entity: Entity, *, worker: str | None = None) -> str:
     return plan.outcome
 
 
-def check_key(label: str, uid: str) -> None:
-    """ValueError for an entity key that can never have a vector (or a sync record)."""
-    ids.vector_id(label, uid)
-    if len(uid) > MAX_UID_CHARS:
-        raise ValueError(f"uid longer than {MAX_UID_CHARS} characters")
-
-
 def _apply(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, *, embed_limit: int | None,
            chunk_limit: int | None, read_graph: bool) -> None:
     for plan in plans.values():
         try:
-            check_key(*plan.key)
+            ids.check_syncable_key(*plan.key)
         except ValueError as exc:  # no vector can ever exist for it: fail it alone, for good
             plan.outcome, plan.error, plan.permanent = "invalid", f"not a syncable entity key: {exc}", True
     valid = {key: plan for key, plan in plans.items() if not plan.error}

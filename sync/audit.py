@@ -48,8 +48,8 @@ CSV_COLUMNS = ("id", "at", "user", "action", "target", "before", "after", "note"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-class BadFilter(ValueError):
-    """A filter or cursor that cannot be read; the message says which and why."""
+class BadAuditFilter(ValueError):
+    """An audit log filter or cursor that cannot be read; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class Cursor:
         try:
             return cls(datetime.fromisoformat(at), int(number))
         except ValueError:
-            raise BadFilter(f"{name} must be a page link from the audit page, got {value[:60]!r}") from None
+            raise BadAuditFilter(f"{name} must be a page link from the audit page, got {value[:60]!r}") from None
 
 
 @dataclass

@@ -32,8 +32,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from sync import queue
-from sync.apply import check_key
+from sync import ids, queue
 from sync.models import ChangeCursor, SyncEvent, SyncRecord, for_entities
 from sync.observe.counters import SYNC_ERRORS
 from sync.policy import synced_labels
@@ -138,7 +137,7 @@ def _enqueue(changes: list[Change]) -> tuple[int, int]:
     for change in changes:
         key = (change.label, change.uid)
         try:
-            check_key(change.label, change.uid)
+            ids.check_syncable_key(change.label, change.uid)
         except ValueError as exc:
             log.warning("change capture skips %s:%.80s: %s", change.label, change.uid, exc)
             skipped += 1

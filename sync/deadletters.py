@@ -7,6 +7,8 @@ versions and other numbers. Dead letters are grouped by fingerprint × label.
 Every bulk action works on a **snapshot**: a `Selection` names either explicit event ids or a
 filter (label, group, text in the error) together with the time the analyst looked (`as_of`);
 a dead letter that died after that time is never part of it, though it matches the filter.
+`select` builds one from what a caller was sent, by the rules the Queue page, the JSON API and
+`manage.py dead_letters` share (each caller parses its own input and words its own errors).
 Retrying and discarding go through `sync.queue.retry_dead` / `discard_dead`, which audit each
 event.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
@@ -28,6 +30,8 @@ from sync.models import SyncEvent
 
 DEAD = SyncEvent.Status.DEAD
 FINGERPRINT_LENGTH = 240
+MAX_IDS = 10_000  # dead letters one action may name by id; more are chosen by a filter
+GROUP_KEY = re.compile(r"^[0-9a-f]{12}$")  # as group_key() makes them
 _PATTERNS = [
     # Entity keys and vector ids: Label:uid, Label:uid#3 (uids are percent-encoded in vector ids).
     (re.compile(r"\b[A-Z][A-Za-z0-9_]*:[^\s,;'\"()<>\[\]{}]+"), "<entity>"),
@@ -98,6 +102,52 @@ class Selection:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
+
+
+class BadSelection(ValueError):
+    """No action can take this selection; the message says why and `field` names the input at
+    fault (None: inputs that cannot go together)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What a caller tells its user to send, in the terms of its input (form fields, JSON, flags)."""
+
+    both: str  # ids and a filter, given together
+    nothing: str  # neither, and not all either
+
+
+def select(ids: Iterable[int] = (), *, label: str = "", group: str = "", text: str = "",
+           as_of: datetime | None = None, everything: bool = False, action: bool = False,
+           now_by_default: bool = False, wording: Wording) -> Selection:
+    """The Selection a caller's input names, by the rules the Queue page, the API and the command
+    share: ids sorted, each once, at most MAX_IDS; a group is a key as group_key() makes it; label
+    and text trimmed. For an action: ids or a filter, not both, and no filter at all only when the
+    user said all (`everything`). `as_of` bounds a filter: with `now_by_default` (the API, the
+    command) a filter without one is bounded by now and ids carry none; otherwise (the Queue page,
+    whose actions apply to what it showed) it is kept as sent and an action on a filter needs it.
+    Raises BadSelection."""
+    ids = tuple(sorted(set(ids)))
+    if len(ids) > MAX_IDS:
+        raise BadSelection(f"at most {MAX_IDS} dead letters can be selected by id; use a filter instead", "ids")
+    group = group.strip()
+    if group and not GROUP_KEY.match(group):
+        raise BadSelection("group must be a 12-character group key from the queue page", "group")
+    label, text = label.strip()[:64], text.strip()[:200]
+    filtered = bool(group or label or text)
+    if action and ids and filtered:
+        raise BadSelection(wording.both)
+    if action and not ids and not filtered and not everything:
+        raise BadSelection(wording.nothing)
+    if now_by_default:
+        as_of = None if ids else as_of or timezone.now()
+    elif action and not ids and as_of is None:
+        raise BadSelection("as_of is missing: the action applies to the dead letters shown at a time", "as_of")
+    return Selection(ids=ids, label=label, group=group, text=text, as_of=as_of)
 
 
 @dataclass

@@ -20,6 +20,14 @@ which `sync.policy.build_document` always writes.
 An entity's vectors are `entity_prefix(label, uid)` itself and the ids starting with that prefix
 plus `#`. The bare prefix also begins other uids' ids (`apt2` is a prefix of `apt29`), so filter a
 `list_ids(prefix=...)` answer with `belongs_to_entity`.
+
+The rules for naming an entity live here too, for every caller (the graph store, ingest, the
+dashboard): `is_label` and `is_property_key` (whole-string matches: "KEV\n" is not a label),
+`check_key` (a key that can name an entity), `check_syncable_key` (one the engine can also sync:
+its uid fits in metadata, `MAX_UID_CHARS`), and `entity_key` / `parse_entity_key` for the
+`Label:uid` a person types (the raw uid, not percent-encoded: not a vector id).
+
+A leaf module: it imports nothing from `sync`, so the stores may use it.
 """
 
 from __future__ import annotations
@@ -37,15 +45,31 @@ MAX_CHUNK = 9_999_999  # 7 digits
 UID_BUDGET = MAX_ID_LENGTH - MAX_LABEL_LENGTH - len(":") - len("#") - len(str(MAX_CHUNK))
 SHORTENED_MARKER = "!"
 _HASH_HEX_DIGITS = 32  # 128 bits: collisions are out of reach for any realistic number of uids
+# The uid travels as the `uid` metadata of every vector (a shortened id cannot be decoded), so a
+# longer uid can never be synced.
+MAX_UID_CHARS = 1024
 
+# Use these through fullmatch (`is_label`, `is_property_key`): with `.match`, `$` also accepts a
+# trailing newline. The anchors stay in the text because error messages quote the pattern.
 LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+PROPERTY_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ENCODED_UID_RE = re.compile(r"^(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+$")
 _SHORTENED_UID_RE = re.compile(r"^(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})*![0-9a-f]{32}$")
 
 
+def is_label(value: object) -> bool:
+    """Is `value` a graph label (also a relationship type): a letter, then letters, digits, `_`; 64 at most."""
+    return isinstance(value, str) and LABEL_RE.fullmatch(value) is not None
+
+
+def is_property_key(value: object) -> bool:
+    """Is `value` a property name callers may write: a letter or `_`, then letters, digits, `_`; 64 at most."""
+    return isinstance(value, str) and PROPERTY_KEY_RE.fullmatch(value) is not None
+
+
 def check_label(label: object) -> str:
     """The label itself when it can start a vector id; ValueError otherwise."""
-    if not isinstance(label, str) or not LABEL_RE.match(label):
+    if not is_label(label):
         raise ValueError(
             f"label {label!r} cannot be used in a vector id: labels must match {LABEL_RE.pattern}"
         )
@@ -62,6 +86,37 @@ def check_uid(uid: object) -> str:
     if not uid:
         raise ValueError("uid must not be empty")
     return uid
+
+
+def check_key(label: object, uid: object) -> tuple[str, str]:
+    """(label, uid) itself when it can name an entity, and so have vector ids; ValueError otherwise."""
+    vector_id(label, uid)  # checks the label, the uid and that the uid has a UTF-8 form
+    return label, uid
+
+
+def check_syncable_key(label: object, uid: object) -> tuple[str, str]:
+    """(label, uid) itself when the engine can sync it (`check_key`, and a uid that fits in metadata)."""
+    check_key(label, uid)
+    if len(uid) > MAX_UID_CHARS:
+        raise ValueError(f"uid longer than {MAX_UID_CHARS} characters")
+    return label, uid
+
+
+def entity_key(label: str, uid: str) -> str:
+    """`Label:uid` as people read and type it (the raw uid: see `parse_entity_key`)."""
+    return f"{label}:{uid}"
+
+
+def parse_entity_key(text: str) -> tuple[str, str]:
+    """(label, uid) from `Label:uid`; ValueError without a `:` or with nothing after it.
+
+    The label ends at the first `:` (labels never hold one); the uid is the rest, colons included.
+    Whether the label is one the policy syncs is the caller's question.
+    """
+    label, sep, uid = text.partition(":")
+    if not sep or not uid:
+        raise ValueError(f"{text[:80]!r} is not Label:uid")
+    return label, uid
 
 
 def encode_uid(uid: str) -> str:
@@ -149,9 +204,9 @@ def parse_vector_id(vid: str) -> tuple[str, str | None, int | None]:
         if not (digits.isdigit() and str(int(digits)) == digits and int(digits) <= MAX_CHUNK):
             raise ValueError(f"{vid!r} is not a vector id: bad chunk number {digits!r}")
         chunk = int(digits)
-    if _SHORTENED_UID_RE.match(encoded):
+    if _SHORTENED_UID_RE.fullmatch(encoded):
         return label, None, chunk
-    if not _ENCODED_UID_RE.match(encoded):
+    if not _ENCODED_UID_RE.fullmatch(encoded):
         raise ValueError(f"{vid!r} is not a vector id: {encoded!r} is not a percent-encoded uid")
     try:
         uid = unquote(encoded, encoding="utf-8", errors="strict")

@@ -43,10 +43,22 @@ def for_entities(queryset, keys, size: int = 500):
 
 
 class Priority(models.IntegerChoices):
-    # Lower sorts first: workers claim HIGH before MEDIUM before LOW.
+    """How urgent work is: the sync policy gives each label one, the queue stores it (0/1/2: lower
+    sorts first, so workers claim HIGH before MEDIUM before LOW). Whatever people and programs
+    read or type says its `label` ("high"/"medium"/"low"): the API's JSON, the FRESHNESS_TARGETS
+    keys, `--priority`, the metrics' priority label, the pages."""
+
     HIGH = 0, "high"
     MEDIUM = 1, "medium"
     LOW = 2, "low"
+
+    @classmethod
+    def from_label(cls, label: str) -> Priority:
+        """The member named "high", "medium" or "low" (from a flag, a form or the API)."""
+        for member in cls:
+            if member.label == label:
+                return member
+        raise ValueError(f"priority must be one of {', '.join(cls.labels)}, got {label[:40]!r}")
 
 
 class SyncRecord(models.Model):

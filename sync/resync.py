@@ -19,8 +19,9 @@ from django.conf import settings
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from sync import queue
+from sync import ids, queue
 from sync.models import AuditEntry, Priority, SyncEvent, SyncRecord
+from sync.observe.samples import embed_rate
 from sync.policy import synced_labels
 from sync.stores import graph_store
 from sync.stores.base import StoreError
@@ -61,7 +62,7 @@ class Scope:
 
     @property
     def target(self) -> str:
-        return {ENTITY: f"{self.label}:{self.uid}", LABEL: self.label, ALL: "all"}[self.kind]
+        return {ENTITY: ids.entity_key(self.label, self.uid), LABEL: self.label, ALL: "all"}[self.kind]
 
     def describe(self) -> str:
         return {ENTITY: f"{self.label} {self.uid}", LABEL: f"every {self.label}",
@@ -102,21 +103,6 @@ def scope_from(data) -> Scope:
                  uid=data.get("uid", "")[:1024])
 
 
-def measured_rate(now=None) -> float | None:
-    """Chunks embedded per second in the busiest five minutes of the last day (None: none)."""
-    from sync.observe import samples
-    from sync.observe.models import MetricSample
-
-    now = now or timezone.now()
-    best = None
-    rows = MetricSample.objects.filter(resolution=samples.ROLLUP, at__gt=now - timedelta(days=1))
-    for seconds, data in rows.values_list("seconds", "data"):
-        embedded = data.get("embedded") if isinstance(data, dict) else None
-        if seconds and embedded:
-            best = max(best or 0.0, float(embedded) / seconds)
-    return best
-
-
 def _needing_embedding() -> Q:
     return (Q(vector_version=None) | Q(content_hash="") | Q(status__in=[SyncRecord.Status.FAILED])
             | Q(graph_version__gt=F("vector_version")))
@@ -146,7 +132,7 @@ def preview(scope: Scope) -> Preview:
     chunks = 1.0 + (counts["chunks"] / counts["known"] if counts["known"] else 0.0)  # a rough mean
     lanes = tuple(p.label for p in Priority if p != Priority.HIGH or entities <= HIGH_MAX)
     default = Priority.LOW.label
-    return Preview(scope, entities, embed, entities - embed, chunks, measured_rate(), lanes, default)
+    return Preview(scope, entities, embed, entities - embed, chunks, embed_rate(), lanes, default)
 
 
 def check_rate(actor) -> None:
@@ -164,14 +150,14 @@ def check_rate(actor) -> None:
 def start(scope: Scope, *, actor, priority: str = "low", note: str = "", background: bool = True) -> dict:
     """Enqueue the scope's entities in the chosen lane; returns what was done (audited). More than
     INLINE_MAX entities go to the task cluster when `background` (the web request does not wait)."""
-    if priority not in [p.label for p in Priority]:
-        raise NotResynced(f"priority must be one of {', '.join(p.label for p in Priority)}")
+    if priority not in Priority.labels:
+        raise NotResynced(f"priority must be one of {', '.join(Priority.labels)}")
     shown = preview(scope)
     if priority not in shown.priorities:
         raise NotResynced(f"HIGH is for at most {HIGH_MAX} entities, so HIGH work is never starved; "
                           f"this resync covers {shown.entities}: choose MEDIUM or LOW")
     check_rate(actor)
-    lane = Priority[priority.upper()]
+    lane = Priority.from_label(priority)
     summary = {"scope": scope.kind, "entities": shown.entities, "embed": shown.embed, "priority": priority}
     if scope.kind == ENTITY:
         resync_entity(scope.label, scope.uid, actor=actor, priority=lane, note=note)
@@ -227,7 +213,9 @@ def resync_labels(labels: list[str], *, actor, priority: int | None = None, note
 
 
 @dataclass(frozen=True)
-class Progress:
+class ResyncProgress:
+    """How far the latest label or full resync's events have drained (the overview shows it)."""
+
     entry: AuditEntry  # the latest resync of more than one entity
     waiting: int  # resync events queued or in flight
     applied: int  # resync events applied since it started
@@ -240,7 +228,7 @@ class Progress:
         return int(after.get("queued") or after.get("entities") or 0)
 
 
-def progress(now=None) -> Progress | None:
+def progress(now=None) -> ResyncProgress | None:
     """The latest label or full resync of the last day while its work drains (None otherwise)."""
     now = now or timezone.now()
     entry = (AuditEntry.objects.filter(action="resync", at__gt=now - timedelta(days=1))
@@ -253,4 +241,4 @@ def progress(now=None) -> Progress | None:
         return None
     finished = events.filter(status__in=[SyncEvent.Status.DONE, SyncEvent.Status.DEAD], finished_at__gte=entry.at)
     failed = finished.filter(status=SyncEvent.Status.DEAD).count()
-    return Progress(entry, waiting, finished.count() - failed, failed)
+    return ResyncProgress(entry, waiting, finished.count() - failed, failed)

@@ -33,10 +33,13 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connections
 
-from sync import capture, queue, shutdown, worker
+from sync import capture, queue, shutdown, worker, writes
 from sync.apply import ApplyCounts
-from sync.models import WorkerLease
+from sync.models import AuditEntry, ReconcileRun, WorkerLease
 from sync.observe import observer
+from sync.reconcile import reconciler as reconcile
+from sync.resync import resync_labels as enqueue_labels
+from sync.search import canary
 from sync.stores import vector_store
 
 log = logging.getLogger(__name__)
@@ -160,18 +163,12 @@ def purge_finished_events(days: int = 7) -> int:
 @stoppable
 def run_reconciliation(run_id: int) -> dict:
     """A run queued by `sync.reconcile.reconciler.start` (the dashboard, the API)."""
-    from sync.models import ReconcileRun
-    from sync.reconcile import reconciler as reconcile
-
     run = reconcile.execute(ReconcileRun.objects.get(pk=run_id))
     return {"run": run.pk, "status": run.status, "drift": run.drift, "repaired": run.repaired}
 
 
 @stoppable
 def reconcile_incremental() -> dict:
-    from sync.models import ReconcileRun
-    from sync.reconcile import reconciler as reconcile
-
     run = reconcile.incremental(trigger=ReconcileRun.Trigger.SCHEDULE)
     return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
 
@@ -179,17 +176,11 @@ def reconcile_incremental() -> dict:
 def upkeep() -> dict:
     """End what a killed process left open: sagas still `started`, reconciliations still `running`
     (or queued but never started)."""
-    from sync import writes
-    from sync.reconcile import reconciler as reconcile
-
     return {"sagas_ended": writes.fail_abandoned_sagas(), "reconciliations_failed": reconcile.fail_abandoned()}
 
 
 @stoppable
 def reconcile_full() -> dict:
-    from sync.models import ReconcileRun
-    from sync.reconcile import reconciler as reconcile
-
     run = reconcile.full(trigger=ReconcileRun.Trigger.SCHEDULE)
     return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
 
@@ -197,17 +188,12 @@ def reconcile_full() -> dict:
 def resync_labels(labels: list[str], priority: int, audit_id: int) -> dict:
     """A label or full resync too large for a web request (sync.resync.start), audited when it
     was asked for (`audit_id`)."""
-    from sync.models import AuditEntry
-    from sync.resync import resync_labels as enqueue_labels
-
     entry = AuditEntry.objects.get(pk=audit_id)
     return enqueue_labels(labels, actor=entry.actor or entry.actor_name, priority=priority, entry=entry)
 
 
 def search_canary() -> dict:
     """Search for a few recently synced HIGH entities by their own text (sync.search.canary)."""
-    from sync.search import canary
-
     checks = canary.run()
     return {"checked": len(checks), "found": sum(c.found for c in checks),
             "missed": sum(not c.found and not c.error for c in checks), "errors": sum(bool(c.error) for c in checks)}

@@ -121,6 +121,7 @@ def test_an_entity_in_sync_shows_both_sides_agreeing(client, viewer, synced_grap
     assert "kept in the graph only" in page and "not for the index" in page
     assert "ops@example.org" not in page and "withheld: personal or financial data" in page
     assert "Russian SVR intrusion set" in page  # the chunk's snippet
+    assert "Priority MEDIUM, Async write-through." in page  # the policy's lane in words, not its stored 1
 
 
 def test_a_graph_ahead_of_its_vector_is_shown_as_stale_with_the_differences(client, viewer, synced_graph, vectors):

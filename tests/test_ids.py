@@ -7,12 +7,19 @@ import pytest
 from sync.ids import (
     MAX_CHUNK,
     MAX_ID_LENGTH,
+    MAX_UID_CHARS,
     UID_BUDGET,
     belongs_to_entity,
+    check_key,
+    check_syncable_key,
     encode_uid,
+    entity_key,
     entity_prefix,
+    is_label,
+    is_property_key,
     is_shortened,
     label_prefix,
+    parse_entity_key,
     parse_vector_id,
     vector_id,
 )
@@ -105,7 +112,7 @@ def test_it_gives_each_label_its_own_prefix():
     assert vector_id("KEV", "CVE-2024-1").startswith(label_prefix("KEV"))
 
 
-@pytest.mark.parametrize("label", ["", "1abc", "a-b", "a b", "Ä", "_SyncTombstone", "L" * 65, None, 3])
+@pytest.mark.parametrize("label", ["", "1abc", "a-b", "a b", "Ä", "_SyncTombstone", "L" * 65, "KEV\n", None, 3])
 def test_it_refuses_labels_outside_the_pattern(label):
     with pytest.raises(ValueError, match="cannot be used in a vector id"):
         vector_id(label, "x")
@@ -135,9 +142,53 @@ def test_it_refuses_bad_chunk_numbers(chunk):
     [
         "nolabel", "Label:", "1abc:x", "Label:a#", "Label:a#01", "Label:a#x", "Label:a#-1", "Label:%zz",
         "Label:%c3%a9", "Label:%C3", "Label:%41", "Label:a b", "Label:a:b", "Label:é", "L:" + "a" * 511,
-        "Label:abc!0123", "Label:a#1#2",
+        "Label:abc!0123", "Label:a#1#2", "KEV\n:x", "Label:abc\n",
+        vector_id("Label", "x" * 5000) + "\n",
     ],
 )
 def test_it_refuses_to_parse_what_vector_id_cannot_produce(vid):
     with pytest.raises(ValueError, match="not a vector id|cannot be used"):
         parse_vector_id(vid)
+
+
+@pytest.mark.parametrize("name", ["KEV", "ThreatActor", "a_1", "L" * 64])
+def test_it_accepts_labels_and_property_keys_by_the_same_pattern(name):
+    assert is_label(name) and is_property_key(name)
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "a-b", "a b", "é", "L" * 65, "KEV\n", "\nKEV", None, 3])
+def test_it_refuses_labels_and_property_keys_that_are_not_whole_matches(name):
+    assert not is_label(name)
+    assert not is_property_key(name)
+
+
+def test_property_keys_may_start_with_an_underscore_but_labels_may_not():
+    assert is_property_key("_private")
+    assert not is_label("_SyncTombstone")
+
+
+def test_it_checks_an_entity_key_and_whether_the_engine_can_sync_it():
+    assert check_key("ThreatActor", "apt29") == ("ThreatActor", "apt29")
+    long_uid = "x" * (MAX_UID_CHARS + 1)
+    assert check_key("ThreatActor", long_uid) == ("ThreatActor", long_uid)  # it names an entity...
+    with pytest.raises(ValueError, match=f"uid longer than {MAX_UID_CHARS} characters"):
+        check_syncable_key("ThreatActor", long_uid)  # ...that can never travel as metadata
+    assert check_syncable_key("ThreatActor", "x" * MAX_UID_CHARS)
+    for label, uid in [("KEV\n", "x"), ("1abc", "x"), ("KEV", ""), ("KEV", 42), ("KEV", "bad\ud800")]:
+        with pytest.raises(ValueError):
+            check_key(label, uid)
+        with pytest.raises(ValueError):
+            check_syncable_key(label, uid)
+
+
+@pytest.mark.parametrize("uid", ["apt29", "a:b", "a#b", "two words", "naïve", ":"])
+def test_it_parses_label_uid_back_with_the_raw_uid(uid):
+    typed = entity_key("ThreatActor", uid)
+    assert typed == f"ThreatActor:{uid}"
+    assert parse_entity_key(typed) == ("ThreatActor", uid)
+
+
+@pytest.mark.parametrize("text", ["", "ThreatActor", "ThreatActor:"])
+def test_it_refuses_label_uid_without_a_colon_or_a_uid(text):
+    with pytest.raises(ValueError, match="is not Label:uid"):
+        parse_entity_key(text)

@@ -199,7 +199,7 @@ def test_it_refuses_properties_neo4j_cannot_store_or_we_manage(store, properties
 
 
 @pytest.mark.parametrize("label", ["", "1Actor", "Actor-X", "Actor`) DETACH DELETE (n", "Ac tor",
-                                   "_SyncTombstone", "A" * 65, "Akteur\u00e9", None])
+                                   "_SyncTombstone", "A" * 65, "Akteur\u00e9", "Actor\n", None])
 def test_it_rejects_labels_that_are_not_plain_identifiers(store, label):
     calls = [
         lambda: store.write_entity(label, "x", {}),

@@ -52,6 +52,28 @@ def test_gauges_come_from_the_database(client, settings, neo4j_driver, vectors):
     assert value(scraped, "sync_metrics_readings_ok") == 1
 
 
+@pytest.mark.django_db
+def test_sync_status_prints_the_same_reading():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from tests.observe_helpers import finished
+
+    waiting(priority=Priority.HIGH, age=120)
+    waiting(priority=Priority.LOW, status=SyncEvent.Status.IN_FLIGHT)
+    waiting(status=SyncEvent.Status.DEAD)
+    for lag in (1.0, 2.0, 3.0):
+        finished(lag)
+    out = StringIO()
+    call_command("sync_status", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "queue depth: 2 (high 1, medium 0, low 1)"
+    assert lines[1].startswith("oldest unsynced change: 12") and lines[1].endswith("s ago")
+    assert lines[2] == "lag over the last hour: p50 2.00s, p95 2.90s (3 samples)"
+    assert lines[3] == "dead letters: 1"
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_work_done_by_a_separate_worker_process_moves_lag_and_counters(client, settings, synced_graph, vectors,

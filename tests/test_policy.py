@@ -8,6 +8,7 @@ from decimal import Decimal
 import neo4j.time
 import pytest
 
+from sync import models
 from sync.embedding import content_hash, model_id
 from sync.ids import parse_vector_id
 from sync.policy import (
@@ -87,8 +88,8 @@ def test_it_never_syncs_people_money_internals_or_unknown_labels(label):
 def test_it_lists_synced_labels_high_priority_first():
     labels = synced_labels()
     assert labels[0] == "KEV"
-    ranks = [policy_for(label).priority.rank for label in labels]
-    assert ranks == sorted(ranks)
+    priorities = [policy_for(label).priority for label in labels]
+    assert priorities == sorted(priorities)
 
 
 def test_it_restricts_prospect_metadata_to_the_strict_allow_list():
@@ -101,14 +102,16 @@ def test_it_refuses_a_label_that_is_not_a_string():
 
 
 # --- enums -----------------------------------------------------------------------------------
-def test_it_sorts_priorities_high_first_and_stores_them_as_strings():
+def test_it_sorts_priorities_high_first_and_names_them_in_words():
+    assert Priority is models.Priority  # one enum: the policy's is the one the queue stores
     assert sorted([Priority.LOW, Priority.HIGH, Priority.MEDIUM]) == [Priority.HIGH, Priority.MEDIUM, Priority.LOW]
     assert Priority.HIGH < Priority.MEDIUM < Priority.LOW
     assert max(Priority) == Priority.LOW and min(Priority) == Priority.HIGH
-    assert [p.value for p in Priority] == ["high", "medium", "low"]
-    assert [p.rank for p in Priority] == [0, 1, 2]
-    assert Priority("medium") is Priority.MEDIUM
-    assert {Priority.HIGH: 1}["high"] == 1
+    assert [p.value for p in Priority] == [0, 1, 2]  # stored
+    assert Priority.labels == ["high", "medium", "low"]  # read and typed
+    assert Priority.from_label("medium") is Priority.MEDIUM
+    with pytest.raises(ValueError, match="priority must be one of high, medium, low, got 'HIGH'"):
+        Priority.from_label("HIGH")
 
 
 def test_it_names_write_modes_and_failure_handling_for_storage():

@@ -17,7 +17,7 @@ def test_every_label_is_shown_as_the_engine_applies_it(client, viewer, settings)
     for label in synced_labels():
         rule = POLICY[label]
         row = page.split(f'id="label-{label}"')[1].split("</tr>")[0]
-        assert rule.priority.value.upper() in row and rule.write_mode.value in row
+        assert rule.priority.label.upper() in row and rule.write_mode.value in row
         for name, caption in rule.text_fields:
             assert f"<code>{name}</code>" in row and caption.replace("&", "&amp;") in row
         for name in rule.metadata_fields:
@@ -45,7 +45,7 @@ def test_the_page_follows_the_policy_not_a_copy(client, viewer, monkeypatch):
                         text_fields=(("name", "Name"),), metadata_fields=("name", "started"),
                         description="A campaign <b>of</b> attacks.")
     monkeypatch.setitem(POLICY, "Campaign", extra)
-    monkeypatch.setattr("sync.policy.synced_labels", lambda: ("Campaign", "KEV"))
+    monkeypatch.setattr("sync.policy.labels.synced_labels", lambda: ("Campaign", "KEV"))
     client.force_login(viewer)
     page = client.get("/policy/").content.decode()
     assert 'id="label-Campaign"' in page and "A campaign &lt;b&gt;of&lt;/b&gt; attacks." in page

@@ -141,7 +141,9 @@ def test_depth_counts_queued_and_in_flight_by_priority():
     queue.enqueue_many([Work("KEV", "k", priority=Priority.HIGH), Work("Prospect", "p", priority=Priority.LOW),
                         Work("Prospect", "q", priority=Priority.LOW)])
     queue.claim_batch("w1", 1)
-    assert queue.depth_by_priority() == {"high": 1, "medium": 0, "low": 2}
+    lanes = queue.lanes()
+    assert {p: lane.depth for p, lane in lanes.items()} == {"high": 1, "medium": 0, "low": 2}
+    assert (lanes["low"].queued, lanes["low"].in_flight, lanes["high"].in_flight) == (2, 0, 1)
 
 
 def test_an_urgent_claim_takes_high_priority_work_only():

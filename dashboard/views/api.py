@@ -3,12 +3,12 @@ calls the engine function its page calls, so the audit trail cannot tell them ap
 user. Documented in docs/api.md."""
 
 from django.http import JsonResponse
-from django.utils import timezone
 
 from dashboard.access import ANALYST, VIEWER, role_of
 from dashboard.api import ApiError, body, ints, token_role
-from dashboard.forms import BadRequest, audit_filter, parse_time
-from sync import audit, deadletters
+from dashboard.forms import BadRequest, audit_filter
+from nightingale import times
+from sync import audit, deadletters, ids
 from sync.conflicts import resolve as resolution
 from sync.conflicts.records import ConflictError
 from sync.models import Conflict, ReconcileRun
@@ -21,6 +21,9 @@ from sync.resync import ALL, ENTITY, LABEL, NotResynced, RateLimited, Scope
 from sync.resync import start as start_resync
 
 DEAD_LETTER_FIELDS = {"ids": list, "label": str, "group": str, "text": str, "as_of": str, "scope": str, "note": str}
+DEAD_LETTER_WORDING = deadletters.Wording(
+    both="choose dead letters either by ids or by filter (label, group, text), not both",
+    nothing='nothing selected: give ids, a label, group or text, or "scope": "all"')
 
 
 @token_role(VIEWER, ("GET",))
@@ -36,7 +39,7 @@ def audit_entries(request):
     try:
         where = audit_filter(request.GET)
         before = audit.Cursor.parse(request.GET.get("before", ""), "before")
-    except (BadRequest, audit.BadFilter) as exc:
+    except (BadRequest, audit.BadAuditFilter) as exc:
         raise ApiError(400, str(exc)) from None
     found = audit.page(where, before=before, size=100)
     return JsonResponse({"entries": [audit.as_json(e) for e in found.entries],
@@ -52,18 +55,17 @@ def policy(request):
 def _selection(data: dict) -> deadletters.Selection:
     """The dead letters a body names, as the Queue page's confirmation would: ids, or a filter
     bounded by as_of (default: now, as `manage.py dead_letters` does)."""
-    ids = tuple(sorted(set(ints(data, "ids"))))
-    label, group, text = (data.get(k, "").strip() for k in ("label", "group", "text"))
-    if ids and (label or group or text):
-        raise ApiError(400, "choose dead letters either by ids or by filter (label, group, text), not both")
-    if not ids and not (label or group or text) and data.get("scope") != "all":
-        raise ApiError(400, 'nothing selected: give ids, a label, group or text, or "scope": "all"')
+    numbers = ints(data, "ids")
     try:
-        as_of = parse_time(data.get("as_of", "").strip(), "as_of")
-    except BadRequest as exc:
+        as_of = times.parse_time((data.get("as_of") or "").strip(), "as_of")
+    except times.BadTime as exc:
         raise ApiError(400, str(exc), field="as_of") from None
-    return deadletters.Selection(ids=ids, label=label, group=group, text=text,
-                                 as_of=None if ids else as_of or timezone.now())
+    try:
+        return deadletters.select(numbers, label=data.get("label") or "", group=data.get("group") or "",
+                                  text=data.get("text") or "", as_of=as_of, everything=data.get("scope") == "all",
+                                  action=True, now_by_default=True, wording=DEAD_LETTER_WORDING)
+    except deadletters.BadSelection as exc:
+        raise ApiError(400, str(exc), **({"field": exc.field} if exc.field else {})) from None
 
 
 @token_role(ANALYST)
@@ -118,9 +120,10 @@ def resync(request):
     if len(given) != 1:
         raise ApiError(400, 'say what to resync: exactly one of "entity": "Label:uid", "labels": [...], "all": true')
     if data.get("entity"):
-        label, sep, uid = data["entity"].partition(":")
-        if not sep or not uid:
-            raise ApiError(400, "entity takes Label:uid, e.g. ThreatActor:apt29", field="entity")
+        try:
+            label, uid = ids.parse_entity_key(data["entity"])
+        except ValueError:
+            raise ApiError(400, "entity takes Label:uid, e.g. ThreatActor:apt29", field="entity") from None
         if not policy_for(label).synced:
             raise ApiError(400, f"{label} is not a label the policy syncs", field="entity")
         scopes = [Scope(ENTITY, label, uid)]

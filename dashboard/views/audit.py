@@ -22,7 +22,7 @@ def index(request):
         where = audit_filter(request.GET)
         before = audit.Cursor.parse(request.GET.get("before", ""), "before")
         after = audit.Cursor.parse(request.GET.get("after", ""), "after")
-    except (BadRequest, audit.BadFilter) as exc:
+    except (BadRequest, audit.BadAuditFilter) as exc:
         return _bad(exc)
     found = audit.page(where, before=before, after=after)
     users = list(get_user_model().objects.order_by("username").values_list("username", flat=True)[:500])

@@ -15,6 +15,7 @@ from django.utils.http import urlencode
 from dashboard import equivalents
 from dashboard.access import analyst_action, analyst_page, viewer_required
 from dashboard.forms import BadRequest, conflict_decision, conflict_filter
+from sync.conflicts import resolve as resolution
 from sync.conflicts import review as review_
 from sync.conflicts.records import ConflictError
 from sync.conflicts.resolve import StaleConflict
@@ -104,7 +105,7 @@ def resolve(request, pk: int):
         return _bad(f"this conflict is already {conflict.get_status_display().lower().replace('_', ' ')} by "
                     f"{who}: nothing was written", status=409)
     try:
-        outcome = review_.decide(conflict, decision, request.user)
+        outcome = resolution.decide(conflict, decision, request.user)
     except StaleConflict as exc:
         conflict.refresh_from_db()
         messages.error(request, f"Not resolved: {exc}. Your choices are kept where the field did not change.")
@@ -134,7 +135,7 @@ def dismiss(request, pk: int):
     note = request.POST.get("note", "").strip()[:2000]
     if not note:
         return _bad("a note is required: say why you dismiss it, for the audit trail; nothing was written")
-    outcome = review_.resolution.dismiss(conflict.pk, actor=request.user, note=note)
+    outcome = resolution.dismiss(conflict.pk, actor=request.user, note=note)
     if not outcome.changed:
         return _bad(f"this conflict is {outcome.message.replace('_', ' ')}: nothing was written", status=409)
     messages.success(request, f"{conflict.label}:{conflict.uid}: dismissed (audited as conflict.dismiss).")
@@ -169,7 +170,7 @@ def bulk_act(request, action: str):
     except BadRequest as exc:
         return _bad(exc)
     try:
-        outcome = review_.bulk(selection, action, request.user, request.POST.get("note", "").strip()[:2000])
+        outcome = resolution.bulk(selection, action, request.user, request.POST.get("note", "").strip()[:2000])
     except ConflictError as exc:
         return _bad(f"{exc}: nothing was written")
     audited = "conflict.dismiss" if action == "dismiss" else "conflict.resolve"

@@ -12,8 +12,8 @@ from django.urls import NoReverseMatch, reverse
 from dashboard.access import viewer_required
 from sync.entities import lookup as entities
 from sync.entities import timeline
-from sync.models import SyncRecord
-from sync.policy import Priority, synced_labels
+from sync.models import Priority, SyncRecord
+from sync.policy import synced_labels
 
 
 def _bad(message: str):
@@ -24,12 +24,12 @@ def _bad(message: str):
 def index(request):
     try:
         selection = entities.parse_filter(request.GET)
-    except entities.BadFilter as exc:
+    except entities.BadEntityFilter as exc:
         return _bad(str(exc))
     found = entities.list_entities(selection)
     return render(request, "dashboard/entities.html", {
         "selection": selection, "found": found, "labels": synced_labels(), "statuses": SyncRecord.Status.values,
-        "priorities": Priority.values, "default_sort": entities.DEFAULT_SORT,
+        "priorities": Priority.labels, "default_sort": entities.DEFAULT_SORT,
         "max_page": entities.MAX_PAGE, "page_size": entities.PAGE_SIZE,
     })
 

@@ -43,7 +43,7 @@ def index(request):
         **_live(), "groups": groups, "max_attempts": settings.SYNC_MAX_ATTEMPTS, "selection": selection, "as_of": as_of,
         "as_of_iso": as_of.isoformat(timespec="microseconds"), "filtered": bool(selection.label or selection.text),
         "matching": sum(g.count for g in groups), "labels": sorted({g.label for g in groups} | {selection.label} - {""}),
-        "priorities": [p.label for p in Priority],
+        "priorities": Priority.labels,
     })
 
 

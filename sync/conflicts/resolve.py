@@ -1,4 +1,6 @@
-"""Applying an analyst's (or a bulk action's) decision to an open conflict.
+"""Applying an analyst's (or a bulk action's) decision to an open conflict: `resolve` and
+`dismiss`, the conflict page's per-field `Decision` turned into one `resolve` call (`decide`), and
+bulk actions over a filtered snapshot that still resolve (and audit) each conflict one by one.
 
 A resolution is written to Neo4j as a new version and reaches the vector store through the
 normal path. It is idempotent (a resolved conflict is never applied again), refused when the
@@ -9,13 +11,14 @@ state), and audited.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.utils import timezone
 
 from sync import ids
 from sync.conflicts.records import STORE_KINDS, ConflictError, _jsonable, closed
+from sync.conflicts.review import BULK_ACTIONS, MAX_BULK, SIDES, Filter, bulk_ids, parse_edit
 from sync.models import AuditEntry, Conflict
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, VersionConflict
@@ -148,3 +151,106 @@ def _drop_vectors(label: str, uid: str) -> int:
     prefix = ids.entity_prefix(label, uid)
     doomed = [vid for vid in store.list_ids(prefix) if ids.belongs_to_entity(vid, label, uid)]
     return store.delete(doomed) if doomed else 0
+
+
+# -- an analyst's per-field decision, as the conflict page sends it --------------------------------
+
+@dataclass(frozen=True)
+class Decision:
+    """An analyst's decision on one conflict, as the conflict page sends it."""
+
+    choices: dict[str, str]  # field -> left / right / proposal / edit
+    edits: dict[str, str]
+    version: int | None
+    note: str
+    seen: dict[str, Any] | None = None
+
+
+def decide(conflict: Conflict, decision: Decision, actor) -> Resolution:
+    """Turn per-field choices into one engine call: left/right are the engine's field choices,
+    a proposal or an edit its edits. Refused (StaleConflict) when the entity moved."""
+    if not decision.note.strip():
+        raise ConflictError("a note is required: say why, for the audit trail")
+    if conflict.kind in STORE_KINDS:
+        return resolve(conflict.pk, choice="graph", actor=actor, note=decision.note,
+                                  seen_version=decision.version)
+    unknown = set(decision.choices) - set(conflict.fields)
+    if unknown:
+        raise ConflictError(f"{', '.join(sorted(unknown))}: not a field of this conflict")
+    missing = set(conflict.fields) - set(decision.choices)
+    if missing:
+        raise ConflictError(f"choose left, right, proposal or edit for: {', '.join(sorted(missing))}")
+    field_choices, edits = {}, {}
+    for name, side in decision.choices.items():
+        if side not in SIDES:
+            raise ConflictError(f"{name}: choose left, right, proposal or edit")
+        if side in ("left", "right"):
+            field_choices[name] = "graph" if side == "left" else "other"
+            continue
+        if side == "proposal" and name not in (conflict.proposal or {}):
+            raise ConflictError(f"the rule proposed nothing for {name}: choose left, right or edit")
+        like = conflict.graph_side.get(name, conflict.other_side.get(name))
+        edits[name] = conflict.proposal[name] if side == "proposal" else parse_edit(
+            name, decision.edits.get(name, ""), like)
+    return resolve(conflict.pk, choice="fields", actor=actor, note=decision.note,
+                              field_choices=field_choices, edits=edits, seen_version=decision.version)
+
+
+# -- bulk ----------------------------------------------------------------------------------------
+
+@dataclass
+class BulkOutcome:
+    action: str
+    asked: int
+    done: int = 0
+    stale: list[str] = field(default_factory=list)  # entity keys that changed: skipped, not forced
+    refused: list[str] = field(default_factory=list)  # "key: why" (no proposal, a store divergence…)
+    already: int = 0  # closed by someone else meanwhile
+
+    def words(self) -> str:
+        verb = "Dismissed" if self.action == "dismiss" else "Resolved"
+        parts = [f"{verb} {self.done} of {self.asked} conflict{'s' if self.asked != 1 else ''}"]
+        if self.stale:
+            parts.append(f"skipped {len(self.stale)} whose entity changed since (review them one by one: "
+                         + ", ".join(self.stale[:5]) + ("…" if len(self.stale) > 5 else "") + ")")
+        if self.refused:
+            parts.append(f"refused {len(self.refused)}: " + "; ".join(self.refused[:3])
+                         + ("…" if len(self.refused) > 3 else ""))
+        if self.already:
+            parts.append(f"{self.already} were already closed by someone else")
+        return "; ".join(parts)
+
+
+def bulk(selection: Filter, action: str, actor, note: str) -> BulkOutcome:
+    """Resolve or dismiss the open conflicts of a snapshot one by one, through the same engine
+    calls as the conflict page: a stale one is skipped and reported, never forced."""
+    if action not in BULK_ACTIONS:
+        raise ConflictError(f"action must be one of {', '.join(BULK_ACTIONS)}")
+    if not note.strip():
+        raise ConflictError("a note is required: say why, for the audit trail")
+    if selection.as_of is None:
+        raise ConflictError("as_of is missing: a bulk action applies to the conflicts shown at a time")
+    ids = bulk_ids(selection)
+    if len(ids) > MAX_BULK:
+        raise ConflictError(f"more than {MAX_BULK} conflicts match: narrow the filter (each one is a graph write)")
+    outcome = BulkOutcome(action, len(ids))
+    choice = BULK_ACTIONS[action][0]
+    for pk in ids:
+        if action == "dismiss":
+            done = dismiss(pk, actor=actor, note=note)
+        else:
+            try:
+                done = resolve(pk, choice=choice, actor=actor, note=note)
+            except StaleConflict:
+                conflict = Conflict.objects.only("label", "uid").get(pk=pk)
+                outcome.stale.append(f"{conflict.label}:{conflict.uid}")
+                continue
+            except ConflictError as exc:
+                conflict = Conflict.objects.only("label", "uid").get(pk=pk)
+                outcome.refused.append(f"{conflict.label}:{conflict.uid}: {exc}")
+                continue
+        if done.changed:
+            outcome.done += 1
+        else:
+            outcome.already += 1
+    return outcome

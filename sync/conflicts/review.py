@@ -1,7 +1,7 @@
-"""What an analyst needs to work the conflicts: a filtered list with counts by kind, one conflict
-laid out field by field (word diff, provenance, the rule's proposal, a preview of the resulting
-node), per-field decisions turned into one `sync.conflicts.resolve.resolve` call, and bulk actions over
-a filtered snapshot that still resolve (and audit) each conflict one by one.
+"""The conflicts as an analyst reads them (the read side; deciding is sync.conflicts.resolve's):
+a filtered list with counts by kind, one conflict laid out field by field (word diff,
+provenance, the rule's proposal, a preview of the resulting node), and the snapshot a bulk
+action would act on.
 
 The list, the conflict page, the bulk confirmation and `manage.py conflicts` share `Filter`, so
 a bookmarked view, a confirmation and its command line all mean the same conflicts.
@@ -19,9 +19,7 @@ from typing import Any
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from sync.conflicts import resolve as resolution
 from sync.conflicts.records import STORE_KINDS, ConflictError
-from sync.conflicts.resolve import StaleConflict
 from sync.embedding import content_hash
 from sync.models import Conflict
 from sync.policy import build_text, policy_for
@@ -159,7 +157,10 @@ def neighbours(conflict: Conflict, selection: Filter) -> tuple[int | None, int |
 # -- one conflict, field by field --------------------------------------------------------------
 
 @dataclass
-class FieldRow:
+class ConflictField:
+    """One field of a conflict as the review shows it: the graph's value (left) beside the other
+    side's (right), the rules' proposal, and what the analyst chose or typed."""
+
     name: str
     left: Any
     right: Any
@@ -181,8 +182,8 @@ class FieldRow:
 @dataclass
 class Review:
     conflict: Conflict
-    rows: list[FieldRow]
-    unchanged: list[FieldRow]  # disputed fields both sides agree on, and the node's other shown fields
+    rows: list[ConflictField]
+    unchanged: list[ConflictField]  # disputed fields both sides agree on, and the node's other shown fields
     store_kind: bool
     live_version: int | None
     node_exists: bool
@@ -240,7 +241,7 @@ def review(conflict: Conflict, *, choices: dict[str, str] | None = None, edits: 
     for name in conflict.fields:
         left, right = conflict.graph_side.get(name), conflict.other_side.get(name)
         has_proposal = name in (conflict.proposal or {})
-        row = FieldRow(name, left, right, (conflict.proposal or {}).get(name), has_proposal,
+        row = ConflictField(name, left, right, (conflict.proposal or {}).get(name), has_proposal,
                        _as_json(left) != _as_json(right), name in embedded)
         if isinstance(left, str) and isinstance(right, str) and max(len(left), len(right)) >= WORD_DIFF_MIN_CHARS:
             row.left_diff, row.right_diff = word_diff(left, right)
@@ -258,7 +259,7 @@ def review(conflict: Conflict, *, choices: dict[str, str] | None = None, edits: 
         for name in dict.fromkeys(shown):
             if name not in conflict.graph_side and name in entity.properties:
                 value = entity.properties[name]
-                unchanged.append(FieldRow(name, value, value, None, False, False, name in embedded))
+                unchanged.append(ConflictField(name, value, value, None, False, False, name in embedded))
     result = Review(conflict, rows, unchanged, store_kind, entity.version if entity else None, entity is not None,
                     provenance={side: _provenance((conflict.sources or {}).get(side)) for side in ("graph", "other")})
     if entity is not None and not store_kind:
@@ -300,7 +301,7 @@ def _preview(result: Review, properties: dict[str, Any], policy) -> None:
         result.effect = "A metadata-only update: the vectors keep their embeddings (no re-embedding)."
 
 
-def chosen_value(row: FieldRow, current: Any) -> Any:
+def chosen_value(row: ConflictField, current: Any) -> Any:
     if row.choice == "left":
         return row.left
     if row.choice == "right":
@@ -334,72 +335,6 @@ def parse_edit(name: str, raw: str, like: Any) -> Any:
     return raw
 
 
-@dataclass(frozen=True)
-class Decision:
-    """An analyst's decision on one conflict, as the conflict page sends it."""
-
-    choices: dict[str, str]  # field -> left / right / proposal / edit
-    edits: dict[str, str]
-    version: int | None
-    note: str
-    seen: dict[str, Any] | None = None
-
-
-def decide(conflict: Conflict, decision: Decision, actor) -> resolution.Resolution:
-    """Turn per-field choices into one engine call: left/right are the engine's field choices,
-    a proposal or an edit its edits. Refused (StaleConflict) when the entity moved."""
-    if not decision.note.strip():
-        raise ConflictError("a note is required: say why, for the audit trail")
-    if conflict.kind in STORE_KINDS:
-        return resolution.resolve(conflict.pk, choice="graph", actor=actor, note=decision.note,
-                                  seen_version=decision.version)
-    unknown = set(decision.choices) - set(conflict.fields)
-    if unknown:
-        raise ConflictError(f"{', '.join(sorted(unknown))}: not a field of this conflict")
-    missing = set(conflict.fields) - set(decision.choices)
-    if missing:
-        raise ConflictError(f"choose left, right, proposal or edit for: {', '.join(sorted(missing))}")
-    field_choices, edits = {}, {}
-    for name, side in decision.choices.items():
-        if side not in SIDES:
-            raise ConflictError(f"{name}: choose left, right, proposal or edit")
-        if side in ("left", "right"):
-            field_choices[name] = "graph" if side == "left" else "other"
-            continue
-        if side == "proposal" and name not in (conflict.proposal or {}):
-            raise ConflictError(f"the rule proposed nothing for {name}: choose left, right or edit")
-        like = conflict.graph_side.get(name, conflict.other_side.get(name))
-        edits[name] = conflict.proposal[name] if side == "proposal" else parse_edit(
-            name, decision.edits.get(name, ""), like)
-    return resolution.resolve(conflict.pk, choice="fields", actor=actor, note=decision.note,
-                              field_choices=field_choices, edits=edits, seen_version=decision.version)
-
-
-# -- bulk ----------------------------------------------------------------------------------------
-
-@dataclass
-class BulkOutcome:
-    action: str
-    asked: int
-    done: int = 0
-    stale: list[str] = field(default_factory=list)  # entity keys that changed: skipped, not forced
-    refused: list[str] = field(default_factory=list)  # "key: why" (no proposal, a store divergence…)
-    already: int = 0  # closed by someone else meanwhile
-
-    def words(self) -> str:
-        verb = "Dismissed" if self.action == "dismiss" else "Resolved"
-        parts = [f"{verb} {self.done} of {self.asked} conflict{'s' if self.asked != 1 else ''}"]
-        if self.stale:
-            parts.append(f"skipped {len(self.stale)} whose entity changed since (review them one by one: "
-                         + ", ".join(self.stale[:5]) + ("…" if len(self.stale) > 5 else "") + ")")
-        if self.refused:
-            parts.append(f"refused {len(self.refused)}: " + "; ".join(self.refused[:3])
-                         + ("…" if len(self.refused) > 3 else ""))
-        if self.already:
-            parts.append(f"{self.already} were already closed by someone else")
-        return "; ".join(parts)
-
-
 def bulk_ids(selection: Filter) -> list[int]:
     """The open conflicts of the snapshot, oldest first (at most MAX_BULK + 1, to tell "too many")."""
     return list(replace(selection, status=Status.OPEN).ordered().values_list("id", flat=True)[:MAX_BULK + 1])
@@ -411,38 +346,3 @@ def similar(conflict: Conflict) -> Filter:
     return Filter(kind=conflict.kind, label=conflict.label, field=conflict.fields[0] if conflict.fields else "",
                   graph_source=str((sources.get("graph") or {}).get("source") or ""),
                   other_source=str((sources.get("other") or {}).get("source") or ""))
-
-
-def bulk(selection: Filter, action: str, actor, note: str) -> BulkOutcome:
-    """Resolve or dismiss the open conflicts of a snapshot one by one, through the same engine
-    calls as the conflict page: a stale one is skipped and reported, never forced."""
-    if action not in BULK_ACTIONS:
-        raise ConflictError(f"action must be one of {', '.join(BULK_ACTIONS)}")
-    if not note.strip():
-        raise ConflictError("a note is required: say why, for the audit trail")
-    if selection.as_of is None:
-        raise ConflictError("as_of is missing: a bulk action applies to the conflicts shown at a time")
-    ids = bulk_ids(selection)
-    if len(ids) > MAX_BULK:
-        raise ConflictError(f"more than {MAX_BULK} conflicts match: narrow the filter (each one is a graph write)")
-    outcome = BulkOutcome(action, len(ids))
-    choice = BULK_ACTIONS[action][0]
-    for pk in ids:
-        if action == "dismiss":
-            done = resolution.dismiss(pk, actor=actor, note=note)
-        else:
-            try:
-                done = resolution.resolve(pk, choice=choice, actor=actor, note=note)
-            except StaleConflict:
-                conflict = Conflict.objects.only("label", "uid").get(pk=pk)
-                outcome.stale.append(f"{conflict.label}:{conflict.uid}")
-                continue
-            except ConflictError as exc:
-                conflict = Conflict.objects.only("label", "uid").get(pk=pk)
-                outcome.refused.append(f"{conflict.label}:{conflict.uid}: {exc}")
-                continue
-        if done.changed:
-            outcome.done += 1
-        else:
-            outcome.already += 1
-    return outcome

@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 
+from sync import writes
+from sync.conflicts import rules
 from sync.models import Conflict
 from sync.stores import graph_store
 
@@ -220,9 +222,6 @@ class Activity:
     # -- disagreeing sources ----------------------------------------------------------------------
 
     def dispute(self, *, label: str | None = None, leave_open: bool | None = None) -> None:
-        from sync import writes
-        from sync.conflicts import rules
-
         if leave_open is None:
             open_demo = Conflict.objects.filter(status=Conflict.Status.OPEN, sources__other__source__startswith=SOURCE)
             leave_open = open_demo.count() < MAX_OPEN_DEMO_CONFLICTS and self.random.random() < 0.5

@@ -138,8 +138,9 @@ _CODE_TAG = re.compile(r"</?code>")
 _SPACES = re.compile(r"[ \t]+")
 
 
-def clean_text(text: str | None) -> str:
-    """MITRE prose without citation markers and markdown links, which only add noise to embeddings."""
+def strip_mitre_markup(text: str | None) -> str:
+    """MITRE prose without citation markers and markdown links, which only add noise to embeddings
+    (the demo data's own cleaning; the engine's is `sync.policy.clean_text`)."""
     if not text:
         return ""
     text = _CITATION.sub("", text)
@@ -386,7 +387,7 @@ def build_techniques() -> tuple[list[Row], dict[str, str], list[tuple[str, str]]
         meta = value.get("meta", {})
         kill_chain = meta.get("kill_chain", ())
         enterprise = [k for k in kill_chain if k.startswith("attack-")]
-        description = clean_text(value.get("description"))
+        description = strip_mitre_markup(value.get("description"))
         if _revoked(value) or not enterprise or description.lower().startswith("this technique has been deprecated"):
             continue
         name, _ = _mitre_name(value["value"])
@@ -495,7 +496,7 @@ def build_landscape() -> tuple[dict[str, Actor], list[Row], list[Row], DemoGraph
     malware_rows: list[Row] = []
     for m in chosen:
         name, mitre_id = _mitre_name(m["value"])
-        description = clean_text(m.get("description"))
+        description = strip_mitre_markup(m.get("description"))
         similar_galaxies = sorted({galaxy_of[r["dest-uuid"]] for r in m.get("related", ())
                                    if r.get("type") == "similar" and r["dest-uuid"] in galaxy_of})
         uid = malware_uids[m["uuid"]]
@@ -518,7 +519,8 @@ def build_landscape() -> tuple[dict[str, Actor], list[Row], list[Row], DemoGraph
         uid = actor_uids[value["uuid"]]
         name = value["value"].strip()  # a few galaxy names carry stray spaces
         intrusion_set = matches.get(value["uuid"])
-        description = clean_text(value.get("description")) or clean_text((intrusion_set or {}).get("description"))
+        description = (strip_mitre_markup(value.get("description"))
+                       or strip_mitre_markup((intrusion_set or {}).get("description")))
         raw_sectors = [*meta.get("targeted-sector", ()), *meta.get("cfr-target-category", ())]
         countries = {canonical_country(c) for c in meta.get("cfr-suspected-victims", ())}
         for rel in value.get("related", ()):

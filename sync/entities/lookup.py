@@ -8,7 +8,6 @@ that does not answer is reported on the view, not raised.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +15,10 @@ from django.db.models import Q
 
 from sync import ids
 from sync.embedding import content_hash
-from sync.models import SyncRecord
+from sync.models import Priority, SyncRecord
 from sync.policy import (
     ENGINE_KEYS,
     LabelPolicy,
-    Priority,
     allowed_metadata,
     build_text,
     is_sensitive_key,
@@ -35,7 +33,6 @@ MAX_PAGE = 200  # bounded offsets: 10,000 rows deep at most; narrow the filter t
 NAME_MATCHES = 200  # graph nodes whose name matches the search, at most
 NAME_MIN_CHARS = 3  # shorter searches match uids only (a name scan reads every node of the labels)
 NEIGHBOURS = 50
-LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SORTS = {  # what the list sorts by; each leads with an indexed column or the (label, uid) key
     # No tie-break column after synced_at: its index already orders ties (by row id in SQLite's,
     # by heap position in PostgreSQL's), and one more column made the database sort every row.
@@ -50,8 +47,8 @@ LIST_FIELDS = ("id", "label", "uid", "graph_version", "vector_version", "status"
                "synced_at", "last_error")
 
 
-class BadFilter(ValueError):
-    """A filter the list cannot apply; the message says which and why."""
+class BadEntityFilter(ValueError):
+    """A filter the entities list cannot apply; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -69,22 +66,22 @@ class EntityFilter:
 
 
 def parse_filter(data) -> EntityFilter:
-    """An EntityFilter from a query string; BadFilter for a value the list cannot take."""
+    """An EntityFilter from a query string; BadEntityFilter for a value the list cannot take."""
     label = data.get("label", "").strip()
-    if label and not LABEL.match(label):
-        raise BadFilter(f"label must be a graph label such as ThreatActor, got {label[:40]!r}")
+    if label and not ids.is_label(label):
+        raise BadEntityFilter(f"label must be a graph label such as ThreatActor, got {label[:40]!r}")
     status = data.get("status", "").strip()
     if status and status not in SyncRecord.Status.values:
-        raise BadFilter(f"status must be one of {', '.join(SyncRecord.Status.values)}, got {status[:40]!r}")
+        raise BadEntityFilter(f"status must be one of {', '.join(SyncRecord.Status.values)}, got {status[:40]!r}")
     priority = data.get("priority", "").strip()
-    if priority and priority not in Priority.values:
-        raise BadFilter(f"priority must be one of {', '.join(Priority.values)}, got {priority[:40]!r}")
+    if priority and priority not in Priority.labels:
+        raise BadEntityFilter(f"priority must be one of {', '.join(Priority.labels)}, got {priority[:40]!r}")
     sort = data.get("sort", "").strip() or DEFAULT_SORT
     if sort.lstrip("-") not in SORTS:
-        raise BadFilter(f"sort must be one of {', '.join(SORTS)} (with - for descending), got {sort[:40]!r}")
+        raise BadEntityFilter(f"sort must be one of {', '.join(SORTS)} (with - for descending), got {sort[:40]!r}")
     raw_page = data.get("page", "").strip() or "1"
     if not raw_page.isdigit() or not 1 <= int(raw_page) <= MAX_PAGE:
-        raise BadFilter(f"page must be a number from 1 to {MAX_PAGE}; narrow the filter to see further")
+        raise BadEntityFilter(f"page must be a number from 1 to {MAX_PAGE}; narrow the filter to see further")
     return EntityFilter(text=data.get("q", "").strip()[:200], label=label, status=status, priority=priority,
                         sort=sort, page=int(raw_page))
 
@@ -100,7 +97,7 @@ class EntityPage:
 
 
 def labels_of(priority: str) -> list[str]:
-    return [label for label in synced_labels() if policy_for(label).priority == priority]
+    return [label for label in synced_labels() if policy_for(label).priority.label == priority]
 
 
 def list_entities(selection: EntityFilter) -> EntityPage:
@@ -147,7 +144,9 @@ MISSING = object()  # a field the vector copy does not carry
 
 
 @dataclass(frozen=True)
-class FieldRow:
+class FieldComparison:
+    """One property of an entity as the graph holds it beside what its vector copy carries."""
+
     name: str
     role: str  # identity, embedded, metadata, embedded+metadata, graph_only
     graph: Any  # the graph's value (None when the node lacks it)
@@ -183,7 +182,7 @@ class EntityView:
     graph_error: str = ""
     chunks: list[ChunkView] = field(default_factory=list)
     vector_error: str = ""
-    fields: list[FieldRow] = field(default_factory=list)
+    fields: list[FieldComparison] = field(default_factory=list)
     expected_hash: str = ""
     neighbours: list[Metadata] = field(default_factory=list)
     neighbours_error: str = ""
@@ -193,13 +192,6 @@ class EntityView:
     @property
     def differing(self) -> int:
         return sum(1 for row in self.fields if row.differs)
-
-
-def check_key(label: str, uid: str) -> None:
-    """ValueError unless (label, uid) can name an entity."""
-    if not LABEL.match(label):
-        raise ValueError(f"{label[:64]!r} is not a graph label")
-    ids.check_uid(uid)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -249,10 +241,10 @@ def _chunk_views(found: dict[str, Metadata], entity: Entity | None, expected: Me
 
 
 def _field_rows(entity: Entity | None, policy: LabelPolicy, expected: Metadata,
-                first: ChunkView | None) -> list[FieldRow]:
+                first: ChunkView | None) -> list[FieldComparison]:
     properties = dict(entity.properties) if entity else {}
     text_names = set(policy.text_property_names)
-    rows = [FieldRow(name, "identity", properties.get(name),
+    rows = [FieldComparison(name, "identity", properties.get(name),
                      vector=first.version if first and name == "version" else MISSING,
                      differs=bool(first and name == "version" and "version" in first.differences))
             for name in ("uid", "version", "updated_at") if entity]
@@ -263,7 +255,7 @@ def _field_rows(entity: Entity | None, policy: LabelPolicy, expected: Metadata,
         role = ("embedded+metadata" if name in text_names and in_metadata else "embedded" if name in text_names
                 else "metadata" if in_metadata else "graph_only")
         vector = first.metadata.get(name, MISSING) if first and in_metadata else MISSING
-        rows.append(FieldRow(
+        rows.append(FieldComparison(
             name, role, properties.get(name), vector=vector,
             expected=expected.get(name, MISSING) if in_metadata else MISSING,
             withheld=role == "graph_only" and is_sensitive_key(name),
@@ -307,7 +299,7 @@ def _findings(view: EntityView) -> tuple[str, list[str]]:
 
 def entity_view(label: str, uid: str, *, neighbours: int = NEIGHBOURS) -> EntityView:
     """(label, uid) as the graph, the vector index and our record hold it, compared."""
-    check_key(label, uid)
+    ids.check_key(label, uid)
     policy = policy_for(label)
     view = EntityView(label, uid, policy, SyncRecord.objects.filter(label=label, uid=uid).first())
     graph = graph_store()

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sync import writes
+from sync.stores import graph_store
 from sync.stores.base import Entity, Metadata, PermanentStoreError, RetryableStoreError, StoreError
 
 KEV_SOURCE = "cisa-kev"
@@ -382,8 +384,6 @@ def import_kev_feed(data: str | bytes | Mapping[str, Any], *, graph: KevGraph | 
     """
     feed = parse_kev_feed(data)
     if graph is None:
-        from sync.stores import graph_store
-
         graph = graph_store()
     if write is None:
         write = graph.write_entity
@@ -440,8 +440,6 @@ def write_through_sync(label: str, uid: str, properties: Metadata, *, source: st
     becomes that entry's error; one that failed because the vector store is unreachable aborts the
     run like any retryable store error, rather than failing every remaining entry the same way.
     """
-    from sync import writes
-
     try:
         outcome = writes.write_entity(label, uid, properties, source=source, confidence=confidence,
                                       actor="import_kev", defer_vectors=defer_vectors)

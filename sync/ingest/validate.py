@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from sync import ids
 from sync.policy import POLICY
 
-LABEL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 RESERVED = {"uid", "version", "updated_at", "source", "confidence"}
 MAX_UID = 512
 MAX_TEXT = 1_000_000  # characters per property; the embedder chunks long texts
@@ -53,7 +51,7 @@ def _item(raw: Any, where: str) -> IngestItem:
     if unknown:
         raise IngestError(f"unknown fields: {', '.join(sorted(unknown))}", where + sorted(unknown)[0])
     label = raw.get("label")
-    if not isinstance(label, str) or not LABEL_RE.match(label):
+    if not ids.is_label(label):
         raise IngestError("`label` must be a label name like ThreatActor", where + "label")
     if label not in POLICY:
         raise IngestError(f"unknown label {label!r}; known: {', '.join(sorted(POLICY))}", where + "label")
@@ -83,7 +81,7 @@ def _item(raw: Any, where: str) -> IngestItem:
 
 def _value(key: Any, value: Any, where: str) -> Any:
     field = f"{where}properties.{key}"
-    if not isinstance(key, str) or not KEY_RE.match(key):
+    if not ids.is_property_key(key):
         raise IngestError("property names are letters, digits and _ (up to 64)", field)
     if key in RESERVED or key.endswith("_source"):
         raise IngestError(f"`{key}` is set by the sync engine, not by callers", field)

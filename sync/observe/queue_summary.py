@@ -8,27 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, Max
 from django.utils import timezone
 
-from sync.models import Priority, SyncEvent
+from sync import queue
+from sync.models import SyncEvent
 
 Status = SyncEvent.Status
 WINDOWS = {"5 min": timedelta(minutes=5), "1 h": timedelta(hours=1)}
-
-
-@dataclass
-class Lane:
-    priority: str
-    queued: int = 0
-    backing_off: int = 0  # queued but waiting for their retry time after a failure
-    in_flight: int = 0
-    oldest_created: datetime | None = None
-    oldest_change: datetime | None = None  # the earliest unsynced graph change waiting
-
-    @property
-    def depth(self) -> int:
-        return self.queued + self.in_flight
 
 
 @dataclass
@@ -46,7 +33,7 @@ class Batch:
 @dataclass
 class QueueSummary:
     at: datetime
-    lanes: list[Lane]
+    lanes: list[queue.Lane]  # HIGH first
     batches: list[Batch]
     dead_letters: int
     applied: dict[str, int] = field(default_factory=dict)  # window -> events finished
@@ -59,19 +46,7 @@ class QueueSummary:
 
 def summary(now: datetime | None = None, max_batches: int = 50) -> QueueSummary:
     now = now or timezone.now()
-    lanes = {p.value: Lane(p.label) for p in Priority}
-    rows = (SyncEvent.objects.filter(status__in=[Status.QUEUED, Status.IN_FLIGHT])
-            .values("priority", "status")
-            .annotate(n=Count("id"), later=Count("id", filter=Q(next_attempt_at__gt=now)),
-                      created=Min("created_at"), changed=Min("changed_at")).order_by())
-    for row in rows:
-        lane = lanes[row["priority"]]
-        if row["status"] == Status.QUEUED:
-            lane.queued, lane.backing_off = row["n"], row["later"]
-        else:
-            lane.in_flight = row["n"]
-        lane.oldest_created = _min(lane.oldest_created, row["created"])
-        lane.oldest_change = _min(lane.oldest_change, row["changed"])
+    lanes = queue.lanes(now)
     batches = [
         Batch(worker=row["claim_token"].rsplit(":", 1)[0] or "?", events=row["n"],
               lease_expires_at=row["lease"], attempts=row["attempts"] or 0)
@@ -86,7 +61,3 @@ def summary(now: datetime | None = None, max_batches: int = 50) -> QueueSummary:
     arrived = {name: SyncEvent.objects.filter(status__in=list(Status.values), created_at__gte=now - span).count()
                for name, span in WINDOWS.items()}
     return QueueSummary(now, list(lanes.values()), batches, dead, applied, arrived)
-
-
-def _min(a, b):
-    return b if a is None or (b is not None and b < a) else a

@@ -1,27 +1,39 @@
 """One reading of everything observation watches, taken from the database (and, when asked, the
-stores): what samples record, what alert rules judge, what /metrics and the overview show.
+stores): what samples record, what alert rules judge, what /metrics, the overview and
+`manage.py sync_status` show.
 
 Every number here comes from the database at the time of reading, so every process — web,
-django-q2 workers, commands — reports the same truth.
+django-q2 workers, commands — reports the same truth. The engine's one `percentiles` lives here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Count, Min
+from django.db.models import Count
 from django.utils import timezone
 
-from sync.models import ChangeCursor, Conflict, Priority, ReconcileRun, SagaLog, SyncEvent
+from sync import queue
+from sync.models import ChangeCursor, Conflict, Priority, ReconcileRun, SagaLog, SyncEvent, SyncRecord
 from sync.observe.models import CanaryCheck, Heartbeat
 
-PRIORITIES = tuple(p.label for p in Priority)  # "high", "medium", "low": the order of every chart
+PRIORITIES = tuple(Priority.labels)  # "high", "medium", "low": the order of every chart
 OBSERVER = "observer"
 CAPTURE = "capture"
 FINISHED_RUNS = (ReconcileRun.Status.SUCCEEDED, ReconcileRun.Status.FAILED)
+STATUS_LAG_WINDOW = timedelta(hours=1)  # the lag `sync_status` prints
+
+
+def percentiles(values: Sequence[float], *fractions: float) -> list[float | None]:
+    """The values' percentile at each fraction (0.95: p95), interpolated linearly between the two
+    nearest ranks (numpy's default); None for each when there are no values."""
+    if not len(values):
+        return [None] * len(fractions)
+    return [float(v) for v in np.percentile(values, [100 * f for f in fractions])]
 
 
 @dataclass(frozen=True)
@@ -37,8 +49,8 @@ class LagStats:
     def of(cls, values) -> LagStats:
         if not len(values):
             return cls()
-        p50, p95 = np.percentile(values, [50, 95])
-        return cls(len(values), round(float(p50), 3), round(float(p95), 3), round(float(max(values)), 3))
+        p50, p95 = percentiles(values, 0.50, 0.95)
+        return cls(len(values), round(p50, 3), round(p95, 3), round(float(max(values)), 3))
 
     def as_dict(self) -> dict:
         return {"n": self.n, "p50": self.p50, "p95": self.p95, "max": self.max}
@@ -110,24 +122,13 @@ class Readings:
 def read(now: datetime | None = None, *, observer_alive: bool = False) -> Readings:
     """`observer_alive`: the observer itself is reading (its own heartbeat is now, whatever the row says)."""
     now = now or timezone.now()
-    depth = {p: {"queued": 0, "in_flight": 0} for p in PRIORITIES}
-    dead = 0
-    rows = (SyncEvent.objects.filter(status__in=[SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT,
-                                                 SyncEvent.Status.DEAD])
-            .values_list("priority", "status").annotate(n=Count("id")).order_by())
-    for priority, status, n in rows:
-        if status == SyncEvent.Status.DEAD:
-            dead += n
-        else:
-            depth[Priority(priority).label][status] += n
-    oldest = dict.fromkeys(PRIORITIES)
-    for priority, changed in (SyncEvent.objects.filter(status__in=[SyncEvent.Status.QUEUED,
-                                                                   SyncEvent.Status.IN_FLIGHT])
-                              .values_list("priority").annotate(oldest=Min("changed_at")).order_by()):
-        if changed is not None:
-            oldest[Priority(priority).label] = max((now - changed).total_seconds(), 0.0)
+    lanes = queue.lanes(now)
+    depth = {p: {"queued": lane.queued, "in_flight": lane.in_flight} for p, lane in lanes.items()}
+    oldest = {p: None if lane.oldest_change is None else max((now - lane.oldest_change).total_seconds(), 0.0)
+              for p, lane in lanes.items()}
     return Readings(
-        at=now, depth=depth, dead_letters=dead, oldest_unsynced=oldest,
+        at=now, depth=depth, dead_letters=SyncEvent.objects.filter(status=SyncEvent.Status.DEAD).count(),
+        oldest_unsynced=oldest,
         lag=lag_by_priority(now - timedelta(seconds=settings.FRESHNESS_WINDOW), now),
         open_conflicts=Conflict.objects.filter(status=Conflict.Status.OPEN).count(),
         reconcile=_reconcile_state(),
@@ -148,6 +149,37 @@ def lag_by_priority(since: datetime, until: datetime) -> dict[str, LagStats]:
     stats = {p: LagStats.of(v) for p, v in values.items()}
     stats["all"] = LagStats.of([lag for v in values.values() for lag in v])
     return stats
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A reading, and what only an operator asks for (`manage.py sync_status`): the last hour's lag
+    and the totals by status of sync records and sagas (each a scan of its table, so never part
+    of the observer's reading)."""
+
+    reading: Readings
+    lag: LagStats  # of the events applied in the last STATUS_LAG_WINDOW, all priorities
+    records: dict[str, int]
+    sagas: dict[str, int]
+    cursor: ChangeCursor | None
+
+    @property
+    def oldest_unsynced(self) -> float | None:
+        """Seconds since the oldest change still waiting, whatever its priority."""
+        ages = [age for age in self.reading.oldest_unsynced.values() if age is not None]
+        return max(ages) if ages else None
+
+
+def snapshot(now: datetime | None = None) -> Snapshot:
+    reading = read(now)
+    return Snapshot(
+        reading, lag_by_priority(reading.at - STATUS_LAG_WINDOW, reading.at)["all"],
+        records=_by_status(SyncRecord), sagas=_by_status(SagaLog),
+        cursor=ChangeCursor.objects.filter(name="neo4j").first())
+
+
+def _by_status(model) -> dict[str, int]:
+    return dict(model.objects.values_list("status").annotate(n=Count("id")).order_by())
 
 
 def _reconcile_state() -> ReconcileState:

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from sync.models import SyncEvent
 from sync.observe import readings as readings_
+from sync.observe.counters import counter_totals
 from sync.observe.models import MetricSample
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ def aligned(now: datetime, seconds: float) -> datetime:
 def record(now: datetime | None = None, *, reading: readings_.Readings | None = None,
            totals: dict | None = None) -> MetricSample | None:
     """The raw sample ending at the interval boundary just passed; None if it exists already."""
-    from sync.observe.counters import counter_totals
-
     at = aligned(now or timezone.now(), settings.SAMPLE_INTERVAL)
     if MetricSample.objects.filter(resolution=RAW, at=at).exists():
         return None
@@ -271,3 +270,15 @@ def in_window(w: Window) -> list[MetricSample]:
 
 def latest() -> MetricSample | None:
     return MetricSample.objects.filter(resolution=RAW).order_by("-at").first()
+
+
+def embed_rate(now=None) -> float | None:
+    """Chunks embedded per second in the busiest five minutes of the last day (None: none)."""
+    now = now or timezone.now()
+    best = None
+    rows = MetricSample.objects.filter(resolution=ROLLUP, at__gt=now - timedelta(days=1))
+    for seconds, data in rows.values_list("seconds", "data"):
+        embedded = data.get("embedded") if isinstance(data, dict) else None
+        if seconds and embedded:
+            best = max(best or 0.0, float(embedded) / seconds)
+    return best

@@ -7,6 +7,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from nightingale.http import bearer
 from sync.observe import metrics as observed
 from sync.observe import readiness
 from sync.observe.health import check_services
@@ -33,9 +34,9 @@ def healthz(request):
 @require_GET
 def metrics(request):
     """Prometheus exposition, for a logged-in user or a scraper holding METRICS_TOKEN."""
-    header = request.headers.get("Authorization", "")
-    token_ok = bool(settings.METRICS_TOKEN) and hmac.compare_digest(
-        header.encode(), f"Bearer {settings.METRICS_TOKEN}".encode())
+    token = bearer(request)
+    token_ok = bool(settings.METRICS_TOKEN) and token is not None and hmac.compare_digest(
+        token.encode(), settings.METRICS_TOKEN.encode())
     if not (token_ok or request.user.is_authenticated):
         return HttpResponse("log in or send the metrics bearer token\n", status=401,
                             content_type="text/plain")

@@ -2,16 +2,18 @@
 
 Owns, one module each:
 - `labels`: the per-label table (`POLICY`, `policy_for`, `synced_labels`), the enums a policy is
-  made of (`Priority`, `WriteMode`, `VectorFailure`) and the guard on sensitive field names.
+  made of (`WriteMode`, `VectorFailure`; `Priority` is the queue's, `sync.models.Priority`,
+  re-exported here) and the guard on sensitive field names.
 - `redact`: contact details (e-mail addresses, phone numbers) found and replaced in any value.
 - `text`: HTML and hostile text turned into clean, storable text; cutting to size.
 - `document`: what the vector index holds for an entity (`build_document`): text, chunks and the
   allow-listed metadata fitted to the store's limits.
 - `summary`: the policy as people read it (the Policy page, `GET /api/v1/policy`).
 
-May import: `sync.ids`, `sync.embedding`, `sync.stores.base`, Django settings. Nothing else of
-the engine: everything that syncs asks this package, never the other way round. The names below
-are re-exported for importers; modules inside the package import each other directly.
+May import: `sync.ids`, `sync.embedding`, `sync.stores.base`, `sync.models` (for `Priority`),
+Django settings. Nothing else of the engine: everything that syncs asks this package, never the
+other way round. The names below are re-exported for importers; modules inside the package
+import each other directly.
 """
 
 from sync.policy.document import (

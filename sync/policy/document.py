@@ -44,12 +44,12 @@ from typing import Any
 
 from sync import ids
 from sync.embedding import content_hash, get_embedder, model_id
+from sync.ids import MAX_UID_CHARS
 from sync.policy.labels import LabelPolicy, is_sensitive_key, policy_for
 from sync.policy.redact import redact_contacts
 from sync.policy.text import clean_text, truncate
 from sync.stores.base import Entity, Metadata
 
-MAX_UID_CHARS = 1024
 SNIPPET_MAX_CHARS = 1_000
 FIELD_MAX_CHARS = 2_000
 LIST_MAX_ITEMS = 100

@@ -17,8 +17,8 @@ Selective sync is opt-in: a label is synced only if `POLICY` says so; `policy_fo
 | Contact, Deal, Account, _SyncTombstone, any other label | never | — | — | — | — |
 
 Terms:
-- *priority* orders queued work: HIGH before MEDIUM before LOW (`Priority` sorts that way; its
-  stored value is "high"/"medium"/"low", its `rank` 0/1/2).
+- *priority* orders queued work: HIGH before MEDIUM before LOW (`sync.models.Priority`, the one
+  the queue stores: 0/1/2, which sorts that way; shown and typed as "high"/"medium"/"low").
 - *write mode*: `dual_write` embeds and upserts inside the ingest call (the caller waits for both
   stores); `write_through` writes Neo4j, enqueues a sync event and returns.
 - *on vector failure* (dual_write only): `compensate` undoes the graph write and fails the call;
@@ -45,41 +45,7 @@ from dataclasses import dataclass
 from django.db import models
 
 from sync import ids
-
-
-class Priority(models.TextChoices):
-    HIGH = "high", "High"
-    MEDIUM = "medium", "Medium"
-    LOW = "low", "Low"
-
-    @property
-    def rank(self) -> int:
-        """0 for HIGH: a number to order by where the stored string would sort wrongly."""
-        return type(self)._member_names_.index(self.name)
-
-    def __lt__(self, other: object) -> bool:
-        if isinstance(other, Priority):
-            return self.rank < other.rank
-        return NotImplemented
-
-    def __le__(self, other: object) -> bool:
-        if isinstance(other, Priority):
-            return self.rank <= other.rank
-        return NotImplemented
-
-    def __gt__(self, other: object) -> bool:
-        if isinstance(other, Priority):
-            return self.rank > other.rank
-        return NotImplemented
-
-    def __ge__(self, other: object) -> bool:
-        if isinstance(other, Priority):
-            return self.rank >= other.rank
-        return NotImplemented
-
-    # Enum hashes members by name; hash by the stored string instead, so that "high" read back
-    # from a database finds the same dict entry as Priority.HIGH (the two already compare equal).
-    __hash__ = str.__hash__
+from sync.models import Priority
 
 
 class WriteMode(models.TextChoices):
@@ -287,4 +253,4 @@ def policy_for(label: str) -> LabelPolicy:
 def synced_labels() -> tuple[str, ...]:
     """The labels that reach the vector index, HIGH priority first, then by name."""
     return tuple(p.label for p in sorted(
-        (p for p in POLICY.values() if p.synced), key=lambda p: (p.priority.rank, p.label)))
+        (p for p in POLICY.values() if p.synced), key=lambda p: (p.priority, p.label)))

@@ -45,9 +45,9 @@ def _row(rule: LabelPolicy) -> LabelRow:
         return LabelRow(rule.label, False, rule.data_type, "", "", "", "", "", (), (), None, rule.description)
     dual = rule.write_mode == policy.WriteMode.DUAL_WRITE
     return LabelRow(
-        rule.label, True, rule.data_type, rule.priority.value, rule.write_mode.value, rule.write_mode.label,
+        rule.label, True, rule.data_type, rule.priority.label, rule.write_mode.value, rule.write_mode.label,
         rule.on_vector_failure.value if dual else "", rule.on_vector_failure.label if dual else "",
-        rule.text_fields, rule.metadata_fields, settings.FRESHNESS_TARGETS[rule.priority.value], rule.description)
+        rule.text_fields, rule.metadata_fields, settings.FRESHNESS_TARGETS[rule.priority.label], rule.description)
 
 
 def labels() -> list[LabelRow]:

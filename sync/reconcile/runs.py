@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from sync.models import AuditEntry, ReconcileRun
+from sync.policy import policy_for
 from sync.reconcile import reconciler as reconcile
 from sync.resync import resync_entity
 
@@ -56,7 +57,9 @@ def start_for(user, mode: str, *, dry_run: bool, trigger: str = ReconcileRun.Tri
 
 
 @dataclass(frozen=True)
-class Progress:
+class RunProgress:
+    """How far one reconciliation run has got, as its page polls it."""
+
     status: str
     done: int
     total: int | None
@@ -73,8 +76,8 @@ class Progress:
         return self.status in ACTIVE
 
 
-def progress(run: ReconcileRun) -> Progress:
-    return Progress(run.status, run.progress_done, run.progress_total, run.updated_at)
+def progress(run: ReconcileRun) -> RunProgress:
+    return RunProgress(run.status, run.progress_done, run.progress_total, run.updated_at)
 
 
 def samples_by_kind(run: ReconcileRun) -> dict[str, list[dict]]:
@@ -94,7 +97,6 @@ def resync_samples(run: ReconcileRun, kind: str, actor) -> int:
     if kind not in RESYNCABLE:
         raise NotStarted(f"{kind} findings cannot be resynced"
                          + (": the entity no longer exists" if kind == "orphan_vector" else ": resolve the conflict"))
-    from sync.policy import policy_for
 
     keys = {(s["label"], s["uid"]) for s in run.samples or [] if s.get("kind") == kind}
     keys = [key for key in sorted(keys) if policy_for(key[0]).synced]

@@ -13,9 +13,9 @@ from datetime import timedelta
 from django.utils import timezone
 
 from sync import ids
-from sync.models import SyncRecord
+from sync.models import Priority, SyncRecord
 from sync.observe.models import CanaryCheck
-from sync.policy import Priority, build_text, policy_for, synced_labels
+from sync.policy import build_text, policy_for, synced_labels
 from sync.search.query import embed_query
 from sync.stores import graph_store, vector_store
 from sync.stores.base import StoreError

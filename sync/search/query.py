@@ -139,7 +139,7 @@ def search(text: str, *, label: str = "", top_k: int = 10) -> Results:
             best[(hit_label, uid)] = (match, chunk)
     chosen = list(best.items())[:top_k]
     entities: dict[tuple[str, str], Entity] = {}
-    keys = [key for key, _ in chosen if key[1] and ids.LABEL_RE.match(key[0])]
+    keys = [key for key, _ in chosen if key[1] and ids.is_label(key[0])]
     try:
         entities = graph_store().get_entities(keys) if keys else {}
     except StoreError as exc:

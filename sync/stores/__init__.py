@@ -2,6 +2,13 @@
 
 Drivers are built once per process on first use (never at import time) and can be replaced in
 tests through `use_vector_store` / `reset_stores`.
+
+One module per outside system, behind the protocols of `base` (every call to the outside goes
+through them, so tests and fault injection have one seam): `neo4j_graph` (+ `neo4j_triggers`),
+`local_store` (LanceDB), `pinecone_store`; `metadata` and `filters` are shared by the vector
+stores.
+
+May import: `sync.embedding` (the dimension) and settings; nothing else of the engine.
 """
 
 from __future__ import annotations

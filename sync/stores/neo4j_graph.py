@@ -1,7 +1,7 @@
 """Neo4j, the source of truth, behind the GraphStore protocol (see sync.stores.base).
 
 The only module that talks to Neo4j. Every query is parameterised; labels and relationship types,
-which Cypher cannot take as parameters, are checked against `LABEL_PATTERN` before they are written
+which Cypher cannot take as parameters, are checked with `sync.ids.is_label` before they are written
 into a query. Work runs in managed transactions (`execute_read` / `execute_write`), which retry
 transient errors (deadlocks, leader switches) for up to `max_transaction_retry_time`; what still
 fails is raised as `RetryableStoreError` or `PermanentStoreError`.
@@ -45,6 +45,7 @@ from neo4j.exceptions import (
 )
 from neo4j.spatial import Point
 
+from sync import ids
 from sync.stores.base import (
     Change,
     Entity,
@@ -65,7 +66,6 @@ from sync.stores.neo4j_triggers import (
 
 log = logging.getLogger(__name__)
 
-LABEL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 TOMBSTONE = "_SyncTombstone"
 RESERVED_KEYS = frozenset({"uid", "version", "updated_at"})
 BATCH_SIZE = 1000
@@ -89,8 +89,8 @@ T = TypeVar("T")
 
 def check_label(label: str, what: str = "label") -> str:
     """The label itself if it is safe to write into Cypher; ValueError otherwise."""
-    if not isinstance(label, str) or not LABEL_PATTERN.match(label):
-        raise ValueError(f"invalid {what} {label!r}: must match {LABEL_PATTERN.pattern}")
+    if not ids.is_label(label):
+        raise ValueError(f"invalid {what} {label!r}: must match {ids.LABEL_RE.pattern}")
     return label
 
 

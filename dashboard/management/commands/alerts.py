@@ -1,9 +1,9 @@
 """Alerts from a shell: list the open ones, acknowledge one (audited as --user), as the Alerts
 page does."""
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from sync.management.cli import acting_user
 from sync.observe import alerting
 
 
@@ -24,13 +24,8 @@ class Command(BaseCommand):
             return
         if alert is None:
             raise CommandError("say which alert: manage.py alerts acknowledge NUMBER (see: manage.py alerts list)")
-        actor = "command"
-        if user:
-            actor = get_user_model().objects.filter(username=user).first()
-            if actor is None:
-                raise CommandError(f"there is no user {user!r}")
         try:
-            acknowledged = alerting.acknowledge(alert, actor, note=note[:1000])
+            acknowledged = alerting.acknowledge(alert, acting_user(user), note=note[:1000])
         except alerting.NotAcknowledgeable as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"acknowledged alert #{acknowledged.pk} ({acknowledged.rule}) as {acknowledged.acknowledged_name}")

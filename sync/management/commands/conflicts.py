@@ -1,14 +1,13 @@
 """List conflicts, or resolve / dismiss a filtered snapshot of open ones (the Conflicts page's bulk
 actions: each conflict is resolved and audited one by one, a stale one skipped and reported)."""
 
-from datetime import datetime
-
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
+from nightingale.times import BadTime, parse_time
 from sync.conflicts.records import ConflictError
-from sync.conflicts.review import AGES, BULK_ACTIONS, Filter, bulk
+from sync.conflicts.resolve import bulk
+from sync.conflicts.review import AGES, BULK_ACTIONS, Filter
+from sync.management.cli import acting_user
 from sync.models import Conflict
 
 
@@ -34,11 +33,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, all, limit, apply, note, user, before, **options):
         try:
-            as_of = datetime.fromisoformat(before) if before else None
-        except ValueError:
-            raise CommandError(f"--before must be an ISO 8601 time, got {before!r}") from None
-        if as_of is not None and timezone.is_naive(as_of):
-            as_of = timezone.make_aware(as_of)
+            as_of = parse_time(before, "--before")
+        except BadTime as exc:
+            raise CommandError(str(exc)) from None
         selection = Filter(kind=options["kind"] or "", status="" if all and not apply else Conflict.Status.OPEN,
                            label=options["label"], rule=options["rule"], age=options["age"] or "",
                            field=options["field"], graph_source=options["graph_source"],
@@ -55,11 +52,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{total} {'conflicts' if all else 'open conflicts'}")
 
     def _apply(self, selection: Filter, action: str, note: str, username: str) -> None:
-        actor = "manage.py conflicts"
-        if username:
-            actor = get_user_model().objects.filter(username=username).first()
-            if actor is None:
-                raise CommandError(f"no user {username!r}")
+        actor = acting_user(username, default="manage.py conflicts")
         try:
             outcome = bulk(selection, action, actor, note)
         except ConflictError as exc:

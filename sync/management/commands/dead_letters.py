@@ -5,12 +5,15 @@ The same selections as the Queue page (sync.deadletters): `--ids`, or `--group` 
 letters that die while it runs. Retries and discards are audited under `--user`.
 """
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
-from dashboard.forms import BadRequest, parse_time
+from nightingale.times import BadTime, parse_time
 from sync import deadletters
+from sync.management.cli import acting_user
+
+WORDING = deadletters.Wording(
+    both="choose dead letters either by --ids or by --group / --label / --text, not both",
+    nothing="say which dead letters: --ids, --group, --label, --text, or --all")
 
 
 class Command(BaseCommand):
@@ -29,23 +32,23 @@ class Command(BaseCommand):
 
     def handle(self, *args, action, ids, group, label, text, all, before, user, note, **options):
         try:
-            as_of = parse_time(before, "--before") or timezone.now()
-            numbers = tuple(int(i) for i in ids.split(",") if i.strip()) if ids else ()
-        except (BadRequest, ValueError) as exc:
-            raise CommandError(str(exc) if isinstance(exc, BadRequest) else "--ids takes event numbers, e.g. 12,15") from None
-        selection = deadletters.Selection(ids=numbers, group=group, label=label, text=text,
-                                          as_of=None if numbers else as_of)
+            as_of = parse_time(before, "--before")
+        except BadTime as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            numbers = [int(i) for i in ids.split(",") if i.strip()] if ids else []
+        except ValueError:
+            raise CommandError("--ids takes event numbers, e.g. 12,15") from None
+        try:
+            selection = deadletters.select(numbers, label=label, group=group, text=text, as_of=as_of, everything=all,
+                                           action=action != "list", now_by_default=True, wording=WORDING)
+        except deadletters.BadSelection as exc:
+            raise CommandError(str(exc)) from None
         if action == "list":
             for g in deadletters.groups(selection):
                 self.stdout.write(f"{g.key}  {g.count:6d}  {g.label:<14} {g.fingerprint}")
             return
-        if not (numbers or group or label or text or all):
-            raise CommandError("say which dead letters: --ids, --group, --label, --text, or --all")
-        actor = "command"
-        if user:
-            actor = get_user_model().objects.filter(username=user).first()
-            if actor is None:
-                raise CommandError(f"there is no user {user!r}")
+        actor = acting_user(user)
         outcome = (deadletters.retry(selection, actor) if action == "retry"
                    else deadletters.discard(selection, actor, note=note))
         verb = "retried" if action == "retry" else "discarded"

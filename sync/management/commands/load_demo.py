@@ -8,7 +8,9 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from sync.demo.activity import first_conflicts
 from sync.demo.graph import DemoLoadError, load_demo
+from sync.models import Conflict
 from sync.policy import synced_labels
 from sync.stores import graph_store
 from sync.stores.base import StoreError
@@ -44,9 +46,6 @@ class Command(BaseCommand):
             self._first_conflicts()
 
     def _first_conflicts(self) -> None:
-        from sync.demo.activity import first_conflicts
-        from sync.models import Conflict
-
         done = first_conflicts(say=lambda line: None)
         for error in done.errors:
             self.stderr.write(f"demo: {error}")

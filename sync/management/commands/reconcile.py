@@ -2,7 +2,10 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from sync.management.cli import acting_user
+from sync.models import ReconcileRun
 from sync.reconcile import reconciler as reconcile
+from sync.reconcile import runs
 
 
 class Command(BaseCommand):
@@ -44,18 +47,8 @@ class Command(BaseCommand):
         self.stdout.write(f"repaired: {repaired}; conflicts opened: {run.conflicts_opened}")
 
     def _queue(self, mode: str, dry_run: bool, username: str) -> None:
-        from django.contrib.auth import get_user_model
-
-        from sync.models import ReconcileRun
-        from sync.reconcile import runs
-
-        actor = "command"
-        if username:
-            actor = get_user_model().objects.filter(username=username).first()
-            if actor is None:
-                raise CommandError(f"there is no user {username!r}")
         try:
-            run = runs.start_for(actor, mode, dry_run=dry_run, trigger=ReconcileRun.Trigger.COMMAND)
+            run = runs.start_for(acting_user(username), mode, dry_run=dry_run, trigger=ReconcileRun.Trigger.COMMAND)
         except runs.NotStarted as exc:
             raise CommandError(f"not started: {exc}") from None
         self.stdout.write(f"queued {mode} reconciliation #{run.pk}{' (dry run)' if dry_run else ''}; "

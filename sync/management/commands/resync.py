@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sync import resync
+from sync import ids, resync
 from sync.models import Priority
 
 
@@ -15,14 +15,15 @@ class Command(BaseCommand):
         target.add_argument("--entity", help="Label:uid")
         target.add_argument("--label", action="append", help="a label (repeatable)")
         target.add_argument("--all", action="store_true", help="every synced label")
-        parser.add_argument("--priority", choices=[p.label for p in Priority], default=Priority.LOW.label)
+        parser.add_argument("--priority", choices=Priority.labels, default=Priority.LOW.label)
         parser.add_argument("--user", default="command", help="who to audit the resync as")
 
     def handle(self, *args, entity, label, all, priority, user, **options):
         if entity:
-            name, sep, uid = entity.partition(":")
-            if not sep or not uid:
-                raise CommandError("--entity takes Label:uid, e.g. ThreatActor:apt29")
+            try:
+                name, uid = ids.parse_entity_key(entity)
+            except ValueError:
+                raise CommandError("--entity takes Label:uid, e.g. ThreatActor:apt29") from None
             scopes = [resync.Scope(resync.ENTITY, name, uid)]
         elif all:
             scopes = [resync.Scope(resync.ALL)]

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from sync.observe.status import snapshot
+from sync.observe.readings import snapshot
 
 
 def seconds(value):
@@ -14,12 +14,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         s = snapshot()
+        r = s.reading
         out = self.stdout.write
-        out(f"queue depth: {s.queue_depth} ({', '.join(f'{k} {v}' for k, v in s.depth.items())})")
-        out(f"oldest unsynced change: {seconds(s.oldest_pending_age)} ago")
-        out(f"lag over the last hour: p50 {seconds(s.lag_p50)}, p95 {seconds(s.lag_p95)} "
-            f"({s.lag_samples} samples)")
-        out(f"dead letters: {s.dead_letters}")
+        out(f"queue depth: {r.queue_depth} ({', '.join(f'{p} {r.depth_of(p)}' for p in r.depth)})")
+        out(f"oldest unsynced change: {seconds(s.oldest_unsynced)} ago")
+        out(f"lag over the last hour: p50 {seconds(s.lag.p50)}, p95 {seconds(s.lag.p95)} "
+            f"({s.lag.n} samples)")
+        out(f"dead letters: {r.dead_letters}")
         records = ", ".join(f"{k} {v}" for k, v in sorted(s.records.items())) or "none"
         out(f"sync records: {records}")
         if s.cursor:
