@@ -1,9 +1,24 @@
-"""Shared fixtures: the real test Neo4j (started by bin/test), a clean graph per test."""
+"""Shared fixtures: the real test Neo4j (started by bin/test), a clean graph per test; the
+Hypothesis profiles (HYPOTHESIS_PROFILE=ci, the default, keeps the suite within CI's budget;
+`long` is for runs by hand)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.conf import settings
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+
+# No deadline: the machines are shared and noisy (timing is the benchmarks' job, not the tests').
+hypothesis_settings.register_profile(
+    "ci", max_examples=60, deadline=None, derandomize=False, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+hypothesis_settings.register_profile(
+    "long", max_examples=2000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 from sync.stores import graph_store, reset_stores, use_vector_store
 
