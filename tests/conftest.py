@@ -11,6 +11,8 @@ from django.conf import settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from sync.stores import graph_store, reset_stores, use_vector_store
+
 # No deadline: the machines are shared and noisy (timing is the benchmarks' job, not the tests').
 hypothesis_settings.register_profile(
     "ci", max_examples=60, deadline=None, derandomize=False, print_blob=True,
@@ -20,7 +22,6 @@ hypothesis_settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-from sync.stores import graph_store, reset_stores, use_vector_store
 
 
 @pytest.fixture(scope="session")
