@@ -4,7 +4,11 @@ Hypothesis profiles (HYPOTHESIS_PROFILE=ci, the default, keeps the suite within 
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
@@ -23,10 +27,20 @@ hypothesis_settings.register_profile(
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-
 @pytest.fixture(scope="session")
 def neo4j_driver():
-    """The test Neo4j's driver. Fails (never skips) when the server does not answer."""
+    """The test Neo4j's driver. Fails (never skips) when the server does not answer.
+
+    Tests wipe the graph, so one pytest session at a time may use a test server: the session
+    holds an exclusive lock named by the server's address, and a second session waits for it
+    (two sessions on one server would wipe each other's nodes mid-test)."""
+    port = urlsplit(settings.NEO4J_URI).port or 7687
+    lock = open(Path(tempfile.gettempdir()) / f"nightingale-test-neo4j-{port}.lock", "w")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"waiting for another test session using the Neo4j at {settings.NEO4J_URI} ...", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
     store = graph_store()
     try:
         store.ping()
@@ -37,6 +51,7 @@ def neo4j_driver():
         )
     yield store.driver
     reset_stores()
+    lock.close()
 
 
 @pytest.fixture
