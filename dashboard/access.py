@@ -4,7 +4,8 @@
 - **analyst** also acts on the sync: retry and discard dead letters, resync, start reconciliations,
   resolve conflicts, acknowledge alerts (`dashboard.act_on_sync`);
 - **admin** also manages users and roles and uses Django's admin site (`dashboard.manage_users`,
-  the auth models, the sync models read-only; `is_staff`).
+  the auth models — never what only a superuser may change, see dashboard/admin.py — and the sync
+  models and django-q2's task records read-only; `is_staff`).
 
 Every page needs a login (django.contrib.auth's LoginRequiredMiddleware, so a view nobody
 decorated is still protected); the decorators here add the role check, in the spirit of
@@ -22,15 +23,12 @@ from django.contrib.auth.models import Group
 from django.http import HttpResponseNotAllowed
 from django.shortcuts import render
 
+from nightingale.permissions import ACT_ON_SYNC, MANAGE_USERS, VIEW_DASHBOARD
 from sync.models import AuditEntry
 
 VIEWER, ANALYST, ADMIN = "viewer", "analyst", "admin"
 ROLES = (VIEWER, ANALYST, ADMIN)  # each role has the rights of those before it
-PERMISSION = {
-    VIEWER: "dashboard.view_dashboard",
-    ANALYST: "dashboard.act_on_sync",
-    ADMIN: "dashboard.manage_users",
-}
+PERMISSION = {VIEWER: VIEW_DASHBOARD, ANALYST: ACT_ON_SYNC, ADMIN: MANAGE_USERS}  # nightingale.permissions
 DESCRIPTION = {
     VIEWER: "sees every page",
     ANALYST: "also retries and discards dead letters, resyncs, starts reconciliations, "

@@ -18,6 +18,9 @@ from nightingale.http import bearer, json_error
 from sync.models import AuditEntry
 
 TYPE_WORDS = {str: "a string", bool: "true or false", int: "an integer", list: "a list", dict: "an object"}
+MAX_DEPTH = 8  # lists and objects inside each other in a body (an edit of a list field is 3 deep)
+MAX_ITEMS = 10_000  # items of one list or object field (dead letters by id: sync.deadletters.MAX_IDS)
+MAX_ID = 2**63 - 1  # the largest row number the database holds
 
 
 class ApiError(Exception):
@@ -68,28 +71,63 @@ def token_role(role: str, methods: tuple[str, ...] = ("POST",)):
     return decorator
 
 
+def _not_a_number(name: str):
+    raise ValueError(f"{name} is not a number JSON has")
+
+
+def _unfit(value, limit: int) -> str:
+    """Why `value` cannot be taken ("" when it can): lists and objects nested deeper than `limit`,
+    or a string holding a lone surrogate (JSON's "\\ud800" escape: no database stores one).
+    Iterative, so no input can make it recurse."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds a lone surrogate (\\ud800-\\udfff): that is not text"
+        elif isinstance(item, dict | list):
+            if depth > limit:
+                return f"the body nests too deeply (at most {limit} levels)"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return ""
+
+
 def body(request, fields: dict[str, type | tuple[type, ...]], required: tuple[str, ...] = ()) -> dict:
     """The request's JSON object, checked: no unknown field, each of the right type, the required
-    ones present (a string must not be blank). Raises ApiError (400/415)."""
+    ones present (a string must not be blank), a null the same as a field left out, no NaN or
+    Infinity, no lone surrogate in a string, nothing nested deeper than MAX_DEPTH, no list or
+    object longer than MAX_ITEMS.
+    Raises ApiError (400/415); what it returns holds no None at its top level."""
     if request.content_type != "application/json":
         raise ApiError(415, "send a JSON body with Content-Type: application/json")
     try:
-        data = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        data = json.loads(request.body or b"{}", parse_constant=_not_a_number)
+    except RecursionError:
+        raise ApiError(400, f"the body nests too deeply (at most {MAX_DEPTH} levels)") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, NaN, a 5,000-digit number
+        raise ApiError(400, f"the body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
+    unfit = _unfit(data, MAX_DEPTH)
+    if unfit:
+        raise ApiError(400, unfit)
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ApiError(400, f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                            f"this endpoint takes {', '.join(fields) or 'no fields'}", field=unknown[0])
+        raise ApiError(400, f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(u[:64] for u in unknown[:10])}; "
+                            f"this endpoint takes {', '.join(fields) or 'no fields'}", field=unknown[0][:64])
+    data = {name: value for name, value in data.items() if value is not None}  # null: not given
     for name, kind in fields.items():
-        if name not in data or data[name] is None:
+        if name not in data:
             continue
         kinds = kind if isinstance(kind, tuple) else (kind,)
         value = data[name]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise ApiError(400, f"{name} must be {' or '.join(TYPE_WORDS[k] for k in kinds)}", field=name)
+        if isinstance(value, list | dict) and len(value) > MAX_ITEMS:
+            raise ApiError(400, f"{name} holds at most {MAX_ITEMS:,} items", field=name)
     for name in required:
         value = data.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -98,7 +136,8 @@ def body(request, fields: dict[str, type | tuple[type, ...]], required: tuple[st
 
 
 def ints(data: dict, name: str) -> list[int]:
+    """A list of positive integers (record numbers), each within the database's 64-bit range."""
     values = data.get(name) or []
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ApiError(400, f"{name} must be a list of integers", field=name)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_ID for v in values):
+        raise ApiError(400, f"{name} must be a list of integers from 1 to {MAX_ID}", field=name)
     return values

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sync.observe.counters import DRIFT_KINDS
 from sync.observe.overview import Marker
 from sync.observe.readings import PRIORITIES
 from sync.observe.samples import Window, downsample
@@ -18,8 +19,6 @@ SERIES_COLOURS = ("#cc79a7", "#e69f00", "#56b4e9", "#999999", "#f0e442", "#00000
 MARKER_STYLE = {"reconciliation": ("diamond", "#7b3fa0"), "resync": ("triangle-down", "#8a6d00"),
                 "canary": ("x", "#c21f2a")}
 MARKER_NAMES = {"canary": "search canary missed"}  # the others: "<kind> started"
-DRIFT_KINDS = ("missing_vector", "orphan_vector", "stale_vector", "vector_ahead", "content_drift",
-               "policy_violation")
 NO_SAMPLES = "No samples in this range yet"
 GAP = 2.5  # a pause longer than this many sampling steps breaks a line instead of bridging it
 

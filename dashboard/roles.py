@@ -17,6 +17,7 @@ ADMIN_MODELS = {
     "sync": "view",
     "observe": "view",
     "axes": "view",
+    "django_q": "view",  # schedules, tasks and the queue: a superuser's to change (dashboard/admin.py)
 }
 
 

@@ -6,13 +6,12 @@ Making and revoking a token is audited; so is every action taken with one, as it
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from datetime import timedelta
 
 from django.utils import timezone
 
 from dashboard.models import ApiToken
+from nightingale.http import new_token, token_digest
 from sync.models import AuditEntry
 
 PREFIX = "ngs_"  # so a leaked token is recognisable (secret scanners, logs)
@@ -23,8 +22,7 @@ class TokenError(ValueError):
     pass
 
 
-def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+digest = token_digest
 
 
 def create(user, name: str, *, by: str = "command") -> tuple[ApiToken, str]:
@@ -34,7 +32,7 @@ def create(user, name: str, *, by: str = "command") -> tuple[ApiToken, str]:
         raise TokenError("give the token a name that says what it is for, e.g. --name 'nightly retry job'")
     if not user.is_active:
         raise TokenError(f"{user.get_username()} is not active")
-    token = PREFIX + secrets.token_urlsafe(32)
+    token = new_token(PREFIX)
     row = ApiToken.objects.create(user=user, name=name[:100], prefix=token[:12], digest=digest(token), created_by=by)
     AuditEntry.record(by, "api_token.create", f"user:{user.get_username()}",
                       after={"token": row.pk, "prefix": row.prefix, "name": row.name})

@@ -8,6 +8,7 @@ that names the variable.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -166,12 +167,42 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",  # refuses a locked-out username + address first
     "django.contrib.auth.backends.ModelBackend",
 ]
-# Login throttling (django-axes): LOGIN_FAILURE_LIMIT failed attempts for one username from one
-# address lock that pair out for LOGIN_LOCKOUT_MINUTES; a successful login resets the count.
+# Login throttling (django-axes, nightingale.logins): within LOGIN_LOCKOUT_MINUTES,
+# LOGIN_FAILURE_LIMIT failed attempts for one username from one address lock that pair out, and
+# LOGIN_ADDRESS_FAILURE_LIMIT failures from one address over all usernames lock the address out;
+# a successful login clears its own pair's count. The client's address is read behind
+# TRUSTED_PROXY_COUNT reverse proxies from CLIENT_IP_HEADER (docs/deploy.md).
+AXES_HANDLER = "nightingale.logins.LoginThrottle"
+AXES_CLIENT_IP_CALLABLE = "nightingale.logins.client_ip"
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_ADDRESS_FAILURE_LIMIT = env_int("LOGIN_ADDRESS_FAILURE_LIMIT", 20, minimum=1)
+if LOGIN_ADDRESS_FAILURE_LIMIT < AXES_FAILURE_LIMIT:
+    raise ImproperlyConfigured(f"LOGIN_ADDRESS_FAILURE_LIMIT ({LOGIN_ADDRESS_FAILURE_LIMIT}) must be at least "
+                               f"LOGIN_FAILURE_LIMIT ({AXES_FAILURE_LIMIT}): it counts one address's failures "
+                               "over all usernames")
 AXES_COOLOFF_TIME = timedelta(minutes=env_float("LOGIN_LOCKOUT_MINUTES", 15.0, minimum=0.1))
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# In this order: LoginThrottle reads the address's count, then the username + address pair's.
+AXES_LOCKOUT_PARAMETERS = ["ip_address", ["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=5)
+
+
+def _client_ip_meta_key() -> str:
+    """CLIENT_IP_HEADER (the header the trusted proxies append the client's address to) as the
+    request.META key Django gives it."""
+    header = env_str("CLIENT_IP_HEADER")
+    if header and not TRUSTED_PROXY_COUNT:
+        raise ImproperlyConfigured(
+            "CLIENT_IP_HEADER is set but TRUSTED_PROXY_COUNT is 0: say how many reverse proxies append to "
+            "the header (a header no trusted proxy writes is the client's own, and not believed)")
+    header = header or "X-Forwarded-For"
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,63}", header):
+        raise ImproperlyConfigured(
+            f"CLIENT_IP_HEADER must be an HTTP header name such as X-Forwarded-For or X-Real-IP, got {header!r}")
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+CLIENT_IP_META_KEY = _client_ip_meta_key()
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
 
@@ -283,6 +314,9 @@ SYNC_FLUSH_INTERVAL = env_float("SYNC_FLUSH_INTERVAL", 5.0, minimum=0.0)
 # machine; the change poller applies HIGH priority work beside them.
 SYNC_DRAIN_WORKERS = env_int("SYNC_DRAIN_WORKERS", 1, minimum=1, maximum=64)
 SYNC_MAX_ATTEMPTS = env_int("SYNC_MAX_ATTEMPTS", 8, minimum=1)
+# Timeouts (django-q2's, gunicorn's) that may cut an event's batch short before it is a dead
+# letter: an interrupted batch costs no attempt, so without this a poison entity cycles for ever.
+SYNC_MAX_INTERRUPTIONS = env_int("SYNC_MAX_INTERRUPTIONS", 3, minimum=1)
 SYNC_VISIBILITY_TIMEOUT = env_int("SYNC_VISIBILITY_TIMEOUT", 300, minimum=1)
 SYNC_BACKOFF_BASE = env_float("SYNC_BACKOFF_BASE", 2.0, minimum=0.0)
 SYNC_BACKOFF_MAX = env_float("SYNC_BACKOFF_MAX", 600.0, minimum=0.0)
@@ -339,8 +373,57 @@ def _phone_regions() -> list[str]:
 # Phone numbers written in these regions' national formats (and every +... international one) are
 # redacted from all text and metadata before it reaches the vector index (sync.policy).
 CONTACT_PHONE_REGIONS = _phone_regions()
-INGEST_API_TOKENS = env_list("INGEST_API_TOKENS", [])
+if env_list("INGEST_API_TOKENS", []):
+    # Its tokens could claim any source, and the conflict rules trust a write's source (CISA wins).
+    raise ImproperlyConfigured(
+        "INGEST_API_TOKENS is no longer read: an ingest token is now bound to the sources it may claim "
+        "and the labels it may write. Remove INGEST_API_TOKENS and create one token per feed with "
+        "`manage.py ingest_token create --name FEED --sources SOURCE,... --labels LABEL,...` (docs/api.md)")
 METRICS_TOKEN = env_str("METRICS_TOKEN")
+
+# --- the transport of changes (sync.transport; docs/deploy.md "Kafka") -----------------------
+# outbox: sync events are rows of the database, drained by the django-q2 workers (the default).
+# kafka: every change is published to Apache Kafka (topics KAFKA_TOPIC_PREFIX.high/.medium/.low,
+# keyed Label:uid) and applied by a consumer group (`manage.py consume`, run by `manage.py workers`).
+SYNC_TRANSPORT = env_choice("SYNC_TRANSPORT", "outbox", ("outbox", "kafka"))
+KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*", KAFKA_BOOTSTRAP_SERVERS):
+    raise ImproperlyConfigured(
+        f"KAFKA_BOOTSTRAP_SERVERS must be host:port[,host:port...], got {KAFKA_BOOTSTRAP_SERVERS!r}")
+KAFKA_TOPIC_PREFIX = env_str("KAFKA_TOPIC_PREFIX", "neo4j-changes")
+KAFKA_GROUP_ID = env_str("KAFKA_GROUP_ID", "nightingale-sync")
+for _name, _value in (("KAFKA_TOPIC_PREFIX", KAFKA_TOPIC_PREFIX), ("KAFKA_GROUP_ID", KAFKA_GROUP_ID)):
+    # Kafka's legal topic characters; the prefix leaves room for ".medium" within 249.
+    if not re.fullmatch(r"[A-Za-z0-9._\-]{1,200}", _value):
+        raise ImproperlyConfigured(f"{_name} may hold only letters, digits, '.', '_' and '-' (1 to 200), "
+                                   f"got {_value!r}")
+KAFKA_PARTITIONS = env_int("KAFKA_PARTITIONS", 6, minimum=1, maximum=1000)  # per topic, when we create it
+# -1: the broker's default.replication.factor (3 on MSK and Confluent Cloud, 1 on tools/kafka).
+KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", -1, minimum=-1, maximum=16)
+KAFKA_BATCH_SIZE = env_int("KAFKA_BATCH_SIZE", 100, minimum=1, maximum=10000)  # events a consumer poll takes
+KAFKA_BATCH_SECONDS = env_float("KAFKA_BATCH_SECONDS", 5.0, minimum=0.05, maximum=300.0)  # ... or waits
+KAFKA_PUBLISH_TIMEOUT = env_float("KAFKA_PUBLISH_TIMEOUT", 10.0, minimum=1.0, maximum=300.0)
+# A consumer retries a failed event in place (SYNC_MAX_ATTEMPTS, SYNC_BACKOFF_BASE), waiting at most this
+# long between attempts (its partition waits too), then copies it to the dead-letter topic.
+KAFKA_RETRY_BACKOFF_MAX = env_float("KAFKA_RETRY_BACKOFF_MAX", 30.0, minimum=0.0, maximum=240.0)
+KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 45000, minimum=6000, maximum=300000)
+# The client's security settings, passed to librdkafka as they are (SASL/SSL for MSK, Confluent Cloud).
+KAFKA_SECURITY_PROTOCOL = env_choice("KAFKA_SECURITY_PROTOCOL", "plaintext",
+                                     ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")).upper()
+KAFKA_SASL_MECHANISM = env_choice("KAFKA_SASL_MECHANISM", "plain",
+                                  ("plain", "scram-sha-256", "scram-sha-512", "oauthbearer", "gssapi")).upper()
+KAFKA_SASL_USERNAME = env_str("KAFKA_SASL_USERNAME")
+KAFKA_SASL_PASSWORD = env_str("KAFKA_SASL_PASSWORD")
+KAFKA_SSL_CA_LOCATION = env_str("KAFKA_SSL_CA_LOCATION")
+KAFKA_SSL_CERTIFICATE_LOCATION = env_str("KAFKA_SSL_CERTIFICATE_LOCATION")
+KAFKA_SSL_KEY_LOCATION = env_str("KAFKA_SSL_KEY_LOCATION")
+for _name in ("KAFKA_SSL_CA_LOCATION", "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION"):
+    if globals()[_name] and not Path(globals()[_name]).is_file():
+        raise ImproperlyConfigured(f"{_name} names no readable file: {globals()[_name]!r}")
+if SYNC_TRANSPORT == "kafka" and KAFKA_SECURITY_PROTOCOL.startswith("SASL") and KAFKA_SASL_MECHANISM in (
+        "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+    env_required("KAFKA_SASL_USERNAME", f"when KAFKA_SECURITY_PROTOCOL={KAFKA_SECURITY_PROTOCOL.lower()}")
+    env_required("KAFKA_SASL_PASSWORD", f"when KAFKA_SECURITY_PROTOCOL={KAFKA_SECURITY_PROTOCOL.lower()}")
 
 # --- django-q2 ------------------------------------------------------------------------------
 # The broker carries only "run a drain / a capture / a reconciliation" tasks: the sync work itself
@@ -367,6 +450,9 @@ Q_CLUSTER = {
     "save_limit": 250,
     "label": "Tasks",
 }
+# Dotted paths the workers may run besides the project's tasks (sync.tasks.TASKS, sync.cluster):
+# for tests' own tasks, never read from the environment.
+EXTRA_TASKS: tuple[str, ...] = ()
 if Q_CLUSTER["retry"] <= Q_CLUSTER["timeout"]:
     raise ImproperlyConfigured("Q_RETRY must be larger than Q_TIMEOUT")
 if Q_CLUSTER["workers"] < SYNC_DRAIN_WORKERS + 2:
@@ -402,6 +488,8 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
 # The observer (samples, alert checks, deliveries) runs as a thread beside each change-capture run.
 OBSERVE_BESIDE_CAPTURE = env_bool("OBSERVE_BESIDE_CAPTURE", True)
 SAMPLE_INTERVAL = env_float("SAMPLE_INTERVAL", 15.0, minimum=1.0, maximum=300.0)
+# /healthz and /readyz reuse one check of Neo4j and the vector store for this long (per process).
+HEALTH_CACHE_SECONDS = env_float("HEALTH_CACHE_SECONDS", 10.0, minimum=0.0, maximum=300.0)
 SAMPLE_RAW_HOURS = env_float("SAMPLE_RAW_HOURS", 24.0, minimum=1.0)
 SAMPLE_ROLLUP_DAYS = env_float("SAMPLE_ROLLUP_DAYS", 30.0, minimum=1.0)
 # The trailing window the lag percentiles of KPIs, freshness and the lag alert are taken over.

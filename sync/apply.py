@@ -17,8 +17,15 @@ embedded is not embedded again: only its metadata is rewritten (or nothing, when
 unchanged too). A batch embeds at most `embed_limit` entities and `chunk_limit` chunks, so a run
 fits its task timeout; the rest goes back to the queue untouched.
 
-Interrupted (django-q2's timeout is a SystemExit, so is a SIGTERM turned into one, and Ctrl-C):
-the batch's unfinished events are released without an attempt counted, and the interruption goes on.
+Interrupted (django-q2's timeout, a SIGTERM turned into `StopRequested`, Ctrl-C): the batch's
+unfinished events are released without an attempt counted, and the interruption goes on. A
+timeout — a `SystemExit`: django-q2's `TimeoutException` is one, and so is gunicorn's worker
+timeout — also counts an interruption on each event (`queue.release`), so that an entity whose
+apply never ends in time becomes a dead letter after SYNC_MAX_INTERRUPTIONS instead of cycling; a
+stop asked for by a person (SIGTERM, Ctrl-C) is nobody's fault and counts nothing. A batch whose
+records or acks the database refused (locked past its busy timeout, restarting) is released the
+same way, as soon as the database answers again (within RELEASE_PATIENCE), and the error goes on
+to the worker loop.
 """
 
 from __future__ import annotations
@@ -33,14 +40,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from sync import ids, queue, shutdown
 from sync.embedding import get_embedder, model_id
 from sync.models import Conflict, Priority, SyncEvent, SyncRecord, for_entities
 from sync.observe.counters import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
-from sync.policy import ELLIPSIS, build_document
+from sync.policy import ELLIPSIS, build_document, uid_withheld
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, Metadata, RetryableStoreError, StoreError, VectorRecord
 
@@ -51,6 +58,9 @@ RecordStatus = SyncRecord.Status
 KNOWN_CHUNKS = (RecordStatus.IN_SYNC, RecordStatus.PENDING, RecordStatus.CONFLICT)
 # Outcomes that put something of the graph into the index (or took it out).
 WRITING = ("upserted", "metadata_only", "deleted")
+# How long a batch the database failed keeps trying to hand its events back (_release_interrupted).
+RELEASE_PATIENCE = 30.0
+WITHHELD_UID = "never synced: its uid holds an e-mail address or phone number, which a vector id would carry"
 
 
 @dataclass
@@ -102,6 +112,7 @@ class _Plan:
     wrote: bool = False  # something reached the vector store
     outcome: str = ""
     error: str = ""
+    note: str = ""  # why an entity was excluded, when its label is synced (its record's last_error)
     cause: BaseException | None = None  # what failed the whole batch, when something did
     permanent: bool = False
     retry_after: float | None = None
@@ -139,8 +150,9 @@ def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None,
         with _LeaseKeeper(events):
             _apply(plans, counts, embed_limit=embed_limit, chunk_limit=limit, read_graph=True)
         stoppable = False  # noqa: F841 — applied: a stop from here on is only recorded
-    except BaseException:
-        _release_interrupted(events)
+    except BaseException as exc:
+        _release_interrupted(events, timed_out=isinstance(exc, SystemExit),
+                             database_failed=isinstance(exc, DatabaseError))
         raise
     counts.seconds = time.monotonic() - started
     return counts
@@ -161,8 +173,9 @@ def apply_now(entity: Entity, *, worker: str | None = None) -> str:
     counts = ApplyCounts()
     try:
         _apply(plans, counts, embed_limit=None, chunk_limit=None, read_graph=False)
-    except BaseException:
-        _release_interrupted([event])
+    except BaseException as exc:
+        _release_interrupted([event], timed_out=isinstance(exc, SystemExit),
+                             database_failed=isinstance(exc, DatabaseError))
         raise
     plan = plans[entity.key]
     if plan.cause is not None and not isinstance(plan.cause, StoreError):
@@ -184,42 +197,68 @@ def _apply(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, *, embed_li
             ids.check_syncable_key(*plan.key)
         except ValueError as exc:  # no vector can ever exist for it: fail it alone, for good
             plan.outcome, plan.error, plan.permanent = "invalid", f"not a syncable entity key: {exc}", True
-    valid = {key: plan for key, plan in plans.items() if not plan.error}
+            continue
+        if uid_withheld(plan.key[1]):
+            # Never synced, and no vector id is ever made of it (reconciliation's full run deletes
+            # any vector an older version left under such an id).
+            plan.outcome, plan.note = "excluded", WITHHELD_UID
+    valid = {key: plan for key, plan in plans.items() if not plan.error and not plan.outcome}
     try:
         _run(valid, counts, embed_limit, chunk_limit, read_graph)
     except Exception as exc:  # noqa: BLE001 — whatever broke, the batch's events must not stay in flight
-        # A store failed as a whole (unreachable, rate limited, ...), the model would not load, or
-        # a bug: the batch retries with backoff (idempotent writes make redoing the entities that
-        # got through safe), and goes dead after SYNC_MAX_ATTEMPTS with the error.
+        # A store failed as a whole (unreachable, rate limited, ...), the database (locked,
+        # restarting), the model would not load, or a bug: the batch retries with backoff
+        # (idempotent writes make redoing the entities that got through safe), and goes dead after
+        # SYNC_MAX_ATTEMPTS with the error.
         for plan in valid.values():
             if plan.error or plan.outcome in ("deferred", "fenced"):
                 continue  # failed on its own, never tried, or another worker's now
             plan.error, plan.cause = f"{type(exc).__name__}: {exc}", exc
             plan.permanent = isinstance(exc, StoreError) and not exc.retryable
             plan.retry_after = getattr(exc, "retry_after", None)
-        SYNC_ERRORS.labels("store" if isinstance(exc, StoreError) else "bug").inc()
-        if isinstance(exc, StoreError):
-            log.warning("batch of %d entities failed: %s", len(plans), exc)
-        else:
+        kind = "store" if isinstance(exc, StoreError) else "database" if isinstance(exc, DatabaseError) else "bug"
+        SYNC_ERRORS.labels(kind).inc()
+        if kind == "bug":
             log.exception("batch of %d entities failed unexpectedly", len(plans))
+        else:
+            log.warning("batch of %d entities failed: %s", len(plans), exc)
+            if kind == "database":
+                queue.reconnect_if_broken()  # PostgreSQL restarted: record the failure on a new connection
     _finish(plans, counts)
 
 
-def _release_interrupted(events: Sequence[SyncEvent]) -> None:
-    """The batch was interrupted: hand back what is still ours, no attempt counted. A second
-    signal (django-q2's timeout and the sentinel's SIGTERM often arrive together) waits until the
-    release is done, or it would cut the release short."""
-    blocked = _block_signals()
-    try:
-        released = queue.release(events)
-    except Exception:  # noqa: BLE001 — the interruption goes on; the leases expire instead
-        log.exception("an interrupted batch could not hand back its %d events; they return when "
-                      "their lease expires", len(events))
-        return
-    finally:
-        if blocked is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    log.warning("batch interrupted: %d events handed back to the queue", released)
+def _release_interrupted(events: Sequence[SyncEvent], *, timed_out: bool = False,
+                         database_failed: bool = False) -> None:
+    """The batch was interrupted: hand back what is still ours, no attempt counted (an interruption
+    counted when a timeout did it). A second signal (django-q2's timeout and the sentinel's
+    SIGTERM often arrive together) waits until the release is done, or it would cut it short.
+
+    When the database itself failed the batch (`database_failed`: SQLite locked past its busy
+    timeout, PostgreSQL restarting), the release is tried again until the database answers, for
+    up to RELEASE_PATIENCE seconds: the events are then free at once, not when their leases expire
+    (SYNC_VISIBILITY_TIMEOUT, minutes)."""
+    give_up = time.monotonic() + (RELEASE_PATIENCE if database_failed else 0.0)
+    pause = 0.2
+    while True:
+        blocked = _block_signals()
+        try:
+            released = queue.release(events, timed_out=timed_out)
+        except Exception as exc:  # noqa: BLE001 — the interruption goes on; the leases expire instead
+            if time.monotonic() + pause > give_up:
+                log.exception("an interrupted batch could not hand back its %d events; they return when "
+                              "their lease expires", len(events))
+                return
+            log.warning("could not hand back a batch of %d events yet (%s); trying again in %.1fs",
+                        len(events), exc, pause)
+        else:
+            log.warning("batch interrupted: %d events handed back to the queue", released)
+            return
+        finally:
+            if blocked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        queue.reconnect_if_broken()
+        time.sleep(pause)
+        pause = min(2 * pause, 5.0)
 
 
 def _block_signals():
@@ -254,6 +293,7 @@ class _LeaseKeeper:
                     renewed = queue.extend_lease(self.events)
                 except Exception as exc:  # noqa: BLE001 — the lease outlives a few failed renewals
                     log.warning("could not renew the lease of a batch of %d events: %s", len(self.events), exc)
+                    queue.reconnect_if_broken()  # PostgreSQL restarted: the next renewal reconnects
                     continue
                 if renewed < len(self.events):
                     log.warning("%d of %d events of this batch are no longer ours (lease expired); "
@@ -547,7 +587,7 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
             done.setdefault(plan.outcome, []).extend(plan.events)
             if plan.outcome == "stale":
                 continue  # the newer write owns the record
-            records.append(_record(plan, _status_after(plan, conflicted), now))
+            records.append(_record(plan, _status_after(plan, conflicted), now, error=plan.note))
             lag = _lag(plan, neo4j_now)
             if lag is not None:
                 lags.update(dict.fromkeys((e.id for e in plan.events), lag))

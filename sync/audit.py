@@ -19,7 +19,9 @@ from datetime import datetime
 
 from django.db.models import Q
 
+from nightingale import times
 from sync.models import TARGET_PREFIX, AuditEntry, TargetHead
+from sync.policy import shown_properties
 
 PAGE_SIZE = 50
 TARGET_HEAD = TARGET_PREFIX  # how much of a target the target index holds (audit_target_prefix)
@@ -37,12 +39,21 @@ ACTIONS = {
     "reconcile.start": "someone started a reconciliation",
     "alert.acknowledge": "an analyst acknowledged an alert",
     "user.create": "a user was created",
-    "user.role": "a user's role changed",
+    "user.role": "a user's role (groups) changed",
+    "user.flags": "a user became or stopped being a superuser, staff or active",
+    "user.permissions": "a user's own permissions changed",
     "user.delete": "a user was deleted",
     "api_token.create": "an API token was issued",
     "api_token.revoke": "an API token was revoked",
+    "ingest_token.create": "an ingest token was issued, bound to its sources and labels",
+    "ingest_token.revoke": "an ingest token was revoked",
+    "ingest_token.denied": "an ingest request claimed a source or label its token is not bound to",
     "access.denied": "a request was refused for want of a role",
+    "task.refused": "the task cluster refused a task that is not one of the project's",
 }
+# The actions whose before/after hold a node's property values: people read those through the
+# label's display allow-list (`shown_values`); the other actions record the engine's own words.
+NODE_VALUE_ACTIONS = frozenset({"conflict.resolve", "conflict.auto_resolve"})
 CSV_COLUMNS = ("id", "at", "user", "action", "target", "before", "after", "note")
 # A spreadsheet reads a cell starting with one of these as a formula (CSV injection, OWASP).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -105,9 +116,12 @@ class Cursor:
             return None
         at, _, number = value.rpartition("_")
         try:
-            return cls(datetime.fromisoformat(at), int(number))
-        except ValueError:
-            raise BadAuditFilter(f"{name} must be a page link from the audit page, got {value[:60]!r}") from None
+            when, row = times.parse_time(at, name), int(number)
+        except ValueError:  # times.BadTime is one: the one reader of times, bounded
+            when = row = None
+        if when is None or row is None or not 0 <= row < 2**63:
+            raise BadAuditFilter(f"{name} must be a page link from the audit page, got {value[:60]!r}")
+        return cls(when, row)
 
 
 @dataclass
@@ -187,7 +201,10 @@ def csv_rows(where: AuditFilter, *, chunk: int = 2000) -> Iterator[str]:
             rows = rows.filter(Q(at__lt=cursor.at) | Q(at=cursor.at, id__lt=cursor.id))
         batch = list(rows.order_by("-at", "-id").values_list(*fields)[:chunk])
         for row in batch:
-            yield writer.writerow([_cell(value) for value in row])
+            at_id, at, user, action, target, before, after, note = row
+            shown = (at_id, at, user, action, target, shown_values(action, target, before),
+                     shown_values(action, target, after), note)
+            yield writer.writerow([_cell(value) for value in shown])
         if len(batch) < chunk:
             return
         cursor = Cursor(batch[-1][1], batch[-1][0])
@@ -197,6 +214,16 @@ def export_name(where: AuditFilter, now: datetime) -> str:
     return f"audit-{now:%Y%m%d-%H%M%S}{'-filtered' if where.active else ''}.csv"
 
 
+def shown_values(action: str, target: str, values):
+    """An entry's before or after as people may read it (the page, the CSV export, the API, an
+    entity's timeline): a node's values outside its label's display allow-list are withheld by
+    policy (sync.policy.display), as on the entity page."""
+    if action not in NODE_VALUE_ACTIONS or not isinstance(values, dict):
+        return values
+    return shown_properties(target.partition(":")[0], values)
+
+
 def as_json(entry: AuditEntry) -> dict:
     return {"id": entry.id, "at": entry.at.isoformat(), "user": entry.actor_name, "action": entry.action,
-            "target": entry.target, "before": entry.before, "after": entry.after, "note": entry.note}
+            "target": entry.target, "before": shown_values(entry.action, entry.target, entry.before),
+            "after": shown_values(entry.action, entry.target, entry.after), "note": entry.note}

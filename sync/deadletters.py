@@ -31,6 +31,7 @@ from sync.models import SyncEvent
 DEAD = SyncEvent.Status.DEAD
 FINGERPRINT_LENGTH = 240
 MAX_IDS = 10_000  # dead letters one action may name by id; more are chosen by a filter
+MAX_EVENT_NUMBER = 2**63 - 1  # the largest row number the database holds
 GROUP_KEY = re.compile(r"^[0-9a-f]{12}$")  # as group_key() makes them
 _PATTERNS = [
     # Entity keys and vector ids: Label:uid, Label:uid#3 (uids are percent-encoded in vector ids).
@@ -134,6 +135,8 @@ def select(ids: Iterable[int] = (), *, label: str = "", group: str = "", text: s
     ids = tuple(sorted(set(ids)))
     if len(ids) > MAX_IDS:
         raise BadSelection(f"at most {MAX_IDS} dead letters can be selected by id; use a filter instead", "ids")
+    if ids and not 0 < ids[0] <= ids[-1] <= MAX_EVENT_NUMBER:
+        raise BadSelection(f"ids are event numbers, from 1 to {MAX_EVENT_NUMBER}", "ids")
     group = group.strip()
     if group and not GROUP_KEY.match(group):
         raise BadSelection("group must be a 12-character group key from the queue page", "group")

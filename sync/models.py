@@ -1,5 +1,6 @@
 """What the sync engine records: per-entity sync records, the durable event queue (outbox), the
-change cursor, saga logs of dual-writes and the audit trail of human actions.
+change cursor, saga logs of dual-writes, the audit trail of human actions, and the tokens of the
+ingest API (bound to the sources they may claim).
 
 None of these is trusted alone: reconciliation checks them against both live stores.
 """
@@ -144,6 +145,9 @@ class SyncEvent(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     source = models.CharField(max_length=32, default="capture")  # capture, write, resync, reconcile, retry
     attempts = models.PositiveIntegerField(default=0)
+    # Batches it was in that a timeout cut short (not counted as attempts): once it has been in
+    # one it is applied alone, and after SYNC_MAX_INTERRUPTIONS it is a dead letter (sync.queue).
+    interruptions = models.PositiveIntegerField(default=0)
     coalesced = models.PositiveIntegerField(default=0)  # later changes folded into this event
     next_attempt_at = models.DateTimeField(default=timezone.now)
     claim_token = models.CharField(max_length=64, blank=True)
@@ -456,3 +460,31 @@ class Conflict(models.Model):
     @property
     def fields(self) -> list[str]:
         return sorted(set(self.graph_side) | set(self.other_side))
+
+
+class IngestToken(models.Model):
+    """A bearer token for the ingest API (`POST /api/v1/entities`), bound to the `source` values
+    it may claim and the labels it may write (sync.ingest.tokens): the conflict rules trust a
+    write's source, so it is the token's, never the caller's word. Only a SHA-256 digest of the
+    token is stored: the token itself is shown once, when it is made (`manage.py ingest_token create`)."""
+
+    name = models.CharField(max_length=100)  # which feed it is for: "misp-sync"
+    prefix = models.CharField(max_length=12)  # the token's first characters, to tell tokens apart
+    digest = models.CharField(max_length=64, unique=True)  # sha256 hex of the whole token
+    sources = models.JSONField(default=list)  # the exact `source` values it may send
+    labels = models.JSONField(default=list)  # the labels it may write
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… {self.name}"
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

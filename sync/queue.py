@@ -8,6 +8,11 @@
   way the claim is a conditional update whose count is checked.
 - A claim is a lease: an in-flight event whose lease expired (its worker crashed) is claimed again.
 - Failures back off exponentially with jitter; after SYNC_MAX_ATTEMPTS an event is dead.
+- A batch cut short by a timeout is handed back without an attempt counted (the batch may simply
+  have been too big), but each of its events counts the interruption: an event interrupted once
+  is claimed alone from then on, so that a poison entity (one whose apply never ends in time)
+  stalls no other, and after SYNC_MAX_INTERRUPTIONS it is a dead letter saying so instead of
+  cycling for ever.
 """
 
 from __future__ import annotations
@@ -28,7 +33,17 @@ from django.db.models import Count, Exists, F, Min, OuterRef, Q
 from django.dispatch import Signal
 from django.utils import timezone
 
-from sync.models import AuditEntry, Priority, SyncEvent, SyncRecord, for_entities, with_ids
+from sync.models import (
+    AuditEntry,
+    ChangeCursor,
+    Priority,
+    SyncEvent,
+    SyncRecord,
+    WorkerLease,
+    for_entities,
+    with_ids,
+)
+from sync.transport import kafka as kafka_transport
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +54,27 @@ STARVATION_SHARE = 0.25  # of each batch, for the oldest events whatever their p
 # (sync.tasks.on_work_enqueued), so nothing on the write path imports the task runner.
 work_enqueued = Signal()
 CLAIMED_FIELDS = ("id", "label", "uid", "operation", "version", "priority", "status", "source", "attempts",
-                  "claim_token", "changed_at")
+                  "interruptions", "claim_token", "changed_at")
 
 
-def worker_name() -> str:
-    """Who holds a claim: this host and process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(pid: int | None = None) -> str:
+    """Who holds a claim: this host and process (or process `pid` of this host)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def free_leases_of(worker: str) -> int:
+    """Whatever a worker process known to be dead held is free now, not when its leases run out:
+    its batch (claimable at once, the attempt it cost still counted: a batch that kills its
+    worker every time is buried by `_bury_lost_leases`), its drain slot and the change cursor.
+    The cluster's sentinel calls this for a worker it saw killed. Returns the events freed."""
+    now = timezone.now()
+    freed = 0
+    if len(worker) <= 40:  # a claim token names at most 40 characters of its worker
+        freed = SyncEvent.objects.filter(status=Status.IN_FLIGHT, claim_token__startswith=f"{worker}:",
+                                         lease_expires_at__gt=now).update(lease_expires_at=now)
+    WorkerLease.objects.filter(owner=worker).update(owner="", expires_at=None)
+    ChangeCursor.objects.filter(lease_owner=worker).update(lease_owner="", lease_expires_at=None)
+    return freed
 
 
 @dataclass(frozen=True)
@@ -108,6 +138,8 @@ def enqueue_many(items: Iterable[Work]) -> EnqueueResult:
         folded[work.key] = _fold(folded[work.key], work) if work.key in folded else work
     if not folded:
         return EnqueueResult()
+    if settings.SYNC_TRANSPORT == "kafka":
+        return _publish(folded, arrivals)
     for attempt in range(5):
         try:
             with transaction.atomic():
@@ -121,6 +153,15 @@ def enqueue_many(items: Iterable[Work]) -> EnqueueResult:
             if attempt == 4:
                 raise
     raise AssertionError("unreachable")
+
+
+def _publish(folded: dict[tuple[str, str], Work], arrivals: int) -> EnqueueResult:
+    """SYNC_TRANSPORT=kafka: the work goes to Kafka (acknowledged by the broker when this returns,
+    else RetryableStoreError) and a consumer group applies it (sync.transport.consumer); records
+    say `pending` until then, as with the outbox."""
+    kafka_transport.publish(folded.values())
+    _mark_pending(list(folded))
+    return EnqueueResult(created=len(folded), coalesced=arrivals - len(folded))
 
 
 def _enqueue_folded(folded: dict[tuple[str, str], Work]) -> EnqueueResult:
@@ -186,6 +227,14 @@ def _locked(queryset):
     return queryset
 
 
+def reconnect_if_broken() -> None:
+    """After a database error, outside a transaction: drop this thread's connection if it no longer
+    works (PostgreSQL restarted), so that the next query opens a new one. Django checks that only
+    between requests; a worker loop or a batch's lease keeper must ask."""
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
+
+
 def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = None,
                 starvation_seconds: float | None = None, max_priority: int | None = None) -> list[SyncEvent]:
     """Lease up to `limit` ready events to `worker`; returns only the events this call won.
@@ -207,11 +256,14 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
             ready = ready.filter(priority__lte=max_priority)
         aged_slots = max(1, int(limit * STARVATION_SHARE)) if max_priority is None else 0
         aged = list(_locked(ready.filter(created_at__lte=now - timedelta(seconds=starvation))
-                            .order_by("created_at", "id").values_list("id", flat=True))[:aged_slots]) \
+                            .order_by("created_at", "id").values_list("id", "interruptions"))[:aged_slots]) \
             if aged_slots else []
-        rest = list(_locked(ready.exclude(id__in=aged).order_by("priority", "next_attempt_at", "id")
-                            .values_list("id", flat=True))[:limit - len(aged)])
-        ids = aged + rest
+        rest = list(_locked(ready.exclude(id__in=[i for i, _ in aged]).order_by("priority", "next_attempt_at", "id")
+                            .values_list("id", "interruptions"))[:limit - len(aged)])
+        # An event a timeout cut short before is claimed alone: if it is what stalls its batches,
+        # it stalls no other event, and its own interruptions count towards its dead letter.
+        suspect = next((i for i, interrupted in aged + rest if interrupted), None)
+        ids = [suspect] if suspect is not None else [i for i, _ in aged + rest]
         if not ids:
             return []
         won = with_ids(SyncEvent.objects.filter(_claimable(now)), ids).update(
@@ -253,6 +305,68 @@ def claim_entity(work: Work, worker: str, *, wait: float = 10.0, poll: float = 0
         if time.monotonic() >= deadline:
             raise EntityBusy(f"{work.label}:{work.uid} is being applied by another worker; try again shortly")
         time.sleep(poll)
+
+
+def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", wait: float = 10.0,
+                poll: float = 0.05) -> list[SyncEvent]:
+    """Events for these entities (one per entity, the works folded), created in flight and leased
+    to `worker` at once: how the Kafka consumer claims a polled batch (sync.transport.consumer).
+
+    Queued events of the same entities are folded in and retired (`superseded`). An in-flight
+    event whose claim token starts with `take_over` is another consumer's of the group: Kafka's
+    partition assignment, not the lease, says who applies an entity now, so it is retired too and
+    its holder's fence (`hold`, `held`) drops its results. An entity held by anyone else (a
+    dual-write) is waited for, up to `wait` seconds, then EntityBusy.
+    """
+    folded: dict[tuple[str, str], Work] = {}
+    for work in works:
+        folded[work.key] = _fold(folded[work.key], work) if work.key in folded else work
+    if not folded:
+        return []
+    token = f"{worker[:40]}:{uuid.uuid4().hex[:16]}"
+    deadline = time.monotonic() + wait
+    while True:
+        now = timezone.now()
+        with transaction.atomic():
+            active = [event for rows in for_entities(
+                SyncEvent.objects.filter(status__in=[Status.QUEUED, Status.IN_FLIGHT]), list(folded))
+                for event in rows]
+            busy = [e for e in active if e.status == Status.IN_FLIGHT and e.lease_expires_at is not None
+                    and e.lease_expires_at >= now and not (take_over and e.claim_token.startswith(take_over))]
+            if not busy:
+                for event in active:
+                    key = (event.label, event.uid)
+                    folded[key] = _fold(Work(event.label, event.uid, event.operation, event.version,
+                                             event.priority, event.changed_at, event.source), folded[key])
+                if active:
+                    with_ids(SyncEvent.objects.filter(status__in=[Status.QUEUED, Status.IN_FLIGHT]),
+                             [e.id for e in active]).update(status=Status.DONE, outcome="superseded",
+                                                            finished_at=now, lease_expires_at=None)
+                expires = now + timedelta(seconds=settings.SYNC_VISIBILITY_TIMEOUT)
+                SyncEvent.objects.bulk_create([SyncEvent(
+                    label=w.label, uid=w.uid, operation=w.operation, version=w.version, priority=w.priority,
+                    status=Status.IN_FLIGHT, source=w.source, attempts=1, claim_token=token,
+                    changed_at=w.changed_at, created_at=now, next_attempt_at=now, lease_expires_at=expires,
+                ) for w in folded.values()], batch_size=500)
+                break
+        if time.monotonic() >= deadline:
+            raise EntityBusy(f"{busy[0].label}:{busy[0].uid} is being applied by another worker; try again shortly")
+        time.sleep(poll)
+    return list(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT).order_by("priority", "id")
+                .only(*CLAIMED_FIELDS))
+
+
+def reclaim(ids: Iterable[int], worker: str) -> list[SyncEvent]:
+    """Claim these queued events again, an attempt counted (the Kafka consumer retrying its own
+    batch's failures in place, after their backoff). Returns the events this call won."""
+    token = f"{worker[:40]}:{uuid.uuid4().hex[:16]}"
+    now = timezone.now()
+    with transaction.atomic():
+        with_ids(SyncEvent.objects.filter(status=Status.QUEUED), list(ids)).update(
+            status=Status.IN_FLIGHT, claim_token=token, attempts=F("attempts") + 1,
+            lease_expires_at=now + timedelta(seconds=settings.SYNC_VISIBILITY_TIMEOUT))
+    return list(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT).order_by("priority", "id")
+                .only(*CLAIMED_FIELDS))
 
 
 def _by_token(events: Sequence[SyncEvent], size: int = 500):
@@ -368,21 +482,38 @@ def fail(event: SyncEvent, error: str, *, permanent: bool = False,
     return Status.QUEUED if updated else event.status
 
 
-def release(events: Sequence[SyncEvent]) -> int:
+def release(events: Sequence[SyncEvent], *, timed_out: bool = False) -> int:
     """Hand claimed events back to the queue untouched: not a failure, so no attempt is counted
-    and there is no backoff. Returns how many were still ours. One transaction for the batch."""
+    and there is no backoff. Returns how many were still ours. One transaction for the batch.
+
+    `timed_out`: a timeout cut their batch short. Each event counts the interruption (and is
+    claimed alone from then on); one interrupted SYNC_MAX_INTERRUPTIONS times is a dead letter."""
     if not events:
         return 0
     try:
         with transaction.atomic():
-            return _release(events)
+            return _release(events, timed_out)
     except IntegrityError:
         # A newer change was queued for one of these entities after we looked (PostgreSQL runs
         # enqueues beside us): release them one at a time so each finds its own way.
-        return sum(_release_one(event) for event in events)
+        return sum(_release_one(event, timed_out) for event in events)
 
 
-def _release(events: Sequence[SyncEvent]) -> int:
+def interrupted_error(times: int) -> str:
+    """A dead letter's reason when timeouts cut its batches short `times` times."""
+    return (f"interrupted by timeouts {times} times (SYNC_MAX_INTERRUPTIONS): applying this entity never "
+            "finished within the task's time limit, so it is not tried again until someone retries it")
+
+
+def _bury_interrupted(mine, now: datetime) -> int:
+    """Dead-letter the events of `mine` (claimed, in flight) whose interruption now is their last."""
+    limit = settings.SYNC_MAX_INTERRUPTIONS
+    return mine.filter(interruptions__gte=limit - 1).update(
+        status=Status.DEAD, attempts=F("attempts") - 1, interruptions=F("interruptions") + 1, finished_at=now,
+        lease_expires_at=None, failed_at=now, last_error=interrupted_error(limit))
+
+
+def _release(events: Sequence[SyncEvent], timed_out: bool = False) -> int:
     now = timezone.now()
     still = held(events)
     ours = {e.id: e for e in events if e.id in still}
@@ -393,36 +524,46 @@ def _release(events: Sequence[SyncEvent]) -> int:
               for label, uid in rows.values_list("label", "uid")}
     covered = [e for e in ours.values() if (e.label, e.uid) in queued]
     back = [e for e in ours.values() if (e.label, e.uid) not in queued]
+    counted = {"interruptions": F("interruptions") + 1} if timed_out else {}
     for token, ids in _by_token(back):
-        with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids).update(
-            status=Status.QUEUED, attempts=F("attempts") - 1, lease_expires_at=None, claim_token="",
-            next_attempt_at=now)
+        mine = with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids)
+        if timed_out:
+            _bury_interrupted(mine, now)
+        mine.update(status=Status.QUEUED, attempts=F("attempts") - 1, lease_expires_at=None, claim_token="",
+                    next_attempt_at=now, **counted)
     for token, ids in _by_token(covered):
         # A newer change to these entities is queued: that event covers this one.
         with_ids(SyncEvent.objects.filter(claim_token=token, status=Status.IN_FLIGHT), ids).update(
             status=Status.DONE, finished_at=now, outcome="superseded", lease_expires_at=None)
     for event in covered:
-        _fold_into_queued(event)
+        _fold_into_queued(event, interrupted=timed_out)
     return len(ours)
 
 
-def _release_one(event: SyncEvent) -> int:
+def _release_one(event: SyncEvent, timed_out: bool = False) -> int:
     now = timezone.now()
     mine = SyncEvent.objects.filter(id=event.id, claim_token=event.claim_token, status=Status.IN_FLIGHT)
     try:
         with transaction.atomic():
+            if timed_out and _bury_interrupted(mine, now):
+                return 1
+            counted = {"interruptions": F("interruptions") + 1} if timed_out else {}
             return mine.update(status=Status.QUEUED, attempts=F("attempts") - 1, lease_expires_at=None,
-                               claim_token="", next_attempt_at=now)
+                               claim_token="", next_attempt_at=now, **counted)
     except IntegrityError:
         released = mine.update(status=Status.DONE, finished_at=now, outcome="superseded", lease_expires_at=None)
-        _fold_into_queued(event)
+        _fold_into_queued(event, interrupted=timed_out)
         return released
 
 
-def _fold_into_queued(event: SyncEvent) -> None:
-    """Carry a retired event's urgency (priority, first change time) into the queued one."""
+def _fold_into_queued(event: SyncEvent, *, interrupted: bool = False) -> None:
+    """Carry a retired event's urgency (priority, first change time) into the queued one, and
+    the timeouts that cut it short (`interrupted`: one more just now)."""
     queued = SyncEvent.objects.filter(status=Status.QUEUED, label=event.label, uid=event.uid)
     queued.filter(priority__gt=event.priority).update(priority=event.priority)
+    cuts = event.interruptions + (1 if interrupted else 0)
+    if cuts:
+        queued.filter(interruptions__lt=cuts).update(interruptions=cuts)
     if event.changed_at:
         queued.filter(changed_at__gt=event.changed_at).update(changed_at=event.changed_at)
     queued.update(next_attempt_at=timezone.now())
@@ -435,6 +576,7 @@ def retry_dead(ids: Iterable[int], actor) -> int:
     with transaction.atomic():
         for event in SyncEvent.objects.select_for_update().filter(id__in=list(ids), status=Status.DEAD):
             before = {"status": event.status, "attempts": event.attempts, "last_error": event.last_error}
+            event.interruptions = 0  # someone chose to try again: past timeouts do not count against it
             if SyncEvent.objects.filter(status=Status.QUEUED, label=event.label, uid=event.uid).exists():
                 _fold_into_queued(event)
                 event.status, event.outcome = Status.DONE, "retried_into_queued"

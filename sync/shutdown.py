@@ -16,6 +16,7 @@ handed a task or two before its STOP pill, and those return at once (`{"skipped"
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 _requested = threading.Event()
 _interrupted = threading.Event()  # StopRequested raised already: a second signal only records
+_redelivering = threading.Event()  # a signal that landed in a finalizer is to come again
+REDELIVER_SECONDS = 0.02
 
 
 class StopRequested(BaseException):  # noqa: N818 — like KeyboardInterrupt: `except Exception` must not catch it
@@ -54,10 +57,20 @@ INTERRUPTIBLE = frozenset({("sync.apply", "apply_events"), ("sync.reconcile.reco
 MARK = "stoppable"
 
 
-def _inside_interruptible(frame: FrameType | None) -> bool:
+# Frames an exception cannot leave: Python reports it as "Exception ignored in ..." and carries on
+# (a finalizer the garbage collector runs in the middle of the batch, e.g. the Neo4j driver's).
+SWALLOWING = frozenset({"__del__"})
+
+
+def _inside_interruptible(frame: FrameType | None) -> bool | None:
+    """True inside an interruptible call's MARK; None when also inside a finalizer, where a raise
+    would be swallowed (the stop must be raised once the finalizer has returned)."""
+    swallowed = False
     while frame is not None:
         if (frame.f_globals.get("__name__"), frame.f_code.co_name) in INTERRUPTIBLE:
-            return frame.f_locals.get(MARK) is True
+            inside = frame.f_locals.get(MARK) is True
+            return None if inside and swallowed else inside
+        swallowed = swallowed or frame.f_code.co_name in SWALLOWING
         frame = frame.f_back
     return False
 
@@ -67,11 +80,30 @@ def handle_sigterm(signum: int, frame: FrameType | None) -> None:
     _requested.set()
     # Never while an exception is being handled: that is the interrupted call handing its work
     # back already (after django-q2's timeout, say), and raising again would cut that short.
-    if not _interrupted.is_set() and sys.exc_info()[0] is None and _inside_interruptible(frame):
-        _interrupted.set()
-        log.warning("SIGTERM: interrupting the current batch (its events go back to the queue)")
-        raise StopRequested("stopped by SIGTERM")
+    if not _interrupted.is_set() and sys.exc_info()[0] is None:
+        inside = _inside_interruptible(frame)
+        if inside is None:
+            # In a finalizer the raise would be swallowed and the stop lost (the batch would run
+            # on until the worker is killed): the signal comes again in a moment, after it.
+            _redeliver(signum)
+            return
+        if inside:
+            _interrupted.set()
+            log.warning("SIGTERM: interrupting the current batch (its events go back to the queue)")
+            raise StopRequested("stopped by SIGTERM")
     log.info("SIGTERM: stopping after the current step")
+
+
+def _redeliver(signum: int) -> None:
+    if _redelivering.is_set():
+        return
+    _redelivering.set()
+
+    def again() -> None:
+        _redelivering.clear()
+        os.kill(os.getpid(), signum)
+
+    threading.Timer(REDELIVER_SECONDS, again).start()
 
 
 def install() -> None:

@@ -48,6 +48,13 @@ KICK_KEY = "sync:drain-kicked"
 RUN_SECONDS = 95  # > the 90 s a one-minute schedule can take to start the next run
 DRAIN_LEASE_SECONDS = 60  # a drain slot whose holder died is free again after this
 DRAIN_RENEW_SECONDS = 10  # renewed by a thread of the drain, also in the middle of a batch
+# The only functions django-q2 may run: the schedules of `manage.py setup_schedules` and the tasks
+# the engine hands to the cluster itself. sync.cluster refuses any other (and any result hook)
+# where a task is enqueued and again where a worker takes it; a Schedule naming another is refused
+# when it is saved. settings.EXTRA_TASKS adds tests' own.
+TASKS = frozenset(f"sync.tasks.{name}" for name in (
+    "capture_changes", "drain_queue", "compact_vectors", "purge_tombstones", "purge_finished_events", "upkeep",
+    "search_canary", "reconcile_incremental", "reconcile_full", "run_reconciliation", "resync_labels"))
 
 
 def kick_drain(*, debounce: bool = True) -> bool:
@@ -58,6 +65,19 @@ def kick_drain(*, debounce: bool = True) -> bool:
 
     async_task("sync.tasks.drain_queue", RUN_SECONDS, group="sync-drain", q_options={"timeout": RUN_SECONDS + 60})
     return True
+
+
+def resume() -> dict:
+    """What a cluster started again after one of its processes died (sync.cluster) asks for at
+    once instead of at the next minute's schedule: change capture, whose run was stopped with the
+    rest (when the schedules run it), and a drain."""
+    from django_q.models import Schedule
+    from django_q.tasks import async_task
+
+    capture = Schedule.objects.filter(func="sync.tasks.capture_changes").exists()
+    if capture:
+        async_task("sync.tasks.capture_changes", group="sync-capture")
+    return {"capture": capture, "drain": kick_drain(debounce=False)}
 
 
 def on_work_enqueued(sender, **kwargs) -> None:
@@ -175,8 +195,9 @@ def reconcile_incremental() -> dict:
 
 def upkeep() -> dict:
     """End what a killed process left open: sagas still `started`, reconciliations still `running`
-    (or queued but never started)."""
-    return {"sagas_ended": writes.fail_abandoned_sagas(), "reconciliations_failed": reconcile.fail_abandoned()}
+    (or queued but never started); and report an observer that has stopped beating."""
+    return {"sagas_ended": writes.fail_abandoned_sagas(), "reconciliations_failed": reconcile.fail_abandoned(),
+            "observer": observer.report_if_stopped()}
 
 
 @stoppable

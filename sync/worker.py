@@ -9,6 +9,10 @@ call as per entity. So a batch aims at about SYNC_BATCH_SIZE entities to embed: 
 turns out cheap (metadata-only updates, deletes) the next claim grows fourfold, up to
 SYNC_MAX_BATCH_SIZE, and it shrinks back as soon as embedding returns. Should a large claim meet
 more embedding than that, the surplus events go back to the queue untouched (`embed_limit`).
+
+A database failure (SQLite locked past its busy timeout, PostgreSQL restarting) does not end the
+loop: it is logged and counted (`sync_errors_total{kind="database"}`), and the loop tries again
+with a growing pause, on a new connection if the old one broke.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 from django.db.models import Min
 from django.utils import timezone
 
 from sync import queue
 from sync.apply import ApplyCounts, apply_events
 from sync.models import Priority, SyncEvent
+from sync.observe.counters import SYNC_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ def high_only(work: ReadyWork, batch_size: int, flush_interval: float) -> bool:
 
 
 GROWTH = 4  # a batch that embedded little makes the next one up to this many times larger
+DATABASE_PAUSE_MAX = 5.0  # seconds between tries while the database fails
 
 
 def next_batch_size(current: int, counts: ApplyCounts, claimed: int, base: int, largest: int) -> int:
@@ -109,23 +115,39 @@ def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, fl
     total = ApplyCounts()
     deadline = time.monotonic() + max_seconds if max_seconds else None
     idle_since = time.monotonic()
+    failures = 0  # database failures in a row
     while not stop() and (deadline is None or time.monotonic() < deadline):
-        work = ready_work(size)
-        if work.count and (not flush or should_flush(work, size, interval)):
-            urgent = flush and high_only(work, size, interval)
-            if urgent:
-                batch = queue.claim_batch(name, size, max_priority=Priority.HIGH)
-            else:
-                batch = queue.claim_batch(name, claim)
-            if batch:
-                counts = apply_events(batch, embed_limit=size)
-                total.add(counts)
-                if not urgent:
-                    claim = next_batch_size(claim, counts, len(batch), size, largest)
-                log.info("applied %d events in %.2fs: %s", len(batch), counts.seconds, counts)
-                idle_since = time.monotonic()
-                close_old_connections()
-                continue
+        try:
+            work = ready_work(size)
+            if work.count and (not flush or should_flush(work, size, interval)):
+                urgent = flush and high_only(work, size, interval)
+                if urgent:
+                    batch = queue.claim_batch(name, size, max_priority=Priority.HIGH)
+                else:
+                    batch = queue.claim_batch(name, claim)
+                if batch:
+                    counts = apply_events(batch, embed_limit=size)
+                    total.add(counts)
+                    if not urgent:
+                        claim = next_batch_size(claim, counts, len(batch), size, largest)
+                    log.info("applied %d events in %.2fs: %s", len(batch), counts.seconds, counts)
+                    idle_since = time.monotonic()
+                    failures = 0
+                    close_old_connections()
+                    continue
+        except DatabaseError as exc:
+            # SQLite locked past its busy timeout, PostgreSQL restarting: nothing was claimed, or
+            # the batch went back to the queue (sync.apply). The worker goes on, on a new
+            # connection if this one broke, rather than ending with its queue half applied.
+            failures += 1
+            pause = min(poll * 2 ** failures, DATABASE_PAUSE_MAX)
+            SYNC_ERRORS.labels("database").inc()
+            log.warning("drain: the database failed (%s: %s); trying again in %.1fs", type(exc).__name__,
+                        exc, pause)
+            queue.reconnect_if_broken()
+            time.sleep(pause)
+            continue
+        failures = 0
         if not work.count and idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
             break
         time.sleep(poll)

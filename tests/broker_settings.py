@@ -10,3 +10,5 @@ from nightingale.settings import *  # noqa: F403
 # timeout); tasks may run 45 s (the model loads in the first one). A drain handed out twice while
 # it runs is harmless: the second finds the drain slot taken and returns.
 Q_CLUSTER = {**Q_CLUSTER, "timeout": 45, "retry": 15}  # noqa: F405
+# The broker tests' own tasks (tests/broker_tasks.py), beside the project's (sync.cluster).
+EXTRA_TASKS = ("tests.broker_tasks.always_fails", "tests.broker_tasks.slow")

@@ -9,7 +9,9 @@ it is the oracle those modules are tested against, so it carries its own reading
 Fault injection for tests: `fail_next` (answer the next N requests, optionally for one path, with
 a status such as 429 + Retry-After, 500 or 503), `hang_next` (hold requests past the client's
 timeout, then drop them unapplied), `fail_ids` (reject any write naming one of these ids, which
-turns one request of a multi-request upsert into a failure). `requests` is a log of what arrived.
+turns one request of a multi-request upsert into a failure). `stop()` and `start()` again: the
+same port refuses connections meanwhile, and the stored vectors are kept (an outage). `requests`
+is a log of what arrived.
 
     with PineconeTestServer(dimension=384) as server:
         index = Pinecone(api_key=server.api_key).Index(host=server.url)
@@ -168,13 +170,16 @@ class PineconeTestServer:
         self._stopping = threading.Event()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._httpd: _Server | None = None
+        self._last_port = 0  # a restarted server listens where it did before
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> PineconeTestServer:
-        httpd = _Server(self)
+        httpd = _Server(self, self._last_port)
         self._httpd = httpd
+        self._last_port = httpd.server_address[1]
+        self._stopping.clear()
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                          name=f"pinecone-test-server:{self.port}", daemon=True)
         self._thread.start()
@@ -528,8 +533,8 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, app: PineconeTestServer):
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, app: PineconeTestServer, port: int = 0):
+        super().__init__(("127.0.0.1", port), _Handler)
         self.app = app
 
     def process_request(self, request: Any, client_address: Any) -> None:

@@ -123,8 +123,10 @@ def test_set_role_moves_a_user_to_exactly_one_role(db):
     call_command("set_role", "finn", "viewer", stdout=io.StringIO())
     user.refresh_from_db()
     assert list(user.groups.values_list("name", flat=True)) == [VIEWER] and not user.is_staff
-    entry = AuditEntry.objects.get(action="user.role")
-    assert (entry.before, entry.after) == ({"role": ADMIN}, {"role": VIEWER})
+    entry = AuditEntry.objects.get(action="user.role", actor_name="command")
+    assert (entry.before, entry.after) == ({"role": ADMIN, "groups": [ADMIN]}, {"role": VIEWER, "groups": [VIEWER]})
+    flags = AuditEntry.objects.get(action="user.flags", actor_name="command")
+    assert (flags.before, flags.after) == ({"is_staff": True}, {"is_staff": False})
     with pytest.raises(CommandError, match="no user 'ghost'"):
         call_command("set_role", "ghost", "viewer")
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from dashboard import tokens
 from dashboard.models import ApiToken
+from sync.ingest import tokens as ingest_tokens
 from sync.models import AuditEntry, Conflict, ReconcileRun, SyncEvent
 from sync.observe.models import Alert
 from tests.conftest import make_user
@@ -350,8 +351,8 @@ def test_the_token_command_shows_a_token_once_and_stores_only_its_digest(db):
     assert call(token, "/api/v1/whoami", method="get").status_code == 401
 
 
-def test_the_ingest_api_keeps_its_own_tokens(objects, settings):
-    settings.INGEST_API_TOKENS = ["ingest-secret"]
+def test_the_ingest_api_keeps_its_own_tokens(objects):
+    ingest_tokens.create("feed", ["misp"], ["ThreatActor"])
     _, token = token_for("admin")
     response = Client().post("/api/v1/entities", "{}", content_type="application/json",
                              HTTP_AUTHORIZATION=f"Bearer {token}")

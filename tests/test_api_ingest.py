@@ -6,16 +6,19 @@ import json
 
 import pytest
 
-from sync.models import SyncEvent
+from sync.ingest.tokens import digest
+from sync.models import IngestToken, SyncEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-TOKEN = "test-ingest-token-0123456789"
+TOKEN = "ngi_test-ingest-token-0123456789"
 
 
 @pytest.fixture(autouse=True)
-def tokens(settings):
-    settings.INGEST_API_TOKENS = [TOKEN]
+def tokens(db):
+    # An ingest token may claim only its sources and write only its labels (sync.ingest.tokens).
+    IngestToken.objects.create(name="tests", prefix=TOKEN[:12], digest=digest(TOKEN),
+                               sources=["misp", "cisa-kev"], labels=["ThreatActor", "KEV"])
 
 
 def post(client, body, token=TOKEN, content_type="application/json"):

@@ -14,7 +14,8 @@ def unreachable_graph(neo4j_driver):
     use_graph_store(real)
 
 
-def test_it_reports_both_stores_reachable(client, neo4j_driver, vectors):
+def test_it_reports_both_stores_reachable(client, viewer, neo4j_driver, vectors):
+    client.force_login(viewer)  # the details are for a viewer or the metrics token (test_security_privilege)
     response = client.get("/healthz")
     assert response.status_code == 200
     body = response.json()
@@ -25,7 +26,8 @@ def test_it_reports_both_stores_reachable(client, neo4j_driver, vectors):
     assert body["services"]["vector_store"]["kind"] == "LanceDB"
 
 
-def test_it_reports_an_unreachable_graph(client, unreachable_graph, vectors):
+def test_it_reports_an_unreachable_graph(client, viewer, unreachable_graph, vectors):
+    client.force_login(viewer)
     response = client.get("/healthz")
     assert response.status_code == 503
     body = response.json()

@@ -21,7 +21,8 @@ from django.utils import timezone
 from sync import capture, embedding, queue, worker
 from sync.apply import apply_events
 from sync.ids import vector_id
-from sync.models import Conflict, ReconcileRun, SagaLog, SyncEvent, SyncRecord
+from sync.ingest.tokens import digest
+from sync.models import Conflict, IngestToken, ReconcileRun, SagaLog, SyncEvent, SyncRecord
 from sync.reconcile import reconciler as reconcile
 from sync.resync import resync_labels
 from sync.stores import graph_store, use_graph_store, use_vector_store
@@ -380,15 +381,16 @@ def test_a_database_error_after_the_vector_write_is_compensated(synced_graph, ve
     assert stored(vectors, "KEV", "CVE-2021-44228") is None  # ...and removed with the compensation
 
 
-def test_the_api_answers_a_failed_saga_with_a_5xx_body(synced_graph, vectors, client, settings):
-    settings.INGEST_API_TOKENS = ["t0ken-for-tests"]
+def test_the_api_answers_a_failed_saga_with_a_5xx_body(synced_graph, vectors, client):
+    IngestToken.objects.create(name="kev", prefix="ngi_t0ken-fo", digest=digest("ngi_t0ken-for-tests"),
+                               sources=["cisa-kev"], labels=["KEV"])
     model = embedding.get_embedder()
     real_encode = model.encode
     model.encode = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("model crashed"))
     try:
         response = client.post("/api/v1/entities", {"label": "KEV", "uid": "CVE-2021-44228", "properties": KEV,
                                                      "source": "cisa-kev"},
-                               content_type="application/json", HTTP_AUTHORIZATION="Bearer t0ken-for-tests")
+                               content_type="application/json", HTTP_AUTHORIZATION="Bearer ngi_t0ken-for-tests")
     finally:
         model.encode = real_encode
     assert response.status_code == 500

@@ -254,7 +254,7 @@ def test_through_the_sync_engine_kev_is_dual_written_and_vulnerabilities_queued(
 @pytest.mark.django_db(transaction=True)
 def test_through_the_sync_engine_a_vector_outage_aborts_and_leaves_no_kev(synced_graph, vectors):
     from sync.stores import use_vector_store
-    from tests.faults import FailingWrites
+    from tests.faults.inject import FailingWrites
 
     use_vector_store(FailingWrites(vectors))
     with pytest.raises(RetryableStoreError, match="graph change was undone"):

@@ -34,6 +34,13 @@ def running(db):
     ChangeCursor.objects.create(name="neo4j", polled_at=timezone.now())
 
 
+@pytest.fixture
+def client(client, viewer):
+    """The details of /readyz are for a viewer or the metrics token (tests/test_security_privilege.py)."""
+    client.force_login(viewer)
+    return client
+
+
 def test_it_is_ready_when_everything_answers(client, running, neo4j_driver, vectors):
     response = client.get("/readyz")
     assert response.status_code == 200
@@ -54,7 +61,9 @@ def test_stale_heartbeats_and_late_schedules_make_it_not_ready(client, running, 
     checks = response.json()["checks"]
     assert not checks["workers"]["ok"] and "change capture polled 10 min ago" in checks["workers"]["detail"]
     assert checks["schedules"]["detail"] == "late: sync: drain queue by 10 min"
-    # The observer is the one that stopped: this check opened the heartbeat alert for it.
+    # A probe only reads; the observer that stopped is reported by the upkeep task.
+    assert not Alert.objects.exists()
+    assert run_task("upkeep")["observer"]["opened"] == ["workers_heartbeat"]
     assert Alert.objects.get(status="open").rule == "workers_heartbeat"
 
 
@@ -68,6 +77,13 @@ def test_no_schedules_is_not_ready(client, neo4j_driver, vectors):
 
 def test_it_refuses_post(client, db):
     assert client.post("/readyz").status_code == 405
+
+
+def run_task(task: str) -> dict:
+    """A task of sync.tasks, run here as a worker would."""
+    from sync import tasks
+
+    return getattr(tasks, task)()
 
 
 def free_port() -> int:
@@ -96,7 +112,9 @@ class Throwaway:
 
 
 @pytest.mark.slow
-def test_it_goes_not_ready_when_neo4j_stops_and_recovers_when_it_starts(client, running, vectors, tmp_path):
+def test_it_goes_not_ready_when_neo4j_stops_and_recovers_when_it_starts(client, running, vectors, tmp_path,
+                                                                         settings):
+    settings.HEALTH_CACHE_SECONDS = 0  # each call checks the stores (the probes reuse a check 10 s by default)
     server = Throwaway(tmp_path / "neo4j")
     server.ctl("start")
     real = graph_store()

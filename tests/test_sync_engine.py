@@ -149,7 +149,7 @@ def test_a_batch_embeds_at_most_its_limit_and_hands_the_rest_back(synced_graph, 
 
 def test_a_failed_batch_hands_back_what_it_never_tried(synced_graph, vectors, graph):
     from sync.stores import use_vector_store
-    from tests.faults import FailingWrites
+    from tests.faults.inject import FailingWrites
 
     for n in range(5):
         graph.write_entity("ThreatActor", f"b{n}", {"name": f"Actor {n}", "description": "new"}, source="t")

@@ -8,7 +8,7 @@ from sync.ids import vector_id
 from sync.models import SagaLog, SyncEvent
 from sync.stores import use_vector_store
 from sync.writes import CompensationFailed, SyncWriteError, write_entity
-from tests.faults import FailingWrites
+from tests.faults.inject import FailingWrites
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

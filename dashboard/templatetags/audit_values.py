@@ -7,8 +7,19 @@ import json
 
 from django import template
 
+from sync import audit
+
 register = template.Library()
 SHORT = 120
+
+
+@register.filter
+def side(entry, which: str):
+    """An entry's `before` or `after` as people may read it: a node's values outside its label's
+    display allow-list withheld by policy (sync.audit.shown_values)."""
+    if which not in ("before", "after"):
+        raise ValueError(f"an audit entry has a before and an after, not {which!r}")
+    return audit.shown_values(entry.action, entry.target, getattr(entry, which))
 
 
 @register.filter

@@ -3,6 +3,7 @@
 from django import template
 
 from sync.conflicts.review import text
+from sync.policy import is_withheld
 
 register = template.Library()
 
@@ -17,3 +18,10 @@ def plain(value) -> str:
 def field_of(row, side: str):
     """The row's JSON-encoded value for one side (for the preview script's data attributes)."""
     return row.json[side]
+
+
+@register.filter
+def editable(value) -> str:
+    """The value an edit box starts with: the side's value as text, empty for none or for a
+    value withheld by policy (typing over it would write the words into the graph)."""
+    return "" if is_withheld(value) else text(value)

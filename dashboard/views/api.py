@@ -14,7 +14,7 @@ from sync.conflicts.records import ConflictError
 from sync.models import Conflict, ReconcileRun
 from sync.observe import alerting
 from sync.observe.models import Alert
-from sync.policy import policy_for, synced_labels
+from sync.policy import policy_for, shown_properties, synced_labels
 from sync.policy import summary as policy_summary
 from sync.reconcile import runs
 from sync.resync import ALL, ENTITY, LABEL, NotResynced, RateLimited, Scope
@@ -168,7 +168,7 @@ def resolve(request, pk: int):
     except resolution.StaleConflict as exc:
         conflict.refresh_from_db()
         return JsonResponse({"error": str(exc), "graph_version": conflict.graph_version,
-                             "graph_side": conflict.graph_side}, status=409)
+                             "graph_side": shown_properties(conflict.label, conflict.graph_side)}, status=409)
     except ConflictError as exc:
         raise ApiError(400, str(exc)) from None
     if not outcome.changed:

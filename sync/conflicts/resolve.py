@@ -5,7 +5,7 @@ bulk actions over a filtered snapshot that still resolve (and audit) each confli
 A resolution is written to Neo4j as a new version and reaches the vector store through the
 normal path. It is idempotent (a resolved conflict is never applied again), refused when the
 entity changed since the analyst saw it (the conflict is refreshed so the analyst sees the new
-state), and audited.
+state), and audited — whole or not at all, whatever interrupts it (`resolve` says how).
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import transaction
 from django.utils import timezone
 
 from sync import ids
 from sync.conflicts.records import STORE_KINDS, ConflictError, _jsonable, closed
-from sync.conflicts.review import BULK_ACTIONS, MAX_BULK, SIDES, Filter, bulk_ids, parse_edit
+from sync.conflicts.review import BULK_ACTIONS, MAX_BULK, SIDES, Filter, bulk_ids, check_edit, parse_edit
 from sync.models import AuditEntry, Conflict
+from sync.policy import policy_for
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, VersionConflict
 from sync.writes import enqueue_entity, write_entity
@@ -45,7 +47,16 @@ class Resolution:
 def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
             field_choices: dict[str, str] | None = None, edits: dict[str, Any] | None = None,
             seen_version: int | None = None) -> Resolution:
-    """Apply an analyst's (or a rule's) decision to an open conflict."""
+    """Apply an analyst's (or a rule's) decision to an open conflict.
+
+    Whatever interrupts it, a decision is either whole — the graph written, the conflict
+    resolved, the audit entry made — or not made at all (the conflict open, the graph as it
+    was). The graph is written first, guarded by the version the analyst saw (a concurrent write,
+    another resolution's included, makes this one stale); then the conflict is marked resolved
+    and audited in one database transaction (`_record`). Until that transaction commits, any
+    exception or interruption (SystemExit, KeyboardInterrupt) puts the node back as it was
+    (`_undo`, the saga's compensation) before it goes on.
+    """
     if choice not in CHOICES:
         raise ConflictError(f"choose one of {', '.join(CHOICES)}")
     conflict = Conflict.objects.get(pk=conflict_id)
@@ -53,8 +64,7 @@ def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
         raise ConflictError("the graph is the source of truth for a store divergence: keep the graph "
                             "(the vector is rebuilt from it) or dismiss")
     if conflict.status != Status.OPEN:
-        who = conflict.resolver.get_username() if conflict.resolver else "a rule"
-        return Resolution(conflict, False, f"already {conflict.status.replace('_', ' ')} by {who}")
+        return _already(conflict)
     entity = graph_store().get_entities([(conflict.label, conflict.uid)]).get((conflict.label, conflict.uid))
     shown = seen_version if seen_version is not None else conflict.graph_version
     if entity is None or (shown is not None and entity.version != shown):
@@ -64,13 +74,8 @@ def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
                             f"(version {shown}, {now}); review the new state before resolving")
     values = _chosen_values(conflict, choice, field_choices or {}, edits or {})
     username = actor.get_username() if getattr(actor, "pk", None) else str(actor)
-    claimed = Conflict.objects.filter(pk=conflict.pk, status=Status.OPEN).update(
-        status=Status.RESOLVED, resolution=choice, resolved_values=_jsonable(values),
-        resolver=actor if getattr(actor, "pk", None) else None, note=note, resolved_at=timezone.now())
-    if not claimed:
-        conflict.refresh_from_db()
-        return Resolution(conflict, False, f"already {conflict.status.replace('_', ' ')}")
     changes = {k: v for k, v in values.items() if entity.properties.get(k) != v}
+    source = f"analyst:{username}"
     version = entity.version
     try:
         if conflict.kind in STORE_KINDS:
@@ -78,39 +83,79 @@ def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
             # vector that is ahead) and let the normal path rebuild them.
             _drop_vectors(conflict.label, conflict.uid)
         if changes:
-            outcome = write_entity(conflict.label, conflict.uid, changes, source=f"analyst:{username}",
-                                   expected_version=entity.version, actor=username, apply_rules=False)
-            version = outcome.entity.version
+            version = write_entity(conflict.label, conflict.uid, changes, source=source,
+                                   expected_version=entity.version, actor=username, apply_rules=False).entity.version
         elif conflict.kind in STORE_KINDS:
             enqueue_entity(entity, source="resolution")
-    except Exception as exc:
-        # Nothing was decided after all: the conflict stays open (and shows the graph as it is now).
-        Conflict.objects.filter(pk=conflict.pk).update(status=Status.OPEN, resolution="", resolver=None,
-                                                        resolved_values=None, resolved_at=None)
-        conflict.refresh_from_db()
-        _refresh(conflict, graph_store().get_entities([(conflict.label, conflict.uid)]).get(
-            (conflict.label, conflict.uid)))
+        recorded = _record(conflict, choice=choice, values=values, actor=actor, note=note)
+    except BaseException as exc:
+        if changes:
+            _undo(entity, source)
+        if isinstance(exc, Exception):  # not for an interruption: it asked to stop
+            _refresh(conflict, graph_store().get_entities([(conflict.label, conflict.uid)]).get(
+                (conflict.label, conflict.uid)))
         if isinstance(exc, VersionConflict):
             raise StaleConflict(f"{conflict.label}:{conflict.uid} changed while resolving ({exc}); "
                                 "review the new state") from exc
         raise
+    if not recorded:  # closed by someone else while the graph was written: theirs stands
+        if changes:
+            _undo(entity, source)
+        conflict.refresh_from_db()
+        return _already(conflict)
     conflict.refresh_from_db()
-    closed(conflict.label, conflict.uid)
-    AuditEntry.record(actor, "conflict.resolve", f"{conflict.label}:{conflict.uid}",
-                      before={k: conflict.graph_side.get(k) for k in values} or conflict.graph_side,
-                      after=_jsonable(values), note=note or f"chose {choice}")
     return Resolution(conflict, True, f"resolved: {choice}" + (f", now version {version}" if changes else ""),
                       version)
 
 
-def dismiss(conflict_id: int, *, actor, note: str = "") -> Resolution:
-    updated = Conflict.objects.filter(pk=conflict_id, status=Status.OPEN).update(
-        status=Status.DISMISSED, resolver=actor if getattr(actor, "pk", None) else None, note=note,
-        resolved_at=timezone.now())
-    conflict = Conflict.objects.get(pk=conflict_id)
-    if updated:
+def _already(conflict: Conflict) -> Resolution:
+    who = conflict.resolver.get_username() if conflict.resolver else "a rule"
+    return Resolution(conflict, False, f"already {conflict.status.replace('_', ' ')} by {who}")
+
+
+def _record(conflict: Conflict, *, choice: str, values: dict[str, Any], actor, note: str) -> bool:
+    """The decision made: the conflict marked resolved and the audit entry, in one transaction
+    (both or neither). False when the conflict was no longer open."""
+    with transaction.atomic():
+        claimed = Conflict.objects.filter(pk=conflict.pk, status=Status.OPEN).update(
+            status=Status.RESOLVED, resolution=choice, resolved_values=_jsonable(values),
+            resolver=actor if getattr(actor, "pk", None) else None, note=note, resolved_at=timezone.now())
+        if not claimed:
+            return False
         closed(conflict.label, conflict.uid)
-        AuditEntry.record(actor, "conflict.dismiss", f"{conflict.label}:{conflict.uid}", note=note)
+        AuditEntry.record(actor, "conflict.resolve", f"{conflict.label}:{conflict.uid}",
+                          before={k: conflict.graph_side.get(k) for k in values} or conflict.graph_side,
+                          after=_jsonable(values), note=note or f"chose {choice}")
+    return True
+
+
+def _undo(before: Entity, source: str) -> None:
+    """Put the node back as it was before this resolution wrote it — if that write reached the
+    graph (an interruption may come before or after Neo4j commits) and is still its latest change
+    (else there is nothing of ours to undo). The vector follows through the queue."""
+    graph = graph_store()
+    try:
+        now = graph.get_entities([before.key]).get(before.key)
+        if now is None or now.version != before.version + 1 or now.properties.get("source") != source:
+            return
+        restored = graph.restore_entity(before, label=before.label, uid=before.uid, expected_version=now.version)
+        if restored is not None and policy_for(before.label).synced:
+            enqueue_entity(restored, source="compensation")
+    except Exception as exc:  # noqa: BLE001 — what interrupted the resolution is what the caller sees
+        log.critical("a resolution of %s:%s was interrupted after writing the graph, and putting the node "
+                     "back failed (%s): the graph holds an unaudited version by %s", before.label, before.uid,
+                     exc, source)
+
+
+def dismiss(conflict_id: int, *, actor, note: str = "") -> Resolution:
+    with transaction.atomic():  # dismissed and audited, or neither
+        updated = Conflict.objects.filter(pk=conflict_id, status=Status.OPEN).update(
+            status=Status.DISMISSED, resolver=actor if getattr(actor, "pk", None) else None, note=note,
+            resolved_at=timezone.now())
+        conflict = Conflict.objects.get(pk=conflict_id)
+        if updated:
+            closed(conflict.label, conflict.uid)
+            AuditEntry.record(actor, "conflict.dismiss", f"{conflict.label}:{conflict.uid}", note=note)
     return Resolution(conflict, bool(updated), "dismissed" if updated else f"already {conflict.status}")
 
 
@@ -135,8 +180,10 @@ def _chosen_values(conflict: Conflict, choice: str, field_choices: dict[str, str
                   for name, side in field_choices.items()}
     unknown_edits = set(edits) - set(conflict.fields)
     if unknown_edits:
-        raise ConflictError(f"only this conflict's fields can be edited, not {', '.join(sorted(unknown_edits))}")
-    values.update(edits)
+        raise ConflictError(f"only this conflict's fields can be edited, not "
+                            f"{', '.join(sorted(name[:64] for name in unknown_edits))}")
+    values.update({name: check_edit(name, value, conflict.graph_side.get(name), conflict.other_side.get(name))
+                   for name, value in edits.items()})
     return values
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from django.utils import timezone
 from sync.conflicts.records import STORE_KINDS, ConflictError
 from sync.embedding import content_hash
 from sync.models import Conflict
-from sync.policy import build_text, policy_for
+from sync.policy import WITHHELD, build_text, may_show, policy_for, shown_properties, shown_value
 from sync.stores import graph_store
 
 Status = Conflict.Status
@@ -37,7 +38,10 @@ SIDES = ("left", "right", "proposal", "edit")
 BULK_ACTIONS = {"proposal": ("merged", "Apply the proposal to"), "left": ("graph", "Keep the graph's value for"),
                 "right": ("other", "Take the other side's value for"), "dismiss": ("", "Dismiss")}
 WORD_DIFF_MIN_CHARS = 40
+MAX_EDIT_CHARS = 2_000  # an edited value (the page's input holds as many)
+MAX_EDIT_ITEMS = 1_000  # items of an edited list
 WORDS = re.compile(r"\s+|\S+\s*")  # a word with the space after it (leading space on its own)
+MAX_DIFF_WORDS = 1_000  # words a side difflib is given (see word_diff)
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,7 @@ class Review:
     reembeds: bool = False
     error: str = ""
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)  # graph/other: source, confidence, time
+    resolved: dict[str, Any] = field(default_factory=dict)  # the values decided, as people may read them
 
 
 def text(value: Any) -> str:
@@ -209,8 +214,14 @@ def _as_json(value: Any) -> str:
 
 def word_diff(left: str, right: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Word-level diff (difflib over words and the spaces between them): each side as runs of
-    unchanged and removed/added text, each word keeping the space that follows it."""
+    unchanged and removed/added text, each word keeping the space that follows it.
+
+    difflib compares every word with every other at worst (8,000 words a side took seconds): past
+    MAX_DIFF_WORDS a side, the words both sides begin and end with are matched in one pass, and
+    a middle still longer than that is shown removed and added whole."""
     a, b = WORDS.findall(left), WORDS.findall(right)
+    if max(len(a), len(b)) > MAX_DIFF_WORDS:
+        return _long_word_diff(a, b)
     old, new = [], []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if op == "equal":
@@ -224,13 +235,37 @@ def word_diff(left: str, right: str) -> tuple[list[tuple[str, str]], list[tuple[
     return old, new
 
 
+def _long_word_diff(a: list[str], b: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """`word_diff` of long word lists, in time linear in their length (see there)."""
+    head = 0
+    while head < min(len(a), len(b)) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    middle_a, middle_b = a[head:len(a) - tail], b[head:len(b) - tail]
+    if max(len(middle_a), len(middle_b)) <= MAX_DIFF_WORDS:
+        old, new = word_diff("".join(middle_a), "".join(middle_b))
+    else:
+        old = [("del", "".join(middle_a))] if middle_a else []
+        new = [("ins", "".join(middle_b))] if middle_b else []
+    if head:
+        old.insert(0, ("same", "".join(a[:head])))
+        new.insert(0, ("same", "".join(b[:head])))
+    if tail:
+        old.append(("same", "".join(a[len(a) - tail:])))
+        new.append(("same", "".join(b[len(b) - tail:])))
+    return old, new
+
+
 def review(conflict: Conflict, *, choices: dict[str, str] | None = None, edits: dict[str, str] | None = None,
            seen: dict[str, Any] | None = None) -> Review:
     """The conflict as its page shows it, with the live node read once from the graph.
 
     `choices`/`edits` are the analyst's (from a preview or a refused attempt); where `seen` (the
     graph values the analyst looked at) differs from the graph side now, that field's choice is
-    dropped and the row marked as moved.
+    dropped and the row marked as moved. A field outside the label's display allow-list
+    (sync.policy.display) is shown WITHHELD on both sides, in the proposal and the preview.
     """
     choices, edits = dict(choices or {}), dict(edits or {})
     entity = graph_store().get_entities([(conflict.label, conflict.uid)]).get((conflict.label, conflict.uid))
@@ -245,7 +280,7 @@ def review(conflict: Conflict, *, choices: dict[str, str] | None = None, edits: 
                        _as_json(left) != _as_json(right), name in embedded)
         if isinstance(left, str) and isinstance(right, str) and max(len(left), len(right)) >= WORD_DIFF_MIN_CHARS:
             row.left_diff, row.right_diff = word_diff(left, right)
-        if seen is not None and name in seen and _as_json(seen[name]) != _as_json(left):
+        if seen is not None and name in seen and _as_json(seen[name]) != _as_json(shown_value(conflict.label, name, left)):
             row.moved = True
         elif choices.get(name) in SIDES:
             row.choice, row.edit = choices[name], edits.get(name, "")
@@ -264,7 +299,20 @@ def review(conflict: Conflict, *, choices: dict[str, str] | None = None, edits: 
                     provenance={side: _provenance((conflict.sources or {}).get(side)) for side in ("graph", "other")})
     if entity is not None and not store_kind:
         _preview(result, entity.properties, policy)
+    _withhold(result)
     return result
+
+
+def _withhold(result: Review) -> None:
+    """What the policy does not let the page show, replaced (after the preview was worked out
+    from the real values)."""
+    label = result.conflict.label
+    for row in result.rows + result.unchanged:
+        if not may_show(label, row.name):
+            row.left = row.right = row.proposal = WITHHELD
+            row.left_diff = row.right_diff = None
+    result.preview = shown_properties(label, result.preview)
+    result.resolved = shown_properties(label, result.conflict.resolved_values or {})
 
 
 def _provenance(described: dict | None) -> dict[str, Any]:
@@ -316,10 +364,13 @@ def chosen_value(row: ConflictField, current: Any) -> Any:
 
 
 def parse_edit(name: str, raw: str, like: Any) -> Any:
-    """An edited value in the type of the field's current one: numbers stay numbers, lists lists."""
+    """An edited value in the type of the field's current one: numbers stay numbers, lists lists
+    (then checked as any edit is: `check_edit`)."""
     raw = (raw or "").strip()
     if not raw:
         raise ConflictError(f"{name}: type a value, or choose a side")
+    if len(raw) > MAX_EDIT_CHARS:
+        raise ConflictError(f"{name}: at most {MAX_EDIT_CHARS:,} characters")
     if isinstance(like, bool):
         if raw.lower() not in ("true", "false"):
             raise ConflictError(f"{name} must be true or false, got {raw[:40]!r}")
@@ -329,10 +380,54 @@ def parse_edit(name: str, raw: str, like: Any) -> Any:
             number = float(raw)
         except ValueError:
             raise ConflictError(f"{name} must be a number, got {raw[:40]!r}") from None
-        return int(number) if isinstance(like, int) and number.is_integer() else number
+        value = int(number) if isinstance(like, int) and math.isfinite(number) and number.is_integer() else number
+        return check_edit(name, value, like)
     if isinstance(like, list | tuple):
-        return [part.strip() for part in raw.split(",") if part.strip()]
+        return check_edit(name, [part.strip() for part in raw.split(",") if part.strip()], like)
     return raw
+
+
+def _family(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return "null" if value is None else "an object"
+
+
+def check_edit(name: str, value: Any, *likes: Any) -> Any:
+    """A value an analyst (the page, the API) gives a field, as the graph can hold it: of the kind
+    of one of the field's sides (`likes`; anything scalar when both are empty), a finite number
+    in 64-bit range, a string of at most MAX_EDIT_CHARS, a list of at most MAX_EDIT_ITEMS strings
+    or numbers of one kind. Never null: a resolution does not delete a disputed field. Raises
+    ConflictError (a 400 wherever it comes from)."""
+    kind = _family(value)
+    kinds = {_family(like) for like in likes if like is not None}
+    if kinds and kind not in kinds:
+        raise ConflictError(f"{name} must be {' or '.join(sorted(kinds))}, like the sides, not {kind}")
+    if kind == "null":
+        raise ConflictError(f"{name}: give a value, or choose a side (a resolution does not delete a field)")
+    if kind == "an object":
+        raise ConflictError(f"{name} must be a string, a number, true or false, or a list of these")
+    items = value if kind == "a list" else [value]
+    if kind == "a list":
+        if len(value) > MAX_EDIT_ITEMS:
+            raise ConflictError(f"{name}: at most {MAX_EDIT_ITEMS} items")
+        if len({_family(item) for item in value}) > 1 or any(_family(item) not in ("a string", "a number")
+                                                             for item in value):
+            raise ConflictError(f"{name} must be a list of strings, or of numbers")
+    for item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConflictError(f"{name} must be a finite number, got {item}")
+        if isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**63:
+            raise ConflictError(f"{name} must be a number the graph can hold (a 64-bit integer)")
+        if isinstance(item, str) and len(item) > MAX_EDIT_CHARS:
+            raise ConflictError(f"{name}: at most {MAX_EDIT_CHARS:,} characters")
+    return value
 
 
 def bulk_ids(selection: Filter) -> list[int]:

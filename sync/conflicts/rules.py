@@ -14,8 +14,15 @@ Rules: `last_write_wins` (newer `updated_at` wins), `merge` (highest severity, m
 union of sources, latest timestamp), `highest_severity`, `most_recent`, `authoritative_source`
 (CISA wins; between two non-authoritative sources, the newer write), and `ask_analyst` (propose
 last-write-wins but leave the conflict open). Whatever the rule, a proposal that downgrades the
-severity of a KEV entry, or that adopts a value from a source below CONFLICT_MIN_CONFIDENCE, is
-sent to an analyst with the rule's proposal instead of being applied.
+severity of a KEV entry, that adopts a value from a source below CONFLICT_MIN_CONFIDENCE, or that
+removes a value another source set, is sent to an analyst with the rule's proposal instead of
+being applied.
+
+A `null` (None) for a governed field is a claim like any other ("this field has no value") and is
+disputed like one: were it not, a source could wipe a value it does not own and the next write,
+from anyone, would meet nothing to dispute. The rules rank None below every value (highest
+severity, merge), and where a rule would adopt it (the newer write, an authoritative source) the
+removal goes to an analyst. A source may still clear a value it set itself, as it may change it.
 
 The table can be changed without code: CONFLICT_RULES="threat_severity=ask_analyst,...".
 """
@@ -168,6 +175,10 @@ def propose(kind: str, label: str, graph: Side, incoming: Side) -> Proposal:
     if label == "KEV" and severity_rank(proposal.values.get("severity")) < severity_rank(
             graph.values.get("severity")) and "severity" in proposal.values:
         reasons.append("it would downgrade the severity of a CISA KEV entry")
+    removes = sorted(k for k in proposal.values
+                     if proposal.values[k] is None and graph.values.get(k) is not None)
+    if removes:
+        reasons.append(f"it would remove the {', '.join(removes)} another source set")
     adopts_incoming = any(proposal.values.get(k) == v and graph.values.get(k) != v
                           for k, v in incoming.values.items())
     if (adopts_incoming and incoming.confidence is not None
@@ -193,14 +204,15 @@ def disputes(label: str, current: Mapping[str, Any], incoming: Mapping[str, Any]
     """Governed fields where a value set by another source disagrees: kind -> fields.
 
     Provenance is per field: the node's `source` says who wrote last, not who set each value,
-    and a value a rule kept must keep being defended against the source it overruled.
+    and a value a rule kept must keep being defended against the source it overruled. An
+    incoming None (remove the value) disputes a stored value like any other value does.
     """
     governed = GOVERNED.get(label, {})
     found: dict[str, list[str]] = {}
     for name, value in incoming.items():
         kind = governed.get(name)
         stored = current.get(name)
-        if (kind and stored is not None and value is not None and _differs(stored, value)
+        if (kind and stored is not None and _differs(stored, value)
                 and provenance(current, name) != incoming_source):  # a source may update its own value
             found.setdefault(kind, []).append(name)
     return found

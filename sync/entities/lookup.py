@@ -8,7 +8,7 @@ that does not answer is reported on the view, not raised.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.db.models import Q
@@ -18,11 +18,14 @@ from sync.embedding import content_hash
 from sync.models import Priority, SyncRecord
 from sync.policy import (
     ENGINE_KEYS,
+    WITHHELD,
     LabelPolicy,
     allowed_metadata,
     build_text,
-    is_sensitive_key,
+    may_show,
     policy_for,
+    shown_properties,
+    shown_value,
     synced_labels,
 )
 from sync.stores import graph_store, vector_store
@@ -152,7 +155,7 @@ class FieldComparison:
     graph: Any  # the graph's value (None when the node lacks it)
     vector: Any = MISSING  # the value the vector copy carries (metadata), MISSING when none
     expected: Any = MISSING  # what the vector copy should carry, built from the graph by the policy
-    withheld: bool = False  # personal or financial: the value is not shown
+    withheld: bool = False  # outside the label's display allow-list: `graph` is WITHHELD
     differs: bool = False
 
     @property
@@ -167,8 +170,8 @@ class ChunkView:
     version: Any
     content_hash: str
     model: str
-    text: str
-    metadata: Metadata  # the allow-listed fields it carries
+    text: str  # WITHHELD for a label the policy never syncs (its vectors should not exist)
+    metadata: Metadata  # the fields it carries, those outside the display allow-list WITHHELD
     differences: tuple[str, ...] = ()  # what disagrees with the graph: version, content_hash, field names
 
 
@@ -222,7 +225,7 @@ def read_vectors(label: str, uid: str, record: SyncRecord | None) -> dict[str, M
     return {vid: meta for vid, meta in found.items() if ids.belongs_to_entity(vid, label, uid)}
 
 
-def _chunk_views(found: dict[str, Metadata], entity: Entity | None, expected: Metadata,
+def _chunk_views(label: str, found: dict[str, Metadata], entity: Entity | None, expected: Metadata,
                  expected_hash: str, policy: LabelPolicy) -> list[ChunkView]:
     views = []
     for vid, meta in sorted(found.items(), key=lambda item: (item[1].get("chunk") or 0, item[0])):
@@ -235,12 +238,14 @@ def _chunk_views(found: dict[str, Metadata], entity: Entity | None, expected: Me
                 differences.append("content_hash")
             differences += [name for name in policy.metadata_fields
                             if not _same(expected.get(name), carried.get(name))]
+        text = str(meta.get("text", "")) if policy.synced else WITHHELD
         views.append(ChunkView(vid, meta.get("chunk"), meta.get("version"), str(meta.get("content_hash", "")),
-                               str(meta.get("model", "")), str(meta.get("text", "")), carried, tuple(differences)))
+                               str(meta.get("model", "")), text, shown_properties(label, carried),
+                               tuple(differences)))
     return views
 
 
-def _field_rows(entity: Entity | None, policy: LabelPolicy, expected: Metadata,
+def _field_rows(label: str, entity: Entity | None, policy: LabelPolicy, expected: Metadata,
                 first: ChunkView | None) -> list[FieldComparison]:
     properties = dict(entity.properties) if entity else {}
     text_names = set(policy.text_property_names)
@@ -255,11 +260,11 @@ def _field_rows(entity: Entity | None, policy: LabelPolicy, expected: Metadata,
         role = ("embedded+metadata" if name in text_names and in_metadata else "embedded" if name in text_names
                 else "metadata" if in_metadata else "graph_only")
         vector = first.metadata.get(name, MISSING) if first and in_metadata else MISSING
+        withheld = not may_show(label, name)
         rows.append(FieldComparison(
-            name, role, properties.get(name), vector=vector,
+            name, role, WITHHELD if withheld else properties.get(name), vector=vector,
             expected=expected.get(name, MISSING) if in_metadata else MISSING,
-            withheld=role == "graph_only" and is_sensitive_key(name),
-            differs=bool(first and in_metadata and name in first.differences),
+            withheld=withheld, differs=bool(first and in_metadata and name in first.differences),
         ))
     return rows
 
@@ -316,12 +321,22 @@ def entity_view(label: str, uid: str, *, neighbours: int = NEIGHBOURS) -> Entity
     except StoreError as exc:
         view.vector_error = f"The vector store did not answer: {exc}"
         found = {}
-    view.chunks = _chunk_views(found, view.entity, expected, view.expected_hash, policy)
-    view.fields = _field_rows(view.entity, policy, expected, view.chunks[0] if view.chunks else None)
+    view.chunks = _chunk_views(label, found, view.entity, expected, view.expected_hash, policy)
+    view.fields = _field_rows(label, view.entity, policy, expected, view.chunks[0] if view.chunks else None)
     if not view.graph_error and view.entity is not None:
         try:
-            view.neighbours = graph.neighbours(label, uid, neighbours)
+            view.neighbours = [_shown_neighbour(n) for n in graph.neighbours(label, uid, neighbours)]
         except StoreError as exc:
             view.neighbours_error = f"Neo4j did not answer: {exc}"
     view.state, view.findings = _findings(view)
+    if view.entity is not None:  # what a page reads of the node: the display allow-list only
+        view.entity = replace(view.entity, properties=shown_properties(label, view.entity.properties))
     return view
+
+
+def _shown_neighbour(neighbour: Metadata) -> Metadata:
+    """A neighbour's name (or title, or CVE id) only where its own label's policy shows that field."""
+    name = neighbour.get("name")
+    if name is not None:
+        name = shown_value(str(neighbour.get("label") or ""), neighbour.get("name_key"), name)
+    return {**neighbour, "name": name}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sync.audit import shown_values
 from sync.models import AuditEntry, Conflict, Priority, ReconcileRun, SagaLog, SyncEvent
 
 KINDS = {
@@ -143,7 +144,8 @@ def timeline(label: str, uid: str, kinds: set[str] | None = None) -> list[Moment
             whole_label = entry.target == label
             moments.append(Moment(entry.at, "analyst", f"{entry.action.replace('_', ' ')} by {entry.actor_name}"
                                   + (f" (all of {label})" if whole_label else ""),
-                                  entry.note or _summary(entry.after), "ok"))
+                                  entry.note or _summary(shown_values(entry.action, entry.target, entry.after)),
+                                  "ok"))
     moments = [m for m in moments if m.kind in wanted]
     moments.sort(key=lambda m: m.at, reverse=True)
     return moments

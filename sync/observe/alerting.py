@@ -315,7 +315,7 @@ def _notify(alert: Alert, event: str, now: datetime) -> None:
 
 def watch_the_watcher(reading: Readings) -> Changes | None:
     """The observer cannot report its own death: whoever notices a stale observer heartbeat
-    (/readyz, polled by the orchestrator) judges the heartbeat rule itself. Does nothing while
+    (`observer.report_if_stopped`, from the upkeep task) judges the heartbeat rule itself. Does nothing while
     the observer beats (it judges the rule then) or while this process is younger than
     HEARTBEAT_MAX_AGE and no heartbeat was ever written (everything is still starting)."""
     age = reading.heartbeats.get(OBSERVER)

@@ -1,11 +1,18 @@
 """The engine's counters and lag histogram, counted where the work happens (the one part of
-observation the engine imports; everything here is a leaf: settings and prometheus_client only).
+observation the engine imports; everything here is a leaf: settings, prometheus_client, and the
+enums of sync.models that name some of the label values).
 
 Counts are kept in prometheus-client's multiprocess mode: every process writes its values to
 memory-mapped files in PROMETHEUS_MULTIPROC_DIR (set by settings before this module is imported)
 and a scrape (sync.observe.metrics) sums the files of all processes, the dead ones' included —
 counts of work done cannot be re-read from the database (errors leave no row) and a histogram
 keeps its buckets.
+
+Every label value a counter is known to take is listed here once (ERROR_KINDS, APPLY_OUTCOMES,
+DRIFT_KINDS, SAGA_OUTCOMES, PRIORITIES: the call sites name these, and tests/test_faults_metrics.py
+holds them to it) and set up at zero when this module is imported, so each family is exposed with
+all its series from the first scrape: a series that appeared only with the first error would leave
+dashboards with "no data" and make `absent()` and `increase()` rules misjudge it.
 
 The directory must be emptied when the application starts (bin/run does), as the library
 requires: a stale file of a previous run would add its counts to the new run's. Each process
@@ -27,6 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from sync.models import Priority, SagaLog
+
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and values.ValueClass.__name__ == "MutexValue":
     raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: its counters "
                        "would stay in this process; import Django settings first")
@@ -44,6 +53,27 @@ CONSISTENCY_VIOLATIONS = Counter(
     "consistency_violations_total", "Drift found by reconciliation", ["kind"],
 )
 SAGAS = Counter("sync_sagas_total", "Dual-write sagas by outcome", ["outcome"])
+
+PRIORITIES = tuple(Priority.labels)  # "high", "medium", "low"
+ERROR_KINDS = (
+    "store",  # a batch failed as a whole: a store unreachable, rate limited, refusing (sync.apply)
+    "bug",  # a batch failed on something else: the model, a bug (sync.apply)
+    "retryable", "permanent",  # an entity's own write failed, to be retried or dead-lettered (sync.apply)
+    "dual_write",  # the vector write of a dual-write saga failed (sync.writes)
+    "capture",  # a change-capture poll failed (sync.capture)
+    "database",  # the database failed a batch or a worker's claim; the worker went on (sync.apply, sync.worker)
+    "observe",  # an observer check failed (sync.observe.observer)
+    "metrics",  # a /metrics scrape could not read the database (sync.observe.metrics)
+    "kafka",  # a Kafka consumer's batch or offset commit failed; redelivered (sync.transport.consumer)
+)
+APPLY_OUTCOMES = ("upserted", "metadata_only", "unchanged", "deleted", "excluded", "stale", "fenced")
+DRIFT_KINDS = ("missing_vector", "orphan_vector", "stale_vector", "vector_ahead", "content_drift", "policy_violation")
+SAGA_OUTCOMES = tuple(status for status in SagaLog.Status.values if status != SagaLog.Status.STARTED)
+
+for _counter, _values in ((SYNC_LAG, PRIORITIES), (SYNC_ERRORS, ERROR_KINDS), (EVENTS_APPLIED, APPLY_OUTCOMES),
+                          (CONSISTENCY_VIOLATIONS, DRIFT_KINDS), (SAGAS, SAGA_OUTCOMES)):
+    for _value in _values:
+        _counter.labels(_value)  # at zero, in this process's file: the series exists from now on
 
 
 def multiprocess_registry() -> CollectorRegistry:

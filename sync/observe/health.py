@@ -1,7 +1,8 @@
-"""Is each outside system answering? Used by /healthz, the home page and `sync_status`."""
+"""Is each outside system answering? Used by /healthz, /readyz, the home page and `sync_status`."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -57,6 +58,31 @@ def check_services() -> list[ServiceHealth]:
         _probe("graph", "Neo4j", getattr(graph_store(), "uri", settings.NEO4J_URI), _ping_graph),
         _probe("vector_store", kind, target, lambda: vector_store().ping()),
     ]
+
+
+_recent: dict = {}  # the probes' last check in this process: {"stores", "at", "services"}
+_checking = threading.Lock()
+
+
+def recent_services() -> list[ServiceHealth]:
+    """`check_services()` at most once per HEALTH_CACHE_SECONDS in this process, for the probes: a
+    load balancer or orchestrator polling /healthz and /readyz must not cost each store a round
+    trip per call. Callers arriving while a check runs wait for it and share it; a store swapped
+    in (tests, a reconfiguration) is checked at once."""
+    stores = (graph_store(), vector_store())
+    with _checking:
+        if (_recent and all(a is b for a, b in zip(_recent["stores"], stores, strict=True))
+                and time.monotonic() - _recent["at"] < settings.HEALTH_CACHE_SECONDS):
+            return _recent["services"]
+        services = check_services()
+        _recent.update(stores=stores, at=time.monotonic(), services=services)
+        return services
+
+
+def forget_recent() -> None:
+    """The next probe checks the stores again (tests that stop a store)."""
+    with _checking:
+        _recent.clear()
 
 
 def as_dicts(services) -> list[dict]:

@@ -8,6 +8,12 @@ that is scraped. Two kinds of numbers, each from where it is true:
 - Gauges (queue depth, dead letters, oldest unsynced change, freshness, heartbeats, open
   alerts, ...) are read from the database at scrape time (`sync.observe.readings`), so any
   process reports the same truth; services are pinged.
+
+Every family is exposed from the first scrape, each series of a known label value too: at zero
+(no alert open for a rule, no change waiting, no drift of a kind found), NaN for a lag quantile
+with no change synced in the window (as Prometheus' own summaries do). Only what has never
+happened has no sample — the start of a reconciliation, a heartbeat, a search-canary round —
+whose absence a rule may test (`absent(sync_heartbeat_age_seconds{worker="observer"})`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sync.observe import health, readings
-from sync.observe.counters import SYNC_ERRORS, files_locked, multiprocess_registry
+from sync.observe.alerting import RULES
+from sync.observe.counters import DRIFT_KINDS, SYNC_ERRORS, files_locked, multiprocess_registry
 from sync.observe.models import Alert
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,7 @@ class ReadingsCollector(Collector):
                     {(p, s): n for p, by_status in now.depth.items() for s, n in by_status.items()})
         yield gauge("sync_dead_letters", "Sync events out of attempts (the dead-letter queue)", value=now.dead_letters)
         yield gauge("sync_oldest_unsynced_age_seconds", "Age of the oldest change still waiting for its vector",
-                    ["priority"], {(p,): age for p, age in now.oldest_unsynced.items() if age is not None})
+                    ["priority"], {(p,): age or 0.0 for p, age in now.oldest_unsynced.items()})
         freshness = now.freshness
         yield gauge("sync_freshness_target_seconds", "How soon a change must reach search", ["priority"],
                     {(p,): f.target for p, f in freshness.items()})
@@ -53,8 +60,7 @@ class ReadingsCollector(Collector):
                     {(p,): int(f.breached) for p, f in freshness.items()})
         yield gauge("sync_window_lag_seconds", "Lag of the changes synced in the freshness window",
                     ["priority", "quantile"],
-                    {(p, q): getattr(stats, f"p{q}") for p, stats in now.lag.items()
-                     for q in ("50", "95") if getattr(stats, f"p{q}") is not None})
+                    {(p, q): _or_nan(getattr(stats, f"p{q}")) for p, stats in now.lag.items() for q in ("50", "95")})
         yield gauge("sync_open_conflicts", "Conflicts waiting for an analyst", value=now.open_conflicts)
         yield from _reconcile_gauges(now)
         yield gauge("sync_compensation_failures_unreconciled",
@@ -67,35 +73,41 @@ class ReadingsCollector(Collector):
         yield gauge("sync_service_up", "1 when the service answers a ping", ["service"],
                     {(s.name,): int(s.ok) for s in services})
         yield from _canary_gauges(now.at)
-        counts: dict[tuple[str, str], int] = {}
+        counts: dict[tuple[str, str], int] = {(rule.key, str(rule.severity)): 0 for rule in RULES}
         for rule, severity in open_alerts:
             counts[(rule, severity)] = counts.get((rule, severity), 0) + 1
         yield gauge("sync_alerts_open", "Open alerts of the in-app rules", ["rule", "severity"], counts)
 
 
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def _canary_gauges(at):
     checks = [c for c in readings.canary_latest_round(at) if not c.error]
-    if checks:
-        yield gauge("sync_search_canary_misses", "Entities the newest search-canary round did not find in the top k",
-                    value=sum(not c.found for c in checks))
+    # No sample until a round has searched (the family is there, empty).
+    yield gauge("sync_search_canary_misses", "Entities the newest search-canary round did not find in the top k",
+                [], {(): sum(not c.found for c in checks)} if checks else {})
 
 
 def _reconcile_gauges(now):
     state = now.reconcile
-    if state.last_started_at:
-        yield gauge("sync_reconciliation_last_start_timestamp_seconds",
-                    "When the newest repairing reconciliation started", value=state.last_started_at.timestamp())
+    started = state.last_started_at
+    yield gauge("sync_reconciliation_last_start_timestamp_seconds", "When the newest repairing reconciliation started",
+                [], {(): started.timestamp()} if started else {})
     run = state.last_finished
-    if run is not None:
-        yield gauge("sync_reconciliation_last_failed", "1 when the newest finished reconciliation failed",
-                    value=int(run.status == run.Status.FAILED))
-        yield gauge("sync_reconciliation_drift", "Drift found by the newest finished reconciliation", ["kind"],
-                    {(kind,): n for kind, n in run.drift.items()})
+    failed = run is not None and run.status == run.Status.FAILED
+    yield gauge("sync_reconciliation_last_failed", "1 when the newest finished reconciliation failed", value=int(failed))
+    found = run.drift if run is not None else {}
+    yield gauge("sync_reconciliation_drift", "Drift found by the newest finished reconciliation", ["kind"],
+                {(kind,): found.get(kind, 0) for kind in (*DRIFT_KINDS, *sorted(set(found) - set(DRIFT_KINDS)))})
 
 
 def gauge(name: str, documentation: str, labels=(), points: dict | None = None, *, value=None):
-    family = GaugeMetricFamily(name, documentation, labels=list(labels) if labels else None,
-                               value=value if not labels else None)
+    """A gauge family: one `value`, or `points` by label values (`labels=[]` with points keyed by
+    `()`: an unlabelled gauge that may have no sample)."""
+    family = GaugeMetricFamily(name, documentation, labels=list(labels) if labels or points is not None else None,
+                               value=value if not labels and points is None else None)
     for label_values, number in (points or {}).items():
         family.add_metric(list(label_values), number)
     return family

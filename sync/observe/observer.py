@@ -46,6 +46,18 @@ class TickResult:
     errors: list[str] = field(default_factory=list)
 
 
+def report_if_stopped(now: datetime | None = None) -> dict:
+    """The observer cannot report its own death: `sync.tasks.upkeep` (every 5 minutes, on any
+    worker) judges the heartbeat rule when the observer's heartbeat is stale, and sends what that
+    opens or resolves. (When the whole cluster is down, /readyz says so and Prometheus' heartbeat
+    rule fires; a probe never writes.)"""
+    changes = alerting.watch_the_watcher(readings.read(now or timezone.now()))
+    if not changes or not (changes.opened or changes.resolved):
+        return {}
+    return {"opened": [a.rule for a in changes.opened], "resolved": [a.rule for a in changes.resolved],
+            "deliveries": delivery.deliver_due()}
+
+
 def tick(owner: str, now: datetime | None = None) -> TickResult:
     """One check. Each step's failure is logged, counted and kept on the heartbeat; the rest go on."""
     now = now or timezone.now()

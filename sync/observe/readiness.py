@@ -1,7 +1,10 @@
 """Is the application ready to serve (/readyz)? The database, Neo4j, the vector store, the
-workers' heartbeats and the django-q2 schedules, each checked live on every call.
+workers' heartbeats and the django-q2 schedules. The database is asked on every call; the stores'
+answer is at most HEALTH_CACHE_SECONDS old (`health.recent_services`).
 
 /healthz says whether the outside systems answer; /readyz also says whether the sync is running.
+A probe only reads: it never opens an alert or sends a notification (the observer does, and
+`sync.tasks.upkeep` when the observer has stopped: `observer.report_if_stopped`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from sync.observe import alerting, delivery, health, readings
+from sync.observe import health, readings
 from sync.observe.units import duration as seconds
 
 
@@ -33,10 +36,13 @@ class Readiness:
     def ready(self) -> bool:
         return all(c.ok for c in self.checks)
 
-    def as_dict(self) -> dict:
-        return {"status": "ready" if self.ready else "not_ready",
-                "checks": {c.name: {"ok": c.ok, "detail": c.detail, "millis": round(c.millis, 1)}
-                           for c in self.checks}}
+    def as_dict(self, details: bool = True) -> dict:
+        """The status; with `details`, each check's outcome (hosts, paths, errors: not for anyone)."""
+        status = {"status": "ready" if self.ready else "not_ready"}
+        if not details:
+            return status
+        return {**status, "checks": {c.name: {"ok": c.ok, "detail": c.detail, "millis": round(c.millis, 1)}
+                                     for c in self.checks}}
 
 
 def check() -> Readiness:
@@ -50,16 +56,10 @@ def check() -> Readiness:
                                 (time.monotonic() - started) * 1000)])
     checks = [database]
     checks += [Check(s.name, s.ok, f"{s.kind} at {s.target}: {s.detail}"[:500], s.millis)
-               for s in health.check_services()]
+               for s in health.recent_services()]
     now = timezone.now()
-    beats = readings.heartbeats(now)
-    checks.append(_workers(beats))
+    checks.append(_workers(readings.heartbeats(now)))
     checks.append(_schedules(now))
-    if not checks[-2].ok:
-        # The observer judges the heartbeat rule while it runs; when it has stopped, we do.
-        changes = alerting.watch_the_watcher(readings.read(now))
-        if changes and (changes.opened or changes.resolved):
-            delivery.deliver_due()
     return Readiness(checks)
 
 

@@ -7,8 +7,10 @@ Owns, one module each:
 - `redact`: contact details (e-mail addresses, phone numbers) found and replaced in any value.
 - `text`: HTML and hostile text turned into clean, storable text; cutting to size.
 - `document`: what the vector index holds for an entity (`build_document`): text, chunks and the
-  allow-listed metadata fitted to the store's limits.
+  allow-listed metadata fitted to the store's limits; which uids may never travel (`uid_withheld`).
 - `summary`: the policy as people read it (the Policy page, `GET /api/v1/policy`).
+- `display`: what of a node the dashboard may show (`shown_properties`, `WITHHELD`): the label's
+  display allow-list, decided by the policy, never by property names.
 
 May import: `sync.ids`, `sync.embedding`, `sync.stores.base`, `sync.models` (for `Priority`),
 Django settings. Nothing else of the engine: everything that syncs asks this package, never the
@@ -16,6 +18,7 @@ other way round. The names below are re-exported for importers; modules inside t
 import each other directly.
 """
 
+from sync.policy.display import WITHHELD, is_withheld, may_show, shown_properties, shown_value
 from sync.policy.document import (
     FIELD_MAX_CHARS,
     LIST_ITEM_MAX_CHARS,
@@ -29,6 +32,7 @@ from sync.policy.document import (
     allowed_metadata,
     build_document,
     build_text,
+    uid_withheld,
 )
 from sync.policy.labels import (
     ENGINE_KEYS,
@@ -57,5 +61,6 @@ __all__ = [
     "SENSITIVE_KEY_TERMS", "SNIPPET_MAX_CHARS", "Chunk", "Document", "LabelPolicy", "Priority",
     "VectorFailure", "WriteMode", "allowed_metadata", "build_document", "build_text", "clean_text",
     "has_contact_details", "html_to_text", "is_sensitive_key", "phone_regions", "policy_for",
-    "redact_contacts", "synced_labels", "truncate",
+    "redact_contacts", "synced_labels", "truncate", "uid_withheld", "WITHHELD", "is_withheld", "may_show",
+    "shown_properties", "shown_value",
 ]

@@ -1,7 +1,10 @@
 """What the vector index holds for one entity: `build_document(entity)`.
 
 What it makes of an entity:
-- None for a never-synced label.
+- None for a never-synced label, and for an entity whose uid holds an e-mail address or phone
+  number (`uid_withheld`): a uid becomes the vector id and the `uid` metadata, where no
+  redaction can reach it. The ingest API refuses such uids for synced labels (400); one written
+  by another tool is never synced (its record says `excluded`, and any vector it has is deleted).
 - Cleaning (`sync.policy.text`): control characters are removed and the text NFC-normalised, then every string is
   read as HTML and turned into text with the standard library's HTML parser: tags and comments
   dropped, block elements become line breaks, `<script>`, `<style>` and `<template>` content
@@ -19,7 +22,9 @@ What it makes of an entity:
   aware datetimes in UTC; dicts as JSON text) plus the engine keys `label`, `uid`, `version`,
   `content_hash`, `model` (the embedding model's identity), `chunk` (0-based), `chunks` (count),
   `updated_at` (ISO) and `text` (the chunk's first 1,000 characters, a display snippet), every
-  value with contact details redacted (`sync.policy.redact`).
+  value with contact details redacted (`sync.policy.redact`) before it is cut, and looked at
+  again after: a cut address or number is no longer recognised, and a cut can make a number of
+  digits that were none ("202-555-01234567" cut to "202-555-0123…").
 - Size: strings are cut to 2,000 characters, lists to 100 items of at most 256 characters; a cut
   value ends with "…". If a chunk's metadata would still exceed 36,000 bytes of ASCII-escaped JSON
   (safely under Pinecone's 40 KB however a store measures it), the largest allow-listed value is
@@ -46,7 +51,7 @@ from sync import ids
 from sync.embedding import content_hash, get_embedder, model_id
 from sync.ids import MAX_UID_CHARS
 from sync.policy.labels import LabelPolicy, is_sensitive_key, policy_for
-from sync.policy.redact import redact_contacts
+from sync.policy.redact import has_contact_details, redact_contacts
 from sync.policy.text import clean_text, truncate
 from sync.stores.base import Entity, Metadata
 
@@ -128,20 +133,37 @@ def build_text(policy: LabelPolicy, properties: Mapping[str, Any]) -> str:
 
 
 # --- metadata --------------------------------------------------------------------------------
+# Redaction reads this far past a cut, so that what is kept is judged in its context.
+_CUT_CONTEXT_CHARS = 1_000
+
+
+def _redacted(text: str, limit: int) -> str:
+    """`text` with its contact details redacted, then cut to at most `limit` characters."""
+    head = text if len(text) <= limit + _CUT_CONTEXT_CHARS else text[:limit + _CUT_CONTEXT_CHARS]
+    value = redact_contacts(head)
+    if head is not text and len(value) <= limit:
+        value = redact_contacts(text)  # the head shrank below the cut: what follows is kept too
+    while len(value) > limit:
+        cut = truncate(value, limit)
+        value = redact_contacts(cut)  # the cut may have made a number: "…202-555-0123…"
+        if value == cut:
+            break
+    return value
+
+
 def _metadata_value(where: str, value: Any) -> str | int | float | bool | list[str] | None:
-    """A value in Pinecone's types, capped in size; None when it should be left out."""
+    """A value in Pinecone's types, redacted, then capped in size; None when it should be left out."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         # Pinecone numbers are float64: a larger integer would come back as a different number.
-        return value if abs(value) <= _EXACT_FLOAT_INT else str(value)
+        return value if abs(value) <= _EXACT_FLOAT_INT else _redacted(str(value), FIELD_MAX_CHARS)
     if isinstance(value, (float, Decimal)):
         return float(value) if _finite(value) else None
     if _is_list(value):
-        items = [truncate(_scalar_text(where, item), LIST_ITEM_MAX_CHARS) for item in _list_items(value)]
-        kept = [item for item in items if item][:LIST_MAX_ITEMS]
-        return kept or None
-    text = truncate(_scalar_text(where, value), FIELD_MAX_CHARS)
+        texts = [text for text in (_scalar_text(where, item) for item in _list_items(value)) if text]
+        return [_redacted(text, LIST_ITEM_MAX_CHARS) for text in texts[:LIST_MAX_ITEMS]] or None
+    text = _redacted(_scalar_text(where, value), FIELD_MAX_CHARS)
     return text or None
 
 
@@ -174,7 +196,7 @@ def _shrink(value: str | list[str]) -> str | list[str] | None:
         smaller = _shrink(value[0]) if value else None
         return [smaller] if smaller else None
     if isinstance(value, str) and len(value) > 1:
-        return truncate(value, len(value) // 2)
+        return _redacted(value, len(value) // 2)
     return None
 
 
@@ -201,8 +223,14 @@ def allowed_metadata(policy: LabelPolicy, properties: Mapping[str, Any]) -> dict
             raise ValueError(f"{policy.label}.{name} looks like personal or financial data")
         value = _metadata_value(f"{policy.label}.{name}", properties.get(name))
         if value is not None:
-            metadata[name] = redact_contacts(value)
+            metadata[name] = value
     return metadata
+
+
+def uid_withheld(uid: str) -> bool:
+    """Does the uid hold an e-mail address or phone number? Such an entity is never synced: its
+    uid would be its vector id and its `uid` metadata (see the module docstring)."""
+    return has_contact_details(uid)
 
 
 # --- documents -------------------------------------------------------------------------------
@@ -240,7 +268,8 @@ class Document:
 
 def build_document(entity: Entity, *,
                    stored_snippets: Callable[[str, str], Sequence[str] | None] | None = None) -> Document | None:
-    """The entity as the vector index should see it; None when its label is never synced.
+    """The entity as the vector index should see it; None when its label is never synced or its
+    uid is withheld (`uid_withheld`).
 
     `stored_snippets(content_hash, text)` may return the `text` snippets of the chunks the vector
     store already holds for this text (same content hash, snippets found in the text), in chunk
@@ -253,6 +282,8 @@ def build_document(entity: Entity, *,
         return None
     where = f"{entity.label} {entity.uid!r}"
     uid = ids.check_uid(entity.uid)
+    if uid_withheld(uid):
+        return None
     if len(uid) > MAX_UID_CHARS:
         raise ValueError(f"{where}: uid longer than {MAX_UID_CHARS} characters cannot travel as metadata")
     if isinstance(entity.version, bool) or not isinstance(entity.version, int):
@@ -272,7 +303,7 @@ def build_document(entity: Entity, *,
         snippets = pieces
     common = {"label": policy.label, "uid": uid, "version": entity.version, "content_hash": digest,
               "model": model_id(), "chunks": len(pieces), "updated_at": updated_at}
-    engine_parts = [{**common, "chunk": n, "text": truncate(snippet, SNIPPET_MAX_CHARS)}
+    engine_parts = [{**common, "chunk": n, "text": _redacted(snippet, SNIPPET_MAX_CHARS)}
                     for n, snippet in enumerate(snippets)]
     shared = allowed_metadata(policy, entity.properties)
     # Nearly always far below the budget: then a cheap bound says so and nothing is serialised.

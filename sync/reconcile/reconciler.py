@@ -25,7 +25,11 @@ Drift and what is done about it (REPAIR):
 | stale_vector     | vector version < graph version                           | enqueue a resync        |
 | vector_ahead     | vector version > graph version                           | open a conflict (never automatic) |
 | content_drift    | same version, different content hash, metadata, chunks or embedding model | enqueue a resync |
-| policy_violation | a never-synced label, a field outside the allow-list, or contact details, in the store | delete at once (and resync a synced entity) |
+| policy_violation | a never-synced label, a field outside the allow-list, or contact details (in the vector id or any metadata value), in the store | delete at once (and resync a synced entity) |
+
+An entity whose uid holds contact details (`sync.policy.uid_withheld`) is never synced: no vector
+id is made of its uid here either (its vectors, should an older version have written any, are
+found by the vector pass, which sees contact details in their ids, and deleted).
 
 A resync the reconciliation asks for lists the entity's ids in the store when applied, so stray
 chunks go too. Findings are acted upon in batches of ACT_EVERY as they come: no repair holds the
@@ -51,6 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 from django.conf import settings
@@ -61,7 +66,7 @@ from sync import ids, queue, shutdown
 from sync.conflicts import records as conflicts
 from sync.embedding import content_hash, model_id
 from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
-from sync.observe.counters import CONSISTENCY_VIOLATIONS
+from sync.observe.counters import CONSISTENCY_VIOLATIONS, DRIFT_KINDS
 from sync.policy import (
     ENGINE_KEYS,
     SNIPPET_MAX_CHARS,
@@ -70,13 +75,14 @@ from sync.policy import (
     has_contact_details,
     policy_for,
     synced_labels,
+    uid_withheld,
 )
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity
 
 log = logging.getLogger(__name__)
 
-KINDS = ("missing_vector", "orphan_vector", "stale_vector", "vector_ahead", "content_drift", "policy_violation")
+KINDS = DRIFT_KINDS  # named once, with the counter they label
 REPAIR = {
     "missing_vector": "resync",
     "orphan_vector": "delete",
@@ -252,9 +258,10 @@ class Reconciler:
         allowed = _stored_keys(policy)
         extra = [] if allowed.issuperset(metadata) else sorted(set(metadata) - allowed)
         fields = {k: metadata[k] for k in policy.metadata_fields if k in metadata}
-        if extra or self._holds_contact_details((label, uid), fields, metadata.get("text")):
+        holder = "" if extra else self._holds_contact_details((label, uid), vid, metadata)
+        if extra or holder:
             detail = ("fields outside the allow-list: " + ", ".join(extra) if extra
-                      else "an e-mail address or phone number in the metadata")
+                      else f"an e-mail address or phone number in {holder}")
             self.found(Finding("policy_violation", label, uid, detail, [vid], other={"fields": extra}))
             violated.add((label, uid))
             return
@@ -263,15 +270,22 @@ class Reconciler:
             entity = stored[(label, uid)] = StoredEntity(fields)
         entity.add(vid, metadata)
 
-    def _holds_contact_details(self, key: tuple[str, str], fields: dict[str, Any], text: Any) -> bool:
-        """Does a stored value (an allow-listed field or the text snippet) hold an e-mail address
-        or phone number? A value equal to what the engine writes for the entity now is clean (it
-        was redacted when built) and is not searched."""
+    def _holds_contact_details(self, key: tuple[str, str], vid: str, metadata: dict[str, Any]) -> str:
+        """Where a stored vector holds an e-mail address or phone number: "the vector id" (its uid,
+        decoded), "metadata NAME", or "" when nowhere. Every metadata value is looked at, the
+        engine's own keys too, except a value equal to what the engine writes for the entity now
+        (an allow-listed field, the text snippet: redacted when built; its label, its uid: the
+        id's, looked at already; this model's name)."""
+        if uid_withheld(key[1]) or has_contact_details(unquote(vid)):
+            return "the vector id"
         expected = self.expected.get(key)
-        written = expected.metadata if expected else {}
-        text_clean = text is None or (expected is not None and text == expected.snippet)
-        return (not text_clean and has_contact_details(text)) \
-            or any(has_contact_details(value) for name, value in fields.items() if written.get(name, _ABSENT) != value)
+        written = {**(expected.metadata if expected else {}), "label": key[0], "uid": key[1], "model": self.model}
+        for name, value in metadata.items():
+            clean = (expected is not None and value == expected.snippet) if name == "text" \
+                else written.get(name, _ABSENT) == value
+            if not clean and has_contact_details(value):
+                return f"metadata {name}"
+        return ""
 
     # --- comparing one entity ----------------------------------------------------------------
     def compare(self, entity: Entity | None, key: tuple[str, str], stored: StoredEntity | None) -> None:
@@ -283,6 +297,8 @@ class Reconciler:
             return
         self.run.entities_checked += 1
         self.labels[label]["checked"] += 1
+        if uid_withheld(uid):
+            return  # never synced; a vector it has is a policy violation, found where it is classified
         policy = policy_for(label)
         expected = self.expected.get(key) or Expected.of(policy, entity)
         text = expected.text
@@ -352,7 +368,8 @@ class Reconciler:
             action = REPAIR[finding.kind]
             if action == "delete":
                 doomed.extend(finding.vector_ids)
-                if finding.kind == "policy_violation" and policy_for(finding.label).synced:
+                if finding.kind == "policy_violation" and policy_for(finding.label).synced \
+                        and not uid_withheld(finding.uid):
                     resync.append(self._work(finding))  # rebuild the clean vector
                 self.repaired[finding.kind] += 1
             elif action == "resync":
@@ -427,15 +444,16 @@ class Reconciler:
                        first: FirstIds | None = None) -> None:
         """Fetch what the store holds for these entities and compare (graph pass and incremental)."""
         keys = sorted(entities)
-        pending = _pending_keys(keys)
+        # Queued or in flight: work in progress. Withheld: never synced, no vector id made of them.
+        skipped = _pending_keys(keys) | {key for key in keys if uid_withheld(key[1])}
         self.expected = {key: Expected.of(policy_for(key[0]), entity) for key, entity in entities.items()
-                         if entity is not None and key not in pending}
-        stored, fetched, violated = self.fetch_entities([k for k in keys if k not in pending], first)
+                         if entity is not None and key not in skipped}
+        stored, fetched, violated = self.fetch_entities([k for k in keys if k not in skipped], first)
         if examined is not None:
             examined.extend(hash(vid) for vid in fetched)
         for key in keys:
-            if key in pending or key in violated:
-                continue  # queued, in flight, or being rebuilt after a violation: not drift of its own
+            if key in skipped or key in violated:
+                continue  # queued, in flight, withheld, or being rebuilt after a violation: not drift of its own
             self.compare(entities[key], key, stored.get(key))
         self.expected = {}
 
@@ -609,7 +627,7 @@ class FirstIds:
 
 def _read_page(graph, vectors, label: str, after: str | None) -> tuple[list[Entity], FirstIds]:
     page = graph.scan_label(label, after, GRAPH_PAGE)
-    firsts = {entity.key: ids.first_vector_ids(label, entity.uid) for entity in page}
+    firsts = {entity.key: ids.first_vector_ids(label, entity.uid) for entity in page if not uid_withheld(entity.uid)}
     return page, FirstIds(firsts, _fetch_metadata(vectors, {vid for pair in firsts.values() for vid in pair}))
 
 
@@ -674,7 +692,7 @@ def _incremental(r: Reconciler) -> None:
     for start in range(0, len(ordered), GRAPH_PAGE):
         page = ordered[start:start + GRAPH_PAGE]
         pending = _pending_keys(page)
-        stored, _, violated = r.fetch_entities([k for k in page if k not in pending])
+        stored, _, violated = r.fetch_entities([k for k in page if k not in pending and not uid_withheld(k[1])])
         entities = r.graph.get_entities(page)
         for key in page:
             if key not in pending and key not in violated:

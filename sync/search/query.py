@@ -22,7 +22,7 @@ from sync import ids, queue
 from sync.embedding import get_embedder
 from sync.models import Priority
 from sync.observe.counters import CONSISTENCY_VIOLATIONS
-from sync.policy import policy_for
+from sync.policy import WITHHELD, policy_for, shown_value
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, QueryMatch, StoreError
 
@@ -98,6 +98,13 @@ def _state(label: str, vector_version, entity: Entity | None) -> str:
     return "vector_ahead" if vector_version > entity.version else "in_sync"
 
 
+def _name(label: str, properties: dict) -> str:
+    """The hit's name (or title), where the label's policy lets a person read it."""
+    key = "name" if properties.get("name") else "title"
+    name = properties.get(key)
+    return shown_value(label, key, name) if isinstance(name, str) else ""
+
+
 def _raise_excluded(hits: list[Hit]) -> None:
     """A never-synced entity found in the index is drift: counted and repaired as reconciliation would."""
     excluded = {(h.label, h.uid) for h in hits if h.state == "excluded" and h.uid}
@@ -149,9 +156,11 @@ def search(text: str, *, label: str = "", top_k: int = 10) -> Results:
         entity = entities.get((hit_label, uid))
         version = meta.get("version") if isinstance(meta.get("version"), int) else None
         state = "unknown" if results.graph_error and policy_for(hit_label).synced else _state(hit_label, version, entity)
-        name = (entity.properties.get("name") or entity.properties.get("title")) if entity else meta.get("name")
+        # What a person may read of a hit: its label's display allow-list (a never-synced label's
+        # vectors are drift; their text and names are withheld, as on the entity page).
+        snippet = str(meta.get("text", ""))[:400] if policy_for(hit_label).synced else WITHHELD
         results.hits.append(Hit(match.id, hit_label, uid, chunk, float(match.score), version,
-                                entity.version if entity else None, str(meta.get("text", ""))[:400], state,
-                                name if isinstance(name, str) else ""))
+                                entity.version if entity else None, snippet, state,
+                                _name(hit_label, entity.properties if entity else meta)))
     _raise_excluded(results.hits)
     return results

@@ -108,8 +108,12 @@ PREFILTER_MAX_IN = 64
 # Schema metadata LanceDB puts on a primary-key column.
 PRIMARY_KEY_MARK = b"lance-schema:unenforced-primary-key:position"
 # Substrings of LanceDB/OS errors that a later attempt may not meet.
-_TRANSIENT_MARKERS = ("conflict", "retry", "too many open files", "no space left", "timed out",
-                      "timeout", "temporarily unavailable", "resource busy", "connection reset")
+# A full or read-only filesystem is one of them: someone frees space or remounts it, and the queued
+# work resumes by itself (the ping says meanwhile what is wrong, which opens an alert).
+_TRANSIENT_MARKERS = ("conflict", "retry", "too many open files", "no space left", "read-only file system",
+                      "timed out", "timeout", "temporarily unavailable", "resource busy", "connection reset")
+# Below this much free space a commit (a data file and a manifest) may not fit: the ping fails.
+MIN_FREE_BYTES = 1 << 20
 # Errors LanceDB and the OS raise from the calls this module makes; anything else is a bug here.
 _LANCE_ERRORS = (OSError, RuntimeError, ValueError, pa.ArrowException)
 
@@ -411,7 +415,26 @@ class LanceVectorStore:
         return IndexStats(dimension=self.dimension, total=self._count())
 
     def ping(self) -> str:
-        return f"LanceDB {lancedb.__version__}, table {self.table_name}, {self._count()} vectors"
+        """Answers when the table reads and its directory can take writes: a disk that is full or
+        read-only fails every write while reads go on, and must not look healthy."""
+        count = self._count()
+        self._check_writable()
+        return f"LanceDB {lancedb.__version__}, table {self.table_name}, {count} vectors"
+
+    def _check_writable(self) -> None:
+        """RetryableStoreError when the directory's filesystem is read-only or has less than
+        MIN_FREE_BYTES left (statvfs: no write is tried, no table version made)."""
+        try:
+            disk = os.statvfs(self.directory)
+        except OSError as exc:
+            raise self._store_error("ping", exc) from exc
+        if disk.f_flag & os.ST_RDONLY:
+            raise RetryableStoreError(f"LanceDB directory {self.directory} is on a read-only file system: "
+                                      "every write fails until it is writable again")
+        free = disk.f_bavail * disk.f_frsize
+        if free < MIN_FREE_BYTES:
+            raise RetryableStoreError(f"LanceDB directory {self.directory} has {free} bytes of disk space "
+                                      "left: writes fail (no space left on device) until space is freed")
 
     # -- upkeep ------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from datetime import time as dtime
 from typing import Any, TypeVar
 
 import neo4j.time
+from django.utils import timezone
 from neo4j import GraphDatabase, ManagedTransaction
 from neo4j.exceptions import (
     AuthError,
@@ -355,13 +356,15 @@ class Neo4jGraphStore:
         """Seconds to add to this machine's clock to read Neo4j's (which stamps updated_at).
 
         Measured against the midpoint of a `datetime()` round trip and kept for `max_age` seconds,
-        so lag is measured on one clock even when this host's clock is off.
+        so lag is measured on one clock even when this host's clock is off. This machine's clock
+        is read as the engine reads it everywhere else, through `django.utils.timezone.now`: the
+        offset is added to that clock's readings, so it is measured against the same one.
         """
         measured = self._clock
         if measured is None or time.monotonic() - measured[0] > max_age:
-            before = datetime.now(UTC)
+            before = timezone.now()
             server = self.server_time()
-            after = datetime.now(UTC)
+            after = timezone.now()
             offset = (server - (before + (after - before) / 2)).total_seconds()
             self._clock = measured = (time.monotonic(), offset)
         return measured[1]
@@ -452,19 +455,23 @@ class Neo4jGraphStore:
 
     def neighbours(self, label: str, uid: str, limit: int = 50) -> list[Metadata]:
         """The nodes one relationship away from (label, uid), for the entity page: relationship
-        type, direction, and the other node's label, uid and name (or title). Nodes without a
-        string uid (no identity to link to) are left out; at most `limit`, by type then uid."""
+        type, direction, and the other node's label, uid and name (or title, or CVE id), with
+        the property it came from (`name_key`: the page shows it only where the policy lets it).
+        Nodes without a string uid (no identity to link to) are left out; at most `limit`, by
+        type then uid."""
         check_label(label)
         cypher = (f"MATCH (n:`{label}` {{uid: $uid}})-[r]-(m) WHERE m.uid IS :: STRING "
+                  "WITH r, n, m, [key IN $keys WHERE m[key] IS NOT NULL][0] AS name_key "
                   "RETURN type(r) AS type, startNode(r) = n AS outgoing, labels(m) AS labels, m.uid AS uid, "
-                  "coalesce(m[$keys[0]], m[$keys[1]], m[$keys[2]]) AS name "
+                  "m[name_key] AS name, name_key "
                   "ORDER BY type, uid LIMIT $limit")
         # Keys as parameters: a key no node has yet (m.cve_id in a graph without KEVs) would make
         # Neo4j log an "unknown property key" notification on every call.
         rows = self._query(cypher, uid=check_uid(uid), limit=_check_limit(limit), keys=["name", "title", "cve_id"])
         return [{"type": row["type"], "outgoing": row["outgoing"], "uid": row["uid"],
                  "label": next((name for name in sorted(row["labels"]) if name != TOMBSTONE), ""),
-                 "name": row["name"] if isinstance(row["name"], str) else None} for row in rows]
+                 "name": row["name"] if isinstance(row["name"], str) else None,
+                 "name_key": row["name_key"]} for row in rows]
 
     def find_by_name(self, labels: Sequence[str], text: str, limit: int = 50) -> list[tuple[str, str]]:
         """(label, uid) of nodes of `labels` whose name or title contains `text` (any case), for

@@ -33,6 +33,14 @@ TRIGGER_NAME = "nightingale_sync"
 # `now` must be in scope. Microseconds because Python datetimes (our cursors) carry no more: a
 # nanosecond stamp would never compare equal to the cursor that was read from it.
 NOW = "datetime.truncate('microsecond', datetime())"
+# The trigger's stamps read the real-time clock when they are computed, not `datetime()` (the
+# statement's start): a stamp must come close before the commit that makes it visible, since
+# capture re-reads only its overlap window behind the cursor, and the trigger runs last in the
+# transaction. With the statement clock, the first write after a Neo4j start (which compiles the
+# trigger: 9 s here) was stamped further back than the overlap and never captured
+# (tests/faults/test_neo4j.py). Our own writes keep NOW (one stamp a statement: a bulk import is a
+# tie) and are queued by the write path itself.
+TRIGGER_NOW = "datetime.truncate('microsecond', datetime.realtime())"
 
 
 def stamp_after(previous: str) -> str:
@@ -160,7 +168,7 @@ CALL (wanted) {{
 // delete. Our own delete_entity has recorded the same tombstone already: keep its stamp.
 CALL (gone, appearing, tombs) {{
   UNWIND [g IN gone WHERE appearing[g.key] IS NULL] AS g
-  WITH g, tombs[g.key] AS t, {NOW} AS now
+  WITH g, tombs[g.key] AS t, {TRIGGER_NOW} AS now
   CALL (g, t, now) {{
     WITH g, t, now WHERE t IS NULL
     CREATE (x:_SyncTombstone {{label: g.label, uid: g.uid, version: g.version}})
@@ -186,7 +194,7 @@ CALL (stamped, tombs, gone, restamped, oldStamp) {{
               {later("v", "x")}) AS tombVersion,
        reduce(v = CASE WHEN restamped[elementId(n)] THEN oldStamp[elementId(n)] ELSE n.updated_at END,
               x IN [t IN superseded | t.updated_at] + [g IN replaced | g.stamp] | {later("v", "x")}) AS previous,
-       {NOW} AS now
+       {TRIGGER_NOW} AS now
   SET n.version = {next_version("n.version", "tombVersion")},
       n.updated_at = {stamp_after("previous")}
   FOREACH (t IN superseded | DELETE t)

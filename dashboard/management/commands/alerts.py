@@ -3,6 +3,7 @@ page does."""
 
 from django.core.management.base import BaseCommand, CommandError
 
+from nightingale.permissions import ACT_ON_SYNC
 from sync.management.cli import acting_user
 from sync.observe import alerting
 
@@ -25,7 +26,7 @@ class Command(BaseCommand):
         if alert is None:
             raise CommandError("say which alert: manage.py alerts acknowledge NUMBER (see: manage.py alerts list)")
         try:
-            acknowledged = alerting.acknowledge(alert, acting_user(user), note=note[:1000])
+            acknowledged = alerting.acknowledge(alert, acting_user(user, needs=ACT_ON_SYNC), note=note[:1000])
         except alerting.NotAcknowledgeable as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"acknowledged alert #{acknowledged.pk} ({acknowledged.rule}) as {acknowledged.acknowledged_name}")

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from dashboard.access import ROLES, assign_role
+from dashboard.user_audit import acting
 from nightingale.env import env_str
 from sync.models import AuditEntry
 
@@ -36,8 +37,9 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError(f"{password_env}: " + " ".join(exc.messages)) from None
         user.set_password(password)
-        user.save()
-        assign_role(user, role)
-        AuditEntry.record("command", "user.create", f"user:{username}", after={"role": role})
+        with acting("command", note="manage.py create_user"):
+            user.save()
+            assign_role(user, role)
+            AuditEntry.record("command", "user.create", f"user:{username}", after={"role": role})
         shown = f" with password {password}" if generated else f" with the password from {password_env}"
         self.stdout.write(f"created {role} {username!r}{shown}")

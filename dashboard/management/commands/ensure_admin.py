@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from dashboard.access import ADMIN, assign_role
+from dashboard.user_audit import acting
 from nightingale.env import env_str
 
 
@@ -24,7 +25,8 @@ class Command(BaseCommand):
         stored = settings.DATA_DIR / "admin-password"
         if User.objects.filter(is_superuser=True).exists():
             for admin in User.objects.filter(is_superuser=True).exclude(groups__name=ADMIN):
-                assign_role(admin, ADMIN)  # superusers made before the roles existed
+                with acting("command", note="manage.py ensure_admin"):
+                    assign_role(admin, ADMIN)  # superusers made before the roles existed
             if not password and stored.exists() and User.objects.filter(username=username).exists():
                 self.stdout.write(f"admin: log in as {username!r}, password in {stored}")
             return
@@ -35,4 +37,5 @@ class Command(BaseCommand):
             self.stdout.write(f"admin: created {username!r} with password {password} (kept in {stored})")
         else:
             self.stdout.write(f"admin: created {username!r} with the password from ADMIN_PASSWORD")
-        assign_role(User.objects.create_superuser(username=username, email="", password=password), ADMIN)
+        with acting("command", note="manage.py ensure_admin"):
+            assign_role(User.objects.create_superuser(username=username, email="", password=password), ADMIN)

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from dashboard.access import ROLES, assign_role, role_of
-from sync.models import AuditEntry
+from dashboard.user_audit import acting
 
 
 class Command(BaseCommand):
@@ -19,6 +19,6 @@ class Command(BaseCommand):
         if user is None:
             raise CommandError(f"there is no user {username!r} (create one with: manage.py create_user {username} --role {role})")
         before = role_of(user)
-        assign_role(user, role)
-        AuditEntry.record("command", "user.role", f"user:{username}", before={"role": before}, after={"role": role})
+        with acting("command", note="manage.py set_role"):  # audited as user.role (dashboard.user_audit)
+            assign_role(user, role)
         self.stdout.write(f"{username} is now {role} (was {before or 'no role'})")

@@ -3,6 +3,7 @@ actions: each conflict is resolved and audited one by one, a stale one skipped a
 
 from django.core.management.base import BaseCommand, CommandError
 
+from nightingale.permissions import ACT_ON_SYNC
 from nightingale.times import BadTime, parse_time
 from sync.conflicts.records import ConflictError
 from sync.conflicts.resolve import bulk
@@ -52,7 +53,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{total} {'conflicts' if all else 'open conflicts'}")
 
     def _apply(self, selection: Filter, action: str, note: str, username: str) -> None:
-        actor = acting_user(username, default="manage.py conflicts")
+        actor = acting_user(username, default="manage.py conflicts", needs=ACT_ON_SYNC)
         try:
             outcome = bulk(selection, action, actor, note)
         except ConflictError as exc:

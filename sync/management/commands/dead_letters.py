@@ -7,6 +7,7 @@ letters that die while it runs. Retries and discards are audited under `--user`.
 
 from django.core.management.base import BaseCommand, CommandError
 
+from nightingale.permissions import ACT_ON_SYNC
 from nightingale.times import BadTime, parse_time
 from sync import deadletters
 from sync.management.cli import acting_user
@@ -48,7 +49,7 @@ class Command(BaseCommand):
             for g in deadletters.groups(selection):
                 self.stdout.write(f"{g.key}  {g.count:6d}  {g.label:<14} {g.fingerprint}")
             return
-        actor = acting_user(user)
+        actor = acting_user(user, needs=ACT_ON_SYNC)
         outcome = (deadletters.retry(selection, actor) if action == "retry"
                    else deadletters.discard(selection, actor, note=note))
         verb = "retried" if action == "retry" else "discarded"

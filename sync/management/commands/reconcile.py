@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from nightingale.permissions import ACT_ON_SYNC
 from sync.management.cli import acting_user
 from sync.models import ReconcileRun
 from sync.reconcile import reconciler as reconcile
@@ -48,7 +49,7 @@ class Command(BaseCommand):
 
     def _queue(self, mode: str, dry_run: bool, username: str) -> None:
         try:
-            run = runs.start_for(acting_user(username), mode, dry_run=dry_run, trigger=ReconcileRun.Trigger.COMMAND)
+            run = runs.start_for(acting_user(username, needs=ACT_ON_SYNC), mode, dry_run=dry_run, trigger=ReconcileRun.Trigger.COMMAND)
         except runs.NotStarted as exc:
             raise CommandError(f"not started: {exc}") from None
         self.stdout.write(f"queued {mode} reconciliation #{run.pk}{' (dry run)' if dry_run else ''}; "

@@ -2,7 +2,9 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from nightingale.permissions import ACT_ON_SYNC
 from sync import ids, resync
+from sync.management.cli import acting_user
 from sync.models import Priority
 
 
@@ -16,9 +18,11 @@ class Command(BaseCommand):
         target.add_argument("--label", action="append", help="a label (repeatable)")
         target.add_argument("--all", action="store_true", help="every synced label")
         parser.add_argument("--priority", choices=Priority.labels, default=Priority.LOW.label)
-        parser.add_argument("--user", default="command", help="who to audit the resync as")
+        parser.add_argument("--user", default="", help="the user the audit trail names (an analyst or admin; "
+                                                        "default: 'command')")
 
     def handle(self, *args, entity, label, all, priority, user, **options):
+        actor = acting_user(user, needs=ACT_ON_SYNC)
         if entity:
             try:
                 name, uid = ids.parse_entity_key(entity)
@@ -34,7 +38,7 @@ class Command(BaseCommand):
                 shown = resync.preview(scope)
                 self.stdout.write(f"{scope.describe()}: {shown.entities} entities, {shown.embed} to embed, "
                                   f"{shown.metadata_only} metadata-only, {priority.upper()} lane")
-                done = resync.start(scope, actor=user, priority=priority, background=False)
+                done = resync.start(scope, actor=actor, priority=priority, background=False)
                 self.stdout.write(f"queued {done['queued']} {scope.target}")
         except resync.NotResynced as exc:
             raise CommandError(str(exc)) from exc

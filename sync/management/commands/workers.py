@@ -1,5 +1,8 @@
 """Run the django-q2 cluster (the workers) in the foreground, stopping cleanly on SIGTERM."""
 
+import subprocess
+import sys
+
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -12,7 +15,22 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018 — django-q2 signs tasks with it: fail here, not in a worker
-        cluster = CleanCluster()
-        cluster.start()
-        # The main process returns here; multiprocessing's exit handler then waits for the
-        # sentinel, and CleanCluster.sig_handler stops it on SIGTERM or Ctrl-C.
+        # SYNC_TRANSPORT=kafka: a consumer of the group (manage.py consume) beside the cluster, whose
+        # capture publishes the changes; it gets the same SIGTERM (bin/serve signals the group).
+        consume = None
+        if settings.SYNC_TRANSPORT == "kafka":
+            consume = subprocess.Popen([sys.executable, str(settings.BASE_DIR / "manage.py"), "consume"])
+        try:
+            # Runs until stopped (CleanCluster.sig_handler, on SIGTERM or Ctrl-C), starting its
+            # processes again when one of them dies; exits 1 when that keeps happening.
+            status = CleanCluster().run()
+        finally:
+            if consume is not None:
+                if consume.poll() is None:
+                    consume.terminate()  # hands its batch back uncommitted and leaves the group
+                try:
+                    consume.wait(30)
+                except subprocess.TimeoutExpired:
+                    consume.kill()
+        if status:
+            raise SystemExit(status)

@@ -1,0 +1,286 @@
+"""Apache Kafka as the transport of changes (SYNC_TRANSPORT=kafka): topics, events, the producer.
+
+Topics: one per priority, `<KAFKA_TOPIC_PREFIX>.high`, `.medium` and `.low` (default prefix
+`neo4j-changes`), plus `<prefix>.dlq` for the dead letters. A topic per priority rather than one
+topic with the priority in a header, because a consumer can then pause the lower topics' partitions
+while HIGH has lag (a header is only seen after a message is fetched: a backlog of LOW would sit in
+front of a KEV entry in its partition), and lag is read per priority from the broker alone. A
+label's priority is fixed by the sync policy, so every change of one entity lands in the same
+topic and, keyed by `Label:uid` (`sync.ids.entity_key`: the business key, which survives a
+restore where Neo4j's element ids do not), in the same partition: per-key order is kept. Work
+queued at a raised priority (a resync, a search repair) may take another topic; applying always
+reads the graph's current state and the version guard refuses older-over-newer, so that order
+does not matter.
+
+Each message's value is a JSON change event shaped like Neo4j's CDC events (`id`, `txId`, `seq`,
+`metadata.txCommitTime` on Neo4j's clock, `event` with `eventType` "n", `operation` c/u/d, `labels`,
+`keys`, `state`), plus the fields our apply path reads (`event.version`, `event.priority`,
+`metadata.source`). Capture reads versions, not property diffs, so `event.changed` is empty
+(`null`) unless the producer knows the names.
+
+The producer is idempotent (`enable.idempotence`, which implies `acks=all`). `publish` returns only
+once the broker has acknowledged every event, and raises `RetryableStoreError` otherwise: change
+capture advances its cursor only after `publish` returns, so a broker outage never loses a change
+(capture waits, records why on the cursor, and publishes again on its next poll).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+
+from sync import ids
+from sync.models import Priority
+from sync.stores.base import RetryableStoreError
+
+log = logging.getLogger(__name__)
+
+# librdkafka's own log lines (every refused connection while a broker is down, at ERROR level):
+# what matters surfaces as a failed delivery or an exception with its reason, so only its
+# critical lines are kept.
+LIBRDKAFKA_LOG = logging.getLogger("sync.transport.librdkafka")
+LIBRDKAFKA_LOG.setLevel(logging.CRITICAL)
+_lock = threading.Lock()
+_producer = None
+_ensured: set[str] = set()
+
+
+def client_config() -> dict:
+    """librdkafka settings shared by producer, consumer and admin client (security passed through)."""
+    config = {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "security.protocol": settings.KAFKA_SECURITY_PROTOCOL,
+        "client.id": "nightingale-sync",
+        "logger": LIBRDKAFKA_LOG,  # not librdkafka's own stderr lines
+    }
+    if settings.KAFKA_SECURITY_PROTOCOL.startswith("SASL"):
+        config["sasl.mechanism"] = settings.KAFKA_SASL_MECHANISM
+        if settings.KAFKA_SASL_USERNAME:
+            config["sasl.username"] = settings.KAFKA_SASL_USERNAME
+            config["sasl.password"] = settings.KAFKA_SASL_PASSWORD
+    for key, name in (("ssl.ca.location", "KAFKA_SSL_CA_LOCATION"),
+                      ("ssl.certificate.location", "KAFKA_SSL_CERTIFICATE_LOCATION"),
+                      ("ssl.key.location", "KAFKA_SSL_KEY_LOCATION")):
+        if getattr(settings, name):
+            config[key] = getattr(settings, name)
+    return config
+
+
+def topic_for(priority: int) -> str:
+    return f"{settings.KAFKA_TOPIC_PREFIX}.{Priority(priority).label}"
+
+
+def change_topics() -> list[str]:
+    """The change topics, HIGH first."""
+    return [topic_for(p) for p in sorted(Priority)]
+
+
+def dlq_topic() -> str:
+    return f"{settings.KAFKA_TOPIC_PREFIX}.dlq"
+
+
+def ensure_topics(timeout: float = 15.0) -> None:
+    """Create the change topics and the dead-letter topic where missing (once per process)."""
+    wanted = [*change_topics(), dlq_topic()]
+    if all(name in _ensured for name in wanted):
+        return
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(client_config())
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            futures = admin.create_topics(
+                [NewTopic(name, num_partitions=settings.KAFKA_PARTITIONS,
+                          replication_factor=settings.KAFKA_REPLICATION_FACTOR) for name in missing],
+                request_timeout=timeout)
+            for name, future in futures.items():
+                try:
+                    future.result(timeout)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise
+                log.info("created Kafka topic %s (%d partitions)", name, settings.KAFKA_PARTITIONS)
+    except KafkaException as exc:
+        raise RetryableStoreError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {exc}") from exc
+    _ensured.update(wanted)
+
+
+def producer():
+    """The process's idempotent producer (thread-safe; made on first use)."""
+    global _producer
+    with _lock:
+        if _producer is None:
+            from confluent_kafka import Producer
+
+            _producer = Producer({
+                **client_config(),
+                "enable.idempotence": True,  # implies acks=all and ordered, de-duplicated retries
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "message.timeout.ms": int(settings.KAFKA_PUBLISH_TIMEOUT * 1000),
+            })
+        return _producer
+
+
+def _drop_producer() -> None:
+    global _producer
+    with _lock:
+        _producer = None
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else None
+
+
+def encode(work) -> bytes:
+    """A change event for `work` (a `sync.queue.Work`), shaped like a Neo4j CDC event."""
+    deleted = work.operation == "delete"
+    operation = "d" if deleted else ("c" if work.version == 1 else "u")
+    return json.dumps({
+        "id": uuid.uuid4().hex,
+        "txId": None,
+        "seq": 0,
+        "metadata": {"txCommitTime": _iso(work.changed_at), "source": work.source, "executingUser": None},
+        "event": {
+            "elementId": None,  # Neo4j's element ids change after a restore: the key is label + uid
+            "eventType": "n",
+            "operation": operation,
+            "labels": [work.label],
+            "keys": {work.label: [{"uid": work.uid}]},
+            "version": work.version,
+            "priority": Priority(work.priority).label,
+            "changed": None,
+            "state": {"before": None, "after": None},
+        },
+    }, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    label: str
+    uid: str
+    operation: str  # "upsert" | "delete"
+    version: int | None
+    priority: int
+    changed_at: datetime | None
+    source: str
+
+
+def decode(value: bytes | None) -> Decoded:
+    """The work a change event asks for; ValueError when it is not one of ours."""
+    try:
+        data = json.loads(value or b"")
+        event = data["event"]
+        label = event["labels"][0]
+        uid = event["keys"][label][0]["uid"]
+        ids.check_key(label, uid)
+        version = event.get("version")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise ValueError(f"version must be a whole number, not {version!r}")
+        changed = (data.get("metadata") or {}).get("txCommitTime")
+        return Decoded(
+            label=label, uid=uid, operation="delete" if event["operation"] == "d" else "upsert",
+            version=version, priority=Priority.from_label(event.get("priority") or "medium"),
+            changed_at=datetime.fromisoformat(changed) if changed else None,
+            source=str((data.get("metadata") or {}).get("source") or "kafka")[:32],
+        )
+    except (KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a change event: {type(exc).__name__}: {exc}") from None
+
+
+def publish(works: Iterable) -> int:
+    """Publish one event per work and wait until the broker has acknowledged them all.
+
+    Raises RetryableStoreError when any is not acknowledged within KAFKA_PUBLISH_TIMEOUT (the
+    caller keeps its cursor; events that did get through are published again then, which the
+    consumer coalesces and the version guard makes harmless)."""
+    works = list(works)
+    if not works:
+        return 0
+    ensure_topics()
+    sender = producer()
+    errors: list = []
+
+    def delivered(error, message) -> None:
+        if error is not None:
+            errors.append(error)
+
+    for work in works:
+        while True:
+            try:
+                sender.produce(topic_for(work.priority), key=ids.entity_key(work.label, work.uid).encode(),
+                               value=encode(work), on_delivery=delivered)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                sender.poll(0.2)
+    remaining = sender.flush(settings.KAFKA_PUBLISH_TIMEOUT + 5)
+    if errors or remaining:
+        if any(getattr(error, "fatal", lambda: False)() for error in errors):
+            _drop_producer()  # an idempotent producer's fatal error: the next publish starts a new one
+        reason = errors[0].str() if errors else "no acknowledgement in time"
+        raise RetryableStoreError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS} did not acknowledge "
+                                  f"{max(len(errors), remaining)} of {len(works)} events: {reason}")
+    return len(works)
+
+
+def publish_dead(key: bytes | None, value: bytes | None, *, error: str, attempts: int, topic: str,
+                 partition: int, offset: int) -> None:
+    """Copy a message that failed for good to the dead-letter topic, the error and attempts in
+    headers; raises RetryableStoreError unless the broker acknowledged it."""
+    ensure_topics()
+    sender = producer()
+    errors: list = []
+    headers = [("error", error[:2000].encode()), ("attempts", str(attempts).encode()),
+               ("topic", topic.encode()), ("partition", str(partition).encode()), ("offset", str(offset).encode())]
+    sender.produce(dlq_topic(), key=key, value=value, headers=headers,
+                   on_delivery=lambda err, msg: errors.append(err) if err is not None else None)
+    if sender.flush(settings.KAFKA_PUBLISH_TIMEOUT + 5) or errors:
+        raise RetryableStoreError(f"Kafka did not acknowledge a dead letter: {errors[0] if errors else 'timeout'}")
+
+
+@dataclass
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None  # the group's committed offset (None: nothing committed yet)
+    high: int  # the high watermark: the offset the next event will get
+    low: int
+
+    @property
+    def lag(self) -> int:
+        start = self.committed if self.committed is not None and self.committed >= 0 else self.low
+        return max(0, self.high - start)
+
+
+def lag(timeout: float = 10.0) -> list[PartitionLag]:
+    """Consumer-group lag per change topic and partition (committed offset vs high watermark)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({**client_config(), "group.id": settings.KAFKA_GROUP_ID, "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = [TopicPartition(name, p) for name in change_topics() if name in metadata.topics
+                      for p in sorted(metadata.topics[name].partitions)]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
+        rows = []
+        for tp in partitions:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            offset = committed.get((tp.topic, tp.partition))
+            rows.append(PartitionLag(tp.topic, tp.partition, offset if offset is not None and offset >= 0 else None,
+                                     high, low))
+        return rows
+    except KafkaException as exc:
+        raise RetryableStoreError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {exc}") from exc
+    finally:
+        consumer.close()
