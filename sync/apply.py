@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from sync import ids, queue, shutdown
@@ -152,7 +152,7 @@ def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None,
         stoppable = False  # noqa: F841 — applied: a stop from here on is only recorded
     except BaseException as exc:
         _release_interrupted(events, timed_out=isinstance(exc, SystemExit),
-                             database_failed=isinstance(exc, DatabaseError))
+                             database_failed=isinstance(exc, queue.DATABASE_UNAVAILABLE))
         raise
     counts.seconds = time.monotonic() - started
     return counts
@@ -175,7 +175,7 @@ def apply_now(entity: Entity, *, worker: str | None = None) -> str:
         _apply(plans, counts, embed_limit=None, chunk_limit=None, read_graph=False)
     except BaseException as exc:
         _release_interrupted([event], timed_out=isinstance(exc, SystemExit),
-                             database_failed=isinstance(exc, DatabaseError))
+                             database_failed=isinstance(exc, queue.DATABASE_UNAVAILABLE))
         raise
     plan = plans[entity.key]
     if plan.cause is not None and not isinstance(plan.cause, StoreError):
@@ -216,7 +216,8 @@ def _apply(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts, *, embed_li
             plan.error, plan.cause = f"{type(exc).__name__}: {exc}", exc
             plan.permanent = isinstance(exc, StoreError) and not exc.retryable
             plan.retry_after = getattr(exc, "retry_after", None)
-        kind = "store" if isinstance(exc, StoreError) else "database" if isinstance(exc, DatabaseError) else "bug"
+        kind = ("store" if isinstance(exc, StoreError)
+                else "database" if isinstance(exc, queue.DATABASE_UNAVAILABLE) else "bug")
         SYNC_ERRORS.labels(kind).inc()
         if kind == "bug":
             log.exception("batch of %d entities failed unexpectedly", len(plans))

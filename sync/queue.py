@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, Exists, F, Min, OuterRef, Q
 from django.dispatch import Signal
 from django.utils import timezone
@@ -225,6 +225,11 @@ def _locked(queryset):
     if connection.features.has_select_for_update_skip_locked:
         return queryset.select_for_update(skip_locked=True)
     return queryset
+
+
+# The database could not be reached, or was busy past its timeout (SQLite locked, PostgreSQL
+# restarting): a later try may work. Data errors (IntegrityError, ...) are not among them.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 def reconnect_if_broken() -> None:

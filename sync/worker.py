@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
 from django.db.models import Min
 from django.utils import timezone
 
@@ -135,7 +135,7 @@ def drain(*, max_seconds: float | None = None, idle_exit: float | None = 0.0, fl
                     failures = 0
                     close_old_connections()
                     continue
-        except DatabaseError as exc:
+        except queue.DATABASE_UNAVAILABLE as exc:
             # SQLite locked past its busy timeout, PostgreSQL restarting: nothing was claimed, or
             # the batch went back to the queue (sync.apply). The worker goes on, on a new
             # connection if this one broke, rather than ending with its queue half applied.

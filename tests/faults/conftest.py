@@ -11,9 +11,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from sync.stores import graph_store, use_graph_store
-from tests.faults.servers import Neo4jServer
-
-TRIGGER_WAIT = 30.0
+from tests.faults.servers import TRIGGER_WAIT, Neo4jServer
 
 
 def prepare(store) -> None:
@@ -46,8 +44,7 @@ def fault_graph(own_neo4j, settings):
     """An empty graph on the suite's Neo4j, installed as the process's graph store."""
     store = own_neo4j.store()
     if own_neo4j.pid is None:  # a case that failed while the server was down
-        own_neo4j.start()
-        assert store.wait_for_triggers(TRIGGER_WAIT)
+        own_neo4j.start(store)
     with store.driver.session(database=store.database) as session:
         session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
         session.run("MATCH (t:_SyncTombstone) DELETE t").consume()
@@ -59,7 +56,6 @@ def fault_graph(own_neo4j, settings):
     use_graph_store(shared)
     with contextlib.suppress(Exception):
         store.close()
-
 
 
 def pytest_collection_modifyitems(items):

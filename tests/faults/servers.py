@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 NEO4J_PASSWORD = "faults-neo4j-test"
+TRIGGER_WAIT = 30.0  # seconds for a started Neo4j to load the APOC trigger it stores
 
 
 def free_port() -> int:
@@ -75,8 +76,11 @@ class Neo4jServer:
         except (OSError, ValueError):
             return None
 
-    def start(self) -> None:
+    def start(self, graph=None) -> None:
+        """Start the server; with `graph` (a store on it), wait until it runs the APOC trigger too."""
         self._ctl("start")
+        if graph is not None:
+            assert graph.wait_for_triggers(TRIGGER_WAIT), "the APOC trigger did not load"
 
     def stop(self) -> None:
         self._ctl("stop")

@@ -11,7 +11,8 @@ from sync.models import SyncEvent
 from sync.queue import claim_batch
 from tests.consistency import assert_index_matches_graph
 from tests.faults.inject import app_clock_skewed
-from tests.faults.work import create_actors, cypher, poll, settle, wait_until
+from tests.faults.servers import wait_until
+from tests.faults.work import create_actors, cypher, poll, settle
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 OVERLAP = 5.0

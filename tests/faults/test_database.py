@@ -19,8 +19,8 @@ from sync.observe.counters import counter_totals
 from sync.stores import use_vector_store
 from tests.consistency import ErrorCounted, assert_index_matches_graph
 from tests.faults.inject import BeforeFirstWrite
-from tests.faults.servers import PostgresServer
-from tests.faults.work import create_actors, edit_actor, poll, wait_until
+from tests.faults.servers import PostgresServer, wait_until
+from tests.faults.work import create_actors, edit_actor, poll
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -10,7 +10,6 @@ from django.db import connections
 from sync import capture, worker
 from sync.models import SyncEvent
 from sync.observe import observer
-from tests.faults.servers import wait_until  # noqa: F401 — the cases wait with it too
 
 UNFINISHED = [SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT]
 POLLER = "faults-poller"  # every poll of the suite holds the cursor's lease under this one name
