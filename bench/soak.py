@@ -33,7 +33,8 @@ a full reconciliation (a dry run: it repairs nothing) must find zero drift, and 
 equal the graph (tests/consistency.py, read from both live stores). It prints the events
 processed, lag p50/p95/max per priority (Neo4j's clock), dead letters and whether the retry
 completed them, alerts opened and resolved, the errors counted by kind (from /metrics), and RSS
-and open file descriptors of every process at the start and the end (with growth per hour).
+and open file descriptors of every process a minute after it started and at the end (with growth
+per hour; a restarted process's figures start with it).
 Exit status 0 when there is no drift and nothing was lost, 1 otherwise.
 
 Every wait is bounded in time, every loop in count; nothing listens beyond 127.0.0.1.
@@ -68,6 +69,7 @@ METRICS_TOKEN = "soak-metrics-token-0123456789"
 STOP_SECONDS = 40  # SIGTERM to a process group, then SIGKILL
 SETTLE_SECONDS = 150  # at most, for the queue to drain at the end
 LOAD_THREADS = 3
+BASELINE_AFTER = 60.0  # seconds after a process is first seen: its RSS baseline
 
 
 def log(message: str) -> None:
@@ -128,9 +130,15 @@ class Faults:
 
 
 @dataclass
-class Snapshot:
-    at: float
-    processes: dict[str, tuple[int, float | None, int | None]]  # name -> (pid, RSS MB, open fds)
+class Watched:
+    """One process as the soak saw it: when first, its baseline a minute later (the model loaded,
+    the caches filled) and its last sample — RSS MB and open file descriptors."""
+
+    name: str
+    first_seen: float
+    baseline: tuple[float, float, int] | None = None  # (at, RSS, fds)
+    last: tuple[float, float, int] | None = None
+    ended: bool = False
 
 
 class Soak:
@@ -144,6 +152,7 @@ class Soak:
         self.web_port = free_port()
         self.faults = Faults()
         self.probes: dict[str, dict[int, int]] = {"/healthz": {}, "/readyz": {}, "/metrics": {}}
+        self.watched: dict[int, Watched] = {}
         self._stop_probing = threading.Event()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -281,13 +290,29 @@ class Soak:
         found.update(self.cluster_processes())
         return found
 
-    def snapshot(self) -> Snapshot:
-        return Snapshot(time.monotonic(), {name: (pid, rss_mb(pid), open_fds(pid))
-                                           for name, pid in self.processes().items()})
+    def sample(self) -> None:
+        """Every process's RSS and open descriptors now; a process not there any more has ended."""
+        now = time.monotonic()
+        alive = {pid: name for name, pid in self.processes().items()}
+        for pid, watched in self.watched.items():
+            if pid not in alive:
+                watched.ended = True
+        for pid, name in alive.items():
+            rss, fds = rss_mb(pid), open_fds(pid)
+            if rss is None or fds is None:
+                continue
+            watched = self.watched.setdefault(pid, Watched(name, now))
+            if watched.baseline is None and now - watched.first_seen >= BASELINE_AFTER:
+                watched.baseline = (now, rss, fds)
+            watched.last = (now, rss, fds)
 
     def probe(self) -> None:
         """The web server, asked every 5 s while the soak runs: status codes counted per path."""
-        while not self._stop_probing.wait(5):
+        for n in range(10_000_000):
+            if self._stop_probing.wait(5):
+                break
+            if n % 3 == 0:
+                self.sample()
             for path in self.probes:
                 request = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}",
                                                  headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
@@ -338,22 +363,6 @@ class Soak:
         from sync.models import SyncEvent
 
         return not SyncEvent.objects.filter(status__in=["queued", "in_flight"]).exists()
-
-    def warm_up(self) -> None:
-        """Once the seed graph is synced (the model loaded, every process at work), the first
-        snapshot of the processes; the load does not wait for it."""
-        from django.db import connections
-
-        from sync.models import SyncRecord
-
-        try:
-            seeded = self.args.entities
-            if self.wait(lambda: SyncRecord.objects.exclude(status="failed").count() >= seeded * 0.9,
-                         "the seed graph to be synced", 240):
-                self.first = self.snapshot()
-                log(f"warm: the seed graph is synced; first snapshot of {len(self.first.processes)} processes")
-        finally:
-            connections.close_all()
 
     def schedule(self, seconds: float) -> list[tuple[float, str]]:
         """When each fault comes: once per cycle, each in its own third of it (order shuffled)."""
@@ -466,18 +475,15 @@ class Soak:
 
     def run(self) -> int:
         self.setup()
-        prober = threading.Thread(target=self.probe, name="probe", daemon=True)
-        prober.start()
+        self.prober = threading.Thread(target=self.probe, name="probe", daemon=True)
+        self.prober.start()
         from django.utils import timezone
 
         from sync.models import SyncEvent
 
         began = timezone.now()
-        self.first = self.snapshot()
-        threading.Thread(target=self.warm_up, name="warm-up", daemon=True).start()
         counts, elapsed = self.load(self.args.minutes * 60)
         self.elapsed = elapsed
-        first = self.first
         log(f"load done in {elapsed:.0f} s: {counts.text_edits} text edits, {counts.metadata_edits} metadata edits, "
             f"{counts.kevs} new KEVs, {counts.deletes} deletes, {counts.recreates} re-creates, "
             f"{counts.disputes} disputes, {len(counts.errors)} writes refused")
@@ -491,18 +497,19 @@ class Soak:
             retry_dead(dead, "soak")
             self.wait(self.settled, "the retried dead letters", SETTLE_SECONDS)
             retried_ok = not SyncEvent.objects.filter(id__in=dead, status="dead").exists() and self.settled()
-        last = self.snapshot()
         self._stop_probing.set()
+        self.prober.join(timeout=30)
+        self.sample()
         try:
             exposition = self.metrics()
         except OSError as exc:
             exposition = ""
             log(f"/metrics did not answer: {exc}")
-        return self.report(began, first, last, counts, dead, retried_ok, exposition)
+        return self.report(began, counts, dead, retried_ok, exposition)
 
     # -- the verdict ----------------------------------------------------------------------------
 
-    def report(self, began, first: Snapshot, last: Snapshot, counts, dead, retried_ok, exposition: str) -> int:
+    def report(self, began, counts, dead, retried_ok, exposition: str) -> int:
         from django.db.models import Count
 
         from sync.models import ReconcileRun, SyncEvent
@@ -543,16 +550,18 @@ class Soak:
         counted = ", ".join(f"{k} {v:g}" for k, v in sorted(errors.items()) if v)
         print(f"errors counted (/metrics): {counted or ('none' if errors else 'no answer from /metrics')}")
         print("web probes: " + "; ".join(f"{path} {dict(sorted(codes.items()))}" for path, codes in self.probes.items()))
-        hours = max(last.at - first.at, 1.0) / 3600
-        print(f"processes (RSS MB, open fds) at the start and the end, {hours * 60:.1f} min apart:")
-        for name in sorted(set(first.processes) | set(last.processes)):
-            pid0, rss0, fd0 = first.processes.get(name, (None, None, None))
-            pid1, rss1, fd1 = last.processes.get(name, (None, None, None))
-            if pid0 is not None and pid0 == pid1 and rss0 is not None and rss1 is not None:
-                growth = f"{(rss1 - rss0) / hours:+.0f} MB/h"
-            else:
-                growth = "restarted" if pid0 and pid1 else "-"
-            print(f"  {name:28} {_num(rss0):>7} -> {_num(rss1):>7} MB  {growth:>12}   fds {fd0 or '-'} -> {fd1 or '-'}")
+        print(f"processes: RSS (MB) and open file descriptors {BASELINE_AFTER:.0f} s after each was first seen "
+              "and at the end, with the growth per hour (over at least 2 minutes):")
+        for pid, seen in sorted(self.watched.items(), key=lambda item: (item[1].ended, item[1].name)):
+            if seen.ended:
+                continue
+            base, last = seen.baseline or seen.last, seen.last
+            minutes = (last[0] - base[0]) / 60
+            growth = f"{(last[1] - base[1]) / minutes * 60:+.0f} MB/h" if minutes >= 2 else "-"
+            print(f"  {seen.name:26} pid {pid:<7} {base[1]:6.0f} -> {last[1]:6.0f} MB over {minutes:4.1f} min "
+                  f"{growth:>11}   fds {base[2]} -> {last[2]}")
+        ended = [f"{seen.name} {pid}" for pid, seen in self.watched.items() if seen.ended]
+        print(f"  ended during the run (killed, or restarted with the cluster): {', '.join(ended) or 'none'}")
         lost = equal.missing + equal.wrong + list(equal.unfinished)
         repairs = ReconcileRun.objects.filter(started_at__gte=began, dry_run=False)
         print(f"scheduled reconciliations during the load: {repairs.count()}, drift found "
@@ -583,10 +592,6 @@ def _summed(dicts) -> dict:
         for kind, n in (found or {}).items():
             total[kind] = total.get(kind, 0) + n
     return total
-
-
-def _num(value) -> str:
-    return "-" if value is None else f"{value:.0f}"
 
 
 def parse(argv=None) -> argparse.Namespace:

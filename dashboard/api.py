@@ -114,10 +114,10 @@ def body(request, fields: dict[str, type | tuple[type, ...]], required: tuple[st
     unfit = _unfit(data, MAX_DEPTH)
     if unfit:
         raise ApiError(400, unfit)
-    unknown = sorted(set(data) - set(fields))
+    unknown = [name[:64] for name in sorted(set(data) - set(fields))]
     if unknown:
-        raise ApiError(400, f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(u[:64] for u in unknown[:10])}; "
-                            f"this endpoint takes {', '.join(fields) or 'no fields'}", field=unknown[0][:64])
+        raise ApiError(400, f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:10])}; "
+                            f"this endpoint takes {', '.join(fields) or 'no fields'}", field=unknown[0])
     data = {name: value for name, value in data.items() if value is not None}  # null: not given
     for name, kind in fields.items():
         if name not in data:

@@ -103,7 +103,9 @@ def _redeliver(signum: int) -> None:
         _redelivering.clear()
         os.kill(os.getpid(), signum)
 
-    threading.Timer(REDELIVER_SECONDS, again).start()
+    timer = threading.Timer(REDELIVER_SECONDS, again)
+    timer.daemon = True
+    timer.start()
 
 
 def install() -> None:

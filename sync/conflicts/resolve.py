@@ -83,8 +83,9 @@ def resolve(conflict_id: int, *, choice: str, actor, note: str = "",
             # vector that is ahead) and let the normal path rebuild them.
             _drop_vectors(conflict.label, conflict.uid)
         if changes:
-            version = write_entity(conflict.label, conflict.uid, changes, source=source,
-                                   expected_version=entity.version, actor=username, apply_rules=False).entity.version
+            written = write_entity(conflict.label, conflict.uid, changes, source=source,
+                                   expected_version=entity.version, actor=username, apply_rules=False)
+            version = written.entity.version
         elif conflict.kind in STORE_KINDS:
             enqueue_entity(entity, source="resolution")
         recorded = _record(conflict, choice=choice, values=values, actor=actor, note=note)

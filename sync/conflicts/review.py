@@ -280,7 +280,8 @@ def review(conflict: Conflict, *, choices: dict[str, str] | None = None, edits: 
                        _as_json(left) != _as_json(right), name in embedded)
         if isinstance(left, str) and isinstance(right, str) and max(len(left), len(right)) >= WORD_DIFF_MIN_CHARS:
             row.left_diff, row.right_diff = word_diff(left, right)
-        if seen is not None and name in seen and _as_json(seen[name]) != _as_json(shown_value(conflict.label, name, left)):
+        shown_left = shown_value(conflict.label, name, left)  # what the page showed the analyst
+        if seen is not None and name in seen and _as_json(seen[name]) != _as_json(shown_left):
             row.moved = True
         elif choices.get(name) in SIDES:
             row.choice, row.edit = choices[name], edits.get(name, "")
