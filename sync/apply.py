@@ -294,7 +294,10 @@ class _LeaseKeeper:
                     renewed = queue.extend_lease(self.events)
                 except Exception as exc:  # noqa: BLE001 — the lease outlives a few failed renewals
                     log.warning("could not renew the lease of a batch of %d events: %s", len(self.events), exc)
-                    queue.reconnect_if_broken()  # PostgreSQL restarted: the next renewal reconnects
+                    try:  # PostgreSQL restarted: the next renewal reconnects
+                        queue.reconnect_if_broken()
+                    except Exception as closing:  # noqa: BLE001 — a broken connection may fail to close
+                        log.warning("could not drop the lease keeper's broken connection: %s", closing)
                     continue
                 if renewed < len(self.events):
                     log.warning("%d of %d events of this batch are no longer ours (lease expired); "

@@ -150,7 +150,12 @@ def test_postgresql_restarted_in_the_middle_of_a_batch(fault_graph, own_neo4j, o
     own_postgres.restart()
     out, _ = drain.communicate(timeout=300)
     assert drain.returncode == 0, out[-5000:]
-    assert "terminating connection due to administrator command" in out and database_errors() > errors, out[-5000:]
+    # What the worker meets depends on where the restart finds it: a connection terminated under it,
+    # one refused while the server is down, or one closed before it could answer.
+    seen = ("terminating connection due to administrator command", "Connection refused",
+            "server closed the connection", "the database system is shutting down",
+            "the database system is starting up")
+    assert any(message in out for message in seen) and database_errors() > errors, out[-5000:]
     with psycopg.connect(own_postgres.url.replace("postgres://", "postgresql://")) as pg:
         assert pg.execute("SELECT status, max(attempts) FROM sync_syncevent GROUP BY status").fetchall() \
             in ([("done", 1)], [("done", 2)])
