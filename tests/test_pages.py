@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from dashboard.access import ROLES, VIEWER
 from sync import deadletters
+from sync.ingest import tokens
 from sync.models import AuditEntry, Conflict, ReconcileRun, SyncEvent, SyncRecord
 from sync.observe.models import Alert
 
@@ -184,7 +185,7 @@ def test_pages_escape_hostile_text_keep_the_policy_and_show_no_secret(client, ho
 
     for key, value in SECRETS.items():
         setattr(settings, key, value)
-    settings.INGEST_API_TOKENS = ["ingest-token-never-shown"]
+    ingest_token = tokens.create("page-feed", ["page-feed"], ["ThreatActor"])[1]
     user = make_user(f"someone-{role}", role)
     client.force_login(user)
     response = client.get(url_for(name, hostile))
@@ -196,7 +197,7 @@ def test_pages_escape_hostile_text_keep_the_policy_and_show_no_secret(client, ho
     page = (b"".join(response.streaming_content) if response.streaming else response.content).decode()
     html = response["Content-Type"].startswith("text/html")  # a CSV export holds the text as it is
     assert not html or (PAYLOAD not in page and "<script>alert" not in page and "<img src=x" not in page)
-    for secret in [*SECRETS.values(), "ingest-token-never-shown"]:
+    for secret in [*SECRETS.values(), ingest_token]:
         assert secret not in page, f"{name} shows {secret}"
     assert not html or inline_code(page) == [], f"{name}: the Content-Security-Policy would refuse these"
     policy = response.get("Content-Security-Policy", "")

@@ -25,7 +25,7 @@ from sync.stores.base import VectorRecord
 pytestmark = pytest.mark.django_db
 
 # Names the old guard (is_sensitive_key) let through, holding what they say.
-SENSITIVE = {"amount": 125000, "value": 98000.5, "price": 40, "balance": -312.75, "mobile": "+44 7700 900123",
+SENSITIVE = {"amount": 125000, "value": 98000.5, "price": 7331.25, "balance": -312.75, "mobile": "+44 7700 900123",
              "dob": "1984-03-09", "tax_id": "GB123456789", "account_number": "31926819", "stage": "negotiation",
              "currency": "EUR", "full_name": "Jane Roe", "job_title": "CISO", "internal_memo": "renewal at risk"}
 MARKERS = [str(v) for v in SENSITIVE.values()]
@@ -132,6 +132,33 @@ def test_a_conflict_on_a_withheld_field_shows_neither_side(client, analyst_user,
     assert response.status_code == 409
     assert response.json()["graph_side"] == {"amount": "withheld by policy"}
     assert "130000" not in response.content.decode()
+
+
+def test_the_admin_site_and_the_conflicts_command_withhold_what_the_dashboard_does(client, admin_user):
+    # The admin role reaches Django's admin site: its read-only engine pages show a node's values
+    # through the same allow-list, and so does `manage.py conflicts` (nothing revealed elsewhere).
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    conflict = Conflict.objects.create(kind="prospect_metadata", label="Prospect", uid="acme", graph_version=1,
+                                       graph_side={"revenue": 125000, "sector": "energy"},
+                                       other_side={"revenue": 98000.5, "sector": "utilities"},
+                                       proposal={"revenue": 98000.5}, resolved_values={"revenue": 98000.5})
+    entry = AuditEntry.record("rules", "conflict.auto_resolve", "Prospect:acme", before={"revenue": 125000},
+                              after={"revenue": 98000.5, "sector": "utilities"}, note="most_recent")
+    client.force_login(admin_user)
+    pages = {where: client.get(url) for where, url in (
+        ("conflict", f"/admin/sync/conflict/{conflict.pk}/change/"),
+        ("audit entry", f"/admin/sync/auditentry/{entry.pk}/change/"))}
+    listing = StringIO()
+    call_command("conflicts", "--all", stdout=listing)
+    for where, response in pages.items():
+        assert response.status_code == 200, where
+        page = response.content.decode()
+        assert shows_none(page, ["125000", "98000.5"]) == [] and "withheld by policy" in page, where
+        assert "utilities" in page, where  # a prospect's sector is the policy's to show
+    assert shows_none(listing.getvalue(), ["125000", "98000.5"]) == [] and "utilities" in listing.getvalue()
 
 
 def test_a_never_synced_vector_found_by_search_shows_no_text_or_name(viewer_client, graph, vectors):

@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dashboard import tokens
+from sync.ingest import tokens as ingest_tokens
 from sync.models import AuditEntry, Conflict, ReconcileRun, SyncEvent
 from sync.observe.models import Alert
 from sync.writes import write_entity
@@ -190,12 +191,7 @@ def world(graph, vectors, settings):
     conflicts = {c.label: c for c in Conflict.objects.filter(status="open")}
     assert set(conflicts) == {"Prospect", "Vulnerability"}
     api_token = tokens.create(admin, "fuzz")[1]
-    try:
-        from sync.ingest import tokens as ingest_tokens
-        ingest_token = ingest_tokens.create("fuzz-feed", ["fuzz-feed"], ["ThreatActor", "Prospect", "KEV"])[1]
-    except ImportError:  # before ingest tokens were bound to sources
-        ingest_token = "ingest-fuzz-token"
-        settings.INGEST_API_TOKENS = [ingest_token]
+    ingest_token = ingest_tokens.create("fuzz-feed", ["fuzz-feed"], ["ThreatActor", "Prospect", "KEV"])[1]
     client = Client()
     client.force_login(admin)
     return {"client": client, "api_token": api_token, "ingest_token": ingest_token, "event": event, "run": run,

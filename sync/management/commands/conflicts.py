@@ -10,6 +10,7 @@ from sync.conflicts.resolve import bulk
 from sync.conflicts.review import AGES, BULK_ACTIONS, Filter
 from sync.management.cli import acting_user
 from sync.models import Conflict
+from sync.policy import shown_properties
 
 
 class Command(BaseCommand):
@@ -47,9 +48,12 @@ class Command(BaseCommand):
         conflicts = selection.rows()
         total = conflicts.count()
         for c in conflicts.order_by("-created_at")[:limit]:
+            # As on the Conflicts page: a value outside the label's display allow-list is withheld.
+            graph, other, proposal = (shown_properties(c.label, side) for side in (c.graph_side, c.other_side,
+                                                                                    c.proposal or {}))
             self.stdout.write(
                 f"#{c.pk} {c.status} {c.kind} {c.label}:{c.uid} v{c.graph_version} rule={c.rule or '-'} "
-                f"graph={c.graph_side} other={c.other_side} proposal={c.proposal or '-'}")
+                f"graph={graph} other={other} proposal={proposal or '-'}")
         self.stdout.write(f"{total} {'conflicts' if all else 'open conflicts'}")
 
     def _apply(self, selection: Filter, action: str, note: str, username: str) -> None:
