@@ -38,5 +38,5 @@ EXPOSE 8000
 # The web container's readiness; compose gives the worker container a check of its own.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD python -c "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"
-CMD ["gunicorn", "nightingale.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", \
+CMD ["gunicorn", "nightingale.wsgi:application", "-c", "nightingale/gunicorn_conf.py", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", \
      "--access-logfile", "-", "--graceful-timeout", "20"]

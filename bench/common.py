@@ -73,3 +73,106 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.started
+
+
+def demo_sample(limit: int):
+    """Load the demo graph into the (wiped) bench Neo4j; returns the graph store, an evenly spread
+    sample of `limit` synced entities (0: all) and their chunk texts, as the engine will embed them."""
+    from sync.demo.graph import load_demo
+    from sync.policy import build_document, synced_labels
+    from sync.stores import graph_store
+
+    wipe_graph()
+    graph = graph_store()
+    graph.ensure_schema(synced_labels())
+    with Timer() as t:
+        loaded = load_demo(graph)
+    print(f"demo graph loaded in {t.seconds:.1f}s: {loaded}")
+    entities = [e for label in synced_labels() for e in graph.scan_label(label, None, 1_000_000)]
+    if limit and len(entities) > limit:
+        entities = entities[::len(entities) // limit + 1]
+    texts = [c.text for e in entities for c in build_document(e).chunks]
+    return graph, entities, texts
+
+
+def raw_encode_rate(embedder, texts: list[str], batch_size: int) -> float:
+    """Texts/s of the bare `model.encode` on these texts (what end-to-end sync is compared with)."""
+    with Timer() as timer:
+        embedder.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                              show_progress_bar=False, convert_to_numpy=True)
+    return len(texts) / timer.seconds
+
+
+def works_for(entities) -> list:
+    """The queue work that syncs these entities (at their labels' priorities)."""
+    from sync import queue
+
+    return [queue.Work(e.label, e.uid, version=e.version, priority=queue.priority_of(e.label)) for e in entities]
+
+
+def bump_metadata(graph, round_: int, synced: set[tuple[str, str]]) -> list:
+    """Change a metadata-only field (no re-embedding) on every synced entity; returns the synced
+    ones of `synced` as they are now."""
+    from sync.policy import synced_labels
+
+    with graph.driver.session(database=graph.database) as session:
+        session.run("MATCH (n) WHERE n.version IS NOT NULL SET n.confidence = $c, "
+                    "n.version = n.version + 1", c=round(0.4 + round_ / 100, 2)).consume()
+    return [e for label in synced_labels() for e in graph.scan_label(label, None, 1_000_000)
+            if (e.label, e.uid) in synced]
+
+
+def lag_graph():
+    """The wiped bench graph with the APOC triggers (foreign writes get versions and updated_at)."""
+    from sync.policy import synced_labels
+    from sync.stores import graph_store
+
+    wipe_graph()
+    graph = graph_store()
+    graph.ensure_schema(synced_labels())
+    assert graph.install_triggers(synced_labels()), "the bench needs APOC triggers"
+    graph.wait_for_triggers()
+    return graph
+
+
+def foreign_write(graph, n: int, prefix: str = "") -> None:
+    """A plain-Cypher write by "another tool": even n a KEV entry (HIGH), odd n a threat actor (MEDIUM)."""
+    if n % 2 == 0:
+        graph.driver.execute_query(
+            "CREATE (:KEV {uid: $uid, cve_id: $uid, vulnerability_name: $name, short_description: $d})",
+            uid=f"CVE-2026-{prefix}{n:05d}", name=f"Bench vulnerability {n}",
+            d=f"Remote code execution number {n}.", database_=graph.database)
+    else:
+        graph.driver.execute_query(
+            "CREATE (:ThreatActor {uid: $uid, name: $name, description: $d})",
+            uid=f"bench-actor-{prefix}{n}", name=f"Actor {n}", d=f"Bench actor {n} targeting finance.",
+            database_=graph.database)
+
+
+def wait_synced(count: int, timeout: float) -> None:
+    """Wait until `count` entities are in sync (or `timeout` s)."""
+    from sync.models import SyncRecord
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and SyncRecord.objects.filter(status="in_sync").count() < count:
+        time.sleep(0.2)
+
+
+def write_at_rate(graph, rate: float, seconds: float) -> int:
+    """Foreign writes at `rate` per second for `seconds`; returns how many."""
+    interval = 1.0 / rate
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < seconds:
+        foreign_write(graph, n)
+        n += 1
+        time.sleep(max(0.0, started + n * interval - time.monotonic()))
+    return n
+
+
+def sync_lags(label: str, exclude: set[tuple[str, str]]) -> list[float]:
+    """Change-to-vector lag of each in-sync entity of `label`: synced_at - changed_at (graph's updated_at)."""
+    from sync.models import SyncRecord
+
+    return [(r.synced_at - r.changed_at).total_seconds() for r in
+            SyncRecord.objects.filter(label=label, status="in_sync") if (r.label, r.uid) not in exclude]

@@ -13,6 +13,7 @@ search p95 ≤ 300 ms, live polls ≤ 5 KB.
 
     .venv/bin/python -u bench/dashboard.py            # full size (a few minutes to build the data)
     .venv/bin/python -u bench/dashboard.py --scale 0.1
+    .venv/bin/python -u bench/dashboard.py --backfill   # a real server while a backfill embeds
 
 A new page is measured by adding it to PAGES.
 """
@@ -280,7 +281,8 @@ def parameters() -> dict:
     from sync.models import AuditEntry, Conflict, ReconcileRun
     from sync.stores import graph_store
 
-    conflict = Conflict.objects.filter(status="open").order_by("created_at", "id")[50]  # mid-list: both neighbours
+    open_conflicts = Conflict.objects.filter(status="open").order_by("created_at", "id")
+    conflict = open_conflicts[min(50, open_conflicts.count() // 2)]  # mid-list: both neighbours
     graph_store().import_entities("ThreatActor", [{
         "uid": conflict.uid, "name": "Bench actor", "severity": "high", "aliases": ["bench"],
         "description": "An intrusion set used by the benchmark. " * 20}], source="bench")
@@ -297,7 +299,16 @@ def parameters() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full data size")
+    parser.add_argument("--backfill", nargs="?", const="default,no-nice,lazy", metavar="VARIANTS",
+                        help="instead: a real web server from its first request while a backfill embeds "
+                             "(bench/web_load.py; variants default,no-nice,lazy)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="--backfill: how long to measure")
     args = parser.parse_args()
+    if args.backfill:
+        from bench import web_load
+
+        web_load.main(args.backfill.split(","), args.seconds)
+        return
     setup()
     from django.contrib.auth.models import User
     from django.core.management import call_command

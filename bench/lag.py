@@ -1,6 +1,6 @@
 """Change-to-vector lag at a steady rate of foreign writes to Neo4j.
 
-    .venv/bin/python bench/lag.py [--rate 10] [--seconds 60]
+    .venv/bin/python bench/lag.py [--rate 10] [--seconds 60] [--backlog 2000]
 
 Half the writes are CISA KEV entries (HIGH priority), half threat actors (MEDIUM), made with plain
 Cypher by "another tool" (the APOC trigger stamps version/updated_at). Change capture and one
@@ -9,6 +9,8 @@ its tasks, with the default settings: capture every CAPTURE_INTERVAL s and HIGH 
 poller at once; the worker flushes at SYNC_BATCH_SIZE or SYNC_FLUSH_INTERVAL. Both processes are
 warmed up (model loaded) before the measured writes start.
 Lag = vector written (sync record's synced_at) - change committed (graph updated_at).
+With `--backlog N` (default 2000), N LOW priority reports are written first, so that the worker is
+draining a LOW backlog throughout the measurement: HIGH lag must hold while it does.
 """
 
 from __future__ import annotations
@@ -20,76 +22,57 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, setup, wipe_graph
+from common import ROOT, foreign_write, lag_graph, setup, sync_lags, wait_synced, write_at_rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=10.0, help="changes per second")
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--backlog", type=int, default=2000, help="LOW priority reports written before (0: none)")
     args = parser.parse_args()
     setup()
     from django.conf import settings
 
-    from sync.models import SyncRecord
+    from sync.models import SyncEvent, SyncRecord
     from sync.observe.readings import percentiles
-    from sync.policy import synced_labels
-    from sync.stores import graph_store
 
-    wipe_graph()
-    graph = graph_store()
-    graph.ensure_schema(synced_labels())
-    assert graph.install_triggers(synced_labels()), "the bench needs APOC triggers"
-    graph.wait_for_triggers()
-
-    def write(n: int, prefix: str = "") -> None:
-        if n % 2 == 0:
-            graph.driver.execute_query(
-                "CREATE (:KEV {uid: $uid, cve_id: $uid, vulnerability_name: $name, short_description: $d})",
-                uid=f"CVE-2026-{prefix}{n:05d}", name=f"Bench vulnerability {n}",
-                d=f"Remote code execution number {n}.", database_=graph.database)
-        else:
-            graph.driver.execute_query(
-                "CREATE (:ThreatActor {uid: $uid, name: $name, description: $d})",
-                uid=f"bench-actor-{prefix}{n}", name=f"Actor {n}", d=f"Bench actor {n} targeting finance.",
-                database_=graph.database)
-
-    def wait_synced(count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and SyncRecord.objects.filter(status="in_sync").count() < count:
-            time.sleep(0.2)
-
+    graph = lag_graph()
     manage = [sys.executable, str(ROOT / "manage.py")]
     workers = [subprocess.Popen([*manage, "capture"], cwd=ROOT, env=os.environ),
                subprocess.Popen([*manage, "drain"], cwd=ROOT, env=os.environ)]
     try:
         for n in range(4):  # warm-up: both processes load the model and open their stores
-            write(n, prefix="warm-")
+            foreign_write(graph, n, prefix="warm-")
         wait_synced(4, 120)
         warm = {(r.label, r.uid) for r in SyncRecord.objects.filter(uid__contains="warm-")}
-        interval = 1.0 / args.rate
-        started = time.monotonic()
-        n = 0
-        while time.monotonic() - started < args.seconds:
-            write(n)
-            n += 1
-            time.sleep(max(0.0, started + n * interval - time.monotonic()))
+        if args.backlog:
+            graph.driver.execute_query(
+                "UNWIND range(1, $n) AS i CREATE (:Report {uid: 'backlog-' + i, title: 'Backlog report ' + i, "
+                "body: 'A long-running campaign against the energy sector, report ' + i + '. ' + $filler})",
+                n=args.backlog, filler="Initial access by spear-phishing, then lateral movement. " * 12,
+                database_=graph.database)
+            while not SyncEvent.objects.filter(label="Report").exists():  # captured: the backlog is queued
+                time.sleep(0.2)
+        n = write_at_rate(graph, args.rate, args.seconds)
         wait_synced(len(warm) + n, 60)
     finally:
         for process in workers:
             process.send_signal(signal.SIGTERM)
         for process in workers:
             process.wait(timeout=60)
+    backlog_left = SyncEvent.objects.filter(label="Report", status__in=["queued", "in_flight"]).count()
     print(f"{n} changes at {args.rate}/s over {args.seconds:.0f}s; capture every {settings.CAPTURE_INTERVAL}s "
-          f"(HIGH applied by the poller), worker flush {settings.SYNC_BATCH_SIZE} events or "
-          f"{settings.SYNC_FLUSH_INTERVAL}s")
+          f"({settings.CAPTURE_FAST_INTERVAL}s while HIGH labels change; HIGH applied by the poller), worker "
+          f"flush {settings.SYNC_BATCH_SIZE} events or {settings.SYNC_FLUSH_INTERVAL}s; LOW backlog "
+          f"{args.backlog} reports, {backlog_left} still queued at the end"
+          + (" (the backlog ran out during the measurement)" if args.backlog and not backlog_left else ""))
     for label, priority in (("KEV", "HIGH"), ("ThreatActor", "MEDIUM")):
-        lags = [(r.synced_at - r.changed_at).total_seconds() for r in
-                SyncRecord.objects.filter(label=label, status="in_sync") if (r.label, r.uid) not in warm]
+        lags = sync_lags(label, warm)
         p50, p95 = percentiles(lags, 0.50, 0.95)
         print(f"{priority:6} {label:12} synced {len(lags)} of {(n + (label == 'KEV')) // 2}: "
               f"lag p50 {p50:.2f}s p95 {p95:.2f}s max {max(lags):.2f}s"
-              + ("  (target p95 <= 2 s)" if priority == "HIGH" else ""))
+              + (f"  (goal p95 <= 1.0 s: {'ok' if p95 <= 1.0 else 'OVER'})" if priority == "HIGH" else ""))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ and open file descriptors of every process a minute after it started and at the 
 per hour; a restarted process's figures start with it).
 Exit status 0 when there is no drift and nothing was lost, 1 otherwise.
 
-Every wait is bounded in time, every loop in count; nothing listens beyond 127.0.0.1.
+Every wait is bounded in time, every loop in count; nothing listens beyond 127.0.0.1. SIGTERM
+ends a run early, its stack taken down as at the end (tests/test_soak.py sends it past its time).
 """
 
 from __future__ import annotations
@@ -619,8 +620,13 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
+def _stop(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     soak = Soak(parse(argv))
+    signal.signal(signal.SIGTERM, _stop)  # asked to stop (tests/test_soak.py's timeout): take the stack down
     try:
         return soak.run()
     finally:

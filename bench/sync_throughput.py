@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import Timer, peak_rss_mb, setup, wipe_graph
+from common import Timer, bump_metadata, demo_sample, peak_rss_mb, raw_encode_rate, setup, works_for
 
 
 def main() -> None:
@@ -31,40 +31,22 @@ def main() -> None:
     from django.conf import settings
 
     from sync import queue, worker
-    from sync.demo.graph import load_demo
     from sync.embedding import get_embedder
-    from sync.policy import build_document, synced_labels
-    from sync.stores import graph_store, vector_store
+    from sync.stores import vector_store
 
-    wipe_graph()
-    graph = graph_store()
-    graph.ensure_schema(synced_labels())
-    with Timer() as t:
-        loaded = load_demo(graph)
-    print(f"demo graph loaded in {t.seconds:.1f}s: {loaded}")
-    entities = [e for label in synced_labels() for e in graph.scan_label(label, None, 1_000_000)]
-    if args.limit and len(entities) > args.limit:
-        entities = entities[::len(entities) // args.limit + 1]
-    texts = [c.text for e in entities for c in build_document(e).chunks]
+    graph, entities, texts = demo_sample(args.limit)
     encode_batch = args.encode_batch or settings.EMBEDDING_BATCH_SIZE
     print(f"{len(entities)} synced entities -> {len(texts)} chunk texts; torch threads {torch.get_num_threads()}")
 
     embedder = get_embedder()
     embedder.encode(texts[:256])  # warm-up
 
-    def raw() -> float:
-        with Timer() as timer:
-            embedder.model.encode(texts, batch_size=encode_batch, normalize_embeddings=True,
-                                  show_progress_bar=False, convert_to_numpy=True)
-        return len(texts) / timer.seconds
-
-    raw_before = raw()
-    queue.enqueue_many([queue.Work(e.label, e.uid, version=e.version, priority=queue.priority_of(e.label))
-                        for e in entities])
+    raw_before = raw_encode_rate(embedder, texts, encode_batch)
+    queue.enqueue_many(works_for(entities))
     with Timer() as t:
         counts = worker.drain(idle_exit=0, flush=False, batch_size=args.batch_size)
     e2e = counts.embedded_chunks / t.seconds
-    raw_after = raw()
+    raw_after = raw_encode_rate(embedder, texts, encode_batch)
     raw_rate = statistics.mean([raw_before, raw_after])
     print(f"raw model.encode: {raw_before:.1f} / {raw_after:.1f} texts/s (mean {raw_rate:.1f}, batch {encode_batch})")
     print(f"end-to-end sync: {counts.embedded_chunks} texts for {counts.upserted} entities in {t.seconds:.1f}s "
@@ -75,13 +57,8 @@ def main() -> None:
 
     rates = []
     for round_ in range(1, args.metadata_rounds + 1):
-        with graph.driver.session(database=graph.database) as session:
-            session.run("MATCH (n) WHERE n.version IS NOT NULL SET n.confidence = $c, "
-                        "n.version = n.version + 1", c=round(0.4 + round_ / 100, 2)).consume()
-        entities = [e for label in synced_labels() for e in graph.scan_label(label, None, 1_000_000)
-                    if (e.label, e.uid) in synced]
-        queue.enqueue_many([queue.Work(e.label, e.uid, version=e.version, priority=queue.priority_of(e.label))
-                            for e in entities])
+        entities = bump_metadata(graph, round_, synced)
+        queue.enqueue_many(works_for(entities))
         with Timer() as t:
             counts = worker.drain(idle_exit=0, flush=False, batch_size=args.batch_size)
         rates.append(counts.events / t.seconds)

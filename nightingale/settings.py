@@ -297,6 +297,12 @@ EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=40
 # CPU threads torch may use in one process (0: torch's default, every core). With several drain
 # workers on one host, give each its share of the cores (docs/deploy.md, bench/scaleout.py).
 EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0, minimum=0, maximum=256)
+# Each web worker loads the model before its first request (nightingale/gunicorn_conf.py).
+EMBEDDING_PRELOAD = env_bool("EMBEDDING_PRELOAD", True)
+# The embedding workers (manage.py workers, drain, consume) lower their CPU priority by this much
+# (os.nice), so that on a machine they share with the web server, pages and searches answer first
+# while a backfill embeds; the workers still use every idle cycle (bench/dashboard.py --backfill).
+SYNC_WORKER_NICE = env_int("SYNC_WORKER_NICE", 10, minimum=0, maximum=19)
 
 # --- the sync engine ------------------------------------------------------------------------
 SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 100, minimum=1, maximum=1000)
@@ -322,6 +328,10 @@ SYNC_BACKOFF_BASE = env_float("SYNC_BACKOFF_BASE", 2.0, minimum=0.0)
 SYNC_BACKOFF_MAX = env_float("SYNC_BACKOFF_MAX", 600.0, minimum=0.0)
 SYNC_STARVATION_SECONDS = env_float("SYNC_STARVATION_SECONDS", 30.0, minimum=0.0)
 CAPTURE_INTERVAL = env_float("CAPTURE_INTERVAL", 1.0, minimum=0.1)
+# While HIGH priority labels change, capture polls every CAPTURE_FAST_INTERVAL seconds instead,
+# until CAPTURE_FAST_SECONDS pass without a HIGH change (sync.capture.run).
+CAPTURE_FAST_INTERVAL = env_float("CAPTURE_FAST_INTERVAL", 0.2, minimum=0.05)
+CAPTURE_FAST_SECONDS = env_float("CAPTURE_FAST_SECONDS", 30.0, minimum=0.0)
 CAPTURE_OVERLAP_SECONDS = env_float("CAPTURE_OVERLAP_SECONDS", 10.0, minimum=0.0)
 CAPTURE_PAGE_SIZE = env_int("CAPTURE_PAGE_SIZE", 500, minimum=1, maximum=10000)
 # Deleted nodes' tombstones are kept this long after their delete is applied: a node re-created
@@ -333,6 +343,9 @@ RECONCILE_FULL_HOURS = env_int("RECONCILE_FULL_HOURS", 24, minimum=1)
 # A user may start a reconciliation from the dashboard once per this many seconds (0: no limit).
 RECONCILE_START_INTERVAL = env_float("RECONCILE_START_INTERVAL", 60.0, minimum=0.0)
 RESYNC_PER_MINUTE = env_int("RESYNC_PER_MINUTE", 10, minimum=0)  # resyncs one user may start a minute (0: no limit)
+# A feed import of this many entries, or a reconciliation's repairs past this many, is a backfill
+# (sync.backfill): claimed after the streaming changes and kept out of their lag and freshness.
+BACKFILL_MIN_ENTITIES = env_int("BACKFILL_MIN_ENTITIES", 500, minimum=1)
 SEARCH_CANARY_MINUTES = env_int("SEARCH_CANARY_MINUTES", 5, minimum=1)  # between two search-canary rounds
 
 
@@ -503,6 +516,8 @@ HEARTBEAT_MAX_AGE = env_float("HEARTBEAT_MAX_AGE", 60.0, minimum=2.0)
 SCHEDULE_GRACE = env_float("SCHEDULE_GRACE", 120.0, minimum=30.0)  # django-q2 looks every 30 s
 ALERT_LAG_SECONDS = env_float("ALERT_LAG_SECONDS", 60.0, minimum=0.0)
 ALERT_QUEUE_DEPTH = env_int("ALERT_QUEUE_DEPTH", 1000, minimum=0)
+# A running backfill none of whose work has finished for this long is stalled (a warning).
+BACKFILL_STALL_MINUTES = env_float("BACKFILL_STALL_MINUTES", 10.0, minimum=1.0)
 ALERT_DEAD_LETTERS = env_int("ALERT_DEAD_LETTERS", 0, minimum=0)  # alert when more than this
 ALERT_RECONCILE_OVERDUE_MINUTES = env_float(
     "ALERT_RECONCILE_OVERDUE_MINUTES", 3.0 * RECONCILE_INCREMENTAL_MINUTES + 5, minimum=1.0)

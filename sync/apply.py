@@ -34,10 +34,11 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -46,7 +47,7 @@ from django.utils import timezone
 from sync import ids, queue, shutdown
 from sync.embedding import get_embedder, model_id
 from sync.models import Conflict, Priority, SyncEvent, SyncRecord, for_entities
-from sync.observe.counters import EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
+from sync.observe.counters import BACKFILL_LAG, EMBEDDED_CHUNKS, EVENTS_APPLIED, SYNC_ERRORS, SYNC_LAG
 from sync.policy import ELLIPSIS, build_document, uid_withheld
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, Metadata, RetryableStoreError, StoreError, VectorRecord
@@ -114,6 +115,7 @@ class _Plan:
     error: str = ""
     note: str = ""  # why an entity was excluded, when its label is synced (its record's last_error)
     cause: BaseException | None = None  # what failed the whole batch, when something did
+    embedded: dict = field(default_factory=dict)  # chunk text -> its vector, computed already (two-phase)
     permanent: bool = False
     retry_after: float | None = None
 
@@ -158,35 +160,65 @@ def apply_events(events: Sequence[SyncEvent], *, embed_limit: int | None = None,
     return counts
 
 
-def apply_now(entity: Entity, *, worker: str | None = None) -> str:
+def apply_now(entity: Entity, *, worker: str | None = None, embedded: Mapping[str, Any] | None = None) -> str:
     """Bring one entity's vectors in line right now (the dual-write path); raises on failure.
 
     The entity is claimed like queued work (an in-flight event of its own, waiting for a worker
     that holds the entity), so the one-applier-per-entity rule and the fencing hold here too. A
     failure leaves the event queued for retry, like any failed apply, and raises. Returns the
-    outcome (upserted, metadata_only, unchanged, excluded, stale).
+    outcome (upserted, metadata_only, unchanged, excluded, stale). `embedded` (chunk text ->
+    vector) are vectors the caller computed already (the two-phase write's prepare): they are
+    written as they are instead of being embedded again.
     """
     event = queue.claim_entity(queue.Work(
         label=entity.label, uid=entity.uid, version=entity.version, priority=queue.priority_of(entity.label),
         changed_at=entity.updated_at, source="write"), worker or queue.worker_name())
-    plans = {entity.key: _Plan(key=entity.key, events=[event], entity=entity)}
+    plans = {entity.key: _Plan(key=entity.key, events=[event], entity=entity, embedded=dict(embedded or {}))}
+    _apply_claimed(plans, [event])
+    outcome = _outcome_now(plans[entity.key])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def apply_now_many(entities: Sequence[Entity], *, worker: str | None = None) -> dict[tuple[str, str], str | Exception]:
+    """`apply_now` for many entities at once (the batched dual-write of a feed import): one claim,
+    one embedding call, one vector write for the batch, and for each entity what `apply_now` would
+    have returned (its outcome) or raised (the exception, returned in its place). An entity
+    another worker holds is waited for, then EntityBusy raises for the whole batch (nothing
+    claimed); an interruption releases the batch and goes on, as in `apply_now`."""
+    if not entities:
+        return {}
+    works = [queue.Work(label=e.label, uid=e.uid, version=e.version, priority=queue.priority_of(e.label),
+                        changed_at=e.updated_at, source="write") for e in entities]
+    events = {(e.label, e.uid): e for e in queue.claim_works(works, worker or queue.worker_name())}
+    plans = {e.key: _Plan(key=e.key, events=[events[e.key]], entity=e) for e in entities}
+    _apply_claimed(plans, list(events.values()))
+    return {key: _outcome_now(plan) for key, plan in plans.items()}
+
+
+def _apply_claimed(plans: dict[tuple[str, str], _Plan], events: list[SyncEvent]) -> None:
     counts = ApplyCounts()
     try:
         _apply(plans, counts, embed_limit=None, chunk_limit=None, read_graph=False)
     except BaseException as exc:
-        _release_interrupted([event], timed_out=isinstance(exc, SystemExit),
+        _release_interrupted(events, timed_out=isinstance(exc, SystemExit),
                              database_failed=isinstance(exc, queue.DATABASE_UNAVAILABLE))
         raise
-    plan = plans[entity.key]
+
+
+def _outcome_now(plan: _Plan) -> str | Exception:
+    """An applied-now plan's outcome, or the exception that says why it failed."""
+    entity = plan.entity
     if plan.cause is not None and not isinstance(plan.cause, StoreError):
-        raise plan.cause  # the model, the database or a bug: the caller sees what it was
+        return plan.cause  # the model, the database or a bug: the caller sees what it was
     if plan.error:
         if plan.permanent:
-            raise ValueError(plan.error)
-        raise RetryableStoreError(plan.error, plan.retry_after)
+            return ValueError(plan.error)
+        return RetryableStoreError(plan.error, plan.retry_after)
     if plan.outcome == "fenced":
-        raise RetryableStoreError(f"{entity.label}:{entity.uid}: another worker took over the entity "
-                                  "while it was being written")
+        return RetryableStoreError(f"{entity.label}:{entity.uid}: another worker took over the entity "
+                                   "while it was being written")
     return plan.outcome
 
 
@@ -515,9 +547,7 @@ def _write(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
     writing = [(plan, chunk) for plan in active for chunk in plan.to_write]
     values = None
     if writing:
-        values = get_embedder().encode([chunk.text for _, chunk in writing])
-        counts.embedded_chunks += len(writing)
-        EMBEDDED_CHUNKS.inc(len(writing))
+        values = _embed(writing, counts)
     # The fence: embedding may have taken long enough for our lease to run out and another worker
     # to take the events (and write a newer version). Only what is still ours is written.
     ours = queue.hold([event for plan in active for event in plan.events])
@@ -545,6 +575,17 @@ def _write(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
     if doomed:
         _mark_written(live, lambda p: p.to_delete)
         counts.vectors_deleted += store.delete(sorted(doomed))
+
+
+def _embed(writing: list, counts: ApplyCounts) -> list:
+    """The vector of each (plan, chunk) to write: those a caller computed already (`_Plan.embedded`,
+    same text), the others embedded in one call."""
+    missing = [chunk.text for plan, chunk in writing if chunk.text not in plan.embedded]
+    encoded = iter(get_embedder().encode(missing)) if missing else iter(())
+    counts.embedded_chunks += len(missing)
+    EMBEDDED_CHUNKS.inc(len(missing))
+    return [plan.embedded[chunk.text] if chunk.text in plan.embedded else next(encoded)
+            for plan, chunk in writing]
 
 
 def _mark_written(plans: list[_Plan], part) -> None:
@@ -604,7 +645,10 @@ def _finish(plans: dict[tuple[str, str], _Plan], counts: ApplyCounts) -> None:
         EVENTS_APPLIED.labels(outcome).inc(len(keys))
     for plan in plans.values():
         if plan.events and plan.events[0].id in lags:
-            SYNC_LAG.labels(Priority(plan.priority).label).observe(lags[plan.events[0].id])
+            if any(e.backfill_id is None for e in plan.events):
+                SYNC_LAG.labels(Priority(plan.priority).label).observe(lags[plan.events[0].id])
+            else:
+                BACKFILL_LAG.observe(lags[plan.events[0].id])
     _settle_pending([key for key, plan in plans.items() if plan.outcome == "stale"])
     queue.release(deferred)
     counts.deferred += len({(e.label, e.uid) for e in deferred})

@@ -33,7 +33,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from sync import ids, queue
-from sync.models import ChangeCursor, SyncEvent, SyncRecord, for_entities
+from sync.models import ChangeCursor, Priority, SyncEvent, SyncRecord, for_entities
 from sync.observe.counters import SYNC_ERRORS
 from sync.policy import synced_labels
 from sync.stores import graph_store
@@ -51,6 +51,7 @@ class CaptureResult:
     enqueued: int = 0
     skipped: int = 0  # already synced at that version (re-read in the overlap window)
     pages: int = 0
+    urgent: int = 0  # of those enqueued, HIGH priority work (`run` then polls faster for a while)
 
 
 def take_lease(owner: str, seconds: float) -> bool:
@@ -78,15 +79,9 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
     graph = graph_store()
     labels = synced_labels()
     cursor = ChangeCursor.objects.get(name=CURSOR)
-    after = None
-    if cursor.updated_at:
-        since = cursor.updated_at - window
-        if cursor.read_through:
-            # Every change stamped more than the overlap before the last complete poll began
-            # had committed by then, and that poll read them all: no need to read them again
-            # (after a bulk import, every poll would otherwise re-read its last ten seconds).
-            since = max(since, cursor.read_through - window)
-        after = (since, "")
+    since = _since(cursor, window)
+    _forget_published(since)
+    after = None if since is None else (since, "")
     complete = False
     try:
         started = graph.server_time()
@@ -97,9 +92,10 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
                 break
             result.pages += 1
             result.changes += len(changes)
-            enqueued, skipped = _enqueue(changes)
+            enqueued, skipped, urgent = _enqueue(changes)
             result.enqueued += enqueued
             result.skipped += skipped
+            result.urgent += urgent
             last = changes[-1]
             after = (last.updated_at, f"{last.label}:{last.uid}")
             with transaction.atomic():
@@ -128,31 +124,101 @@ def _later(a, b):
     return b if a is None or b > a else a
 
 
-def _enqueue(changes: list[Change]) -> tuple[int, int]:
-    """Enqueue the changes that are neither synced at their version nor already pending."""
-    known = _sync_state(changes)
-    pending = _pending_versions(changes)
-    work = []
-    skipped = 0
+def _since(cursor: ChangeCursor, window: timedelta):
+    """Where the next poll starts reading (Neo4j's clock; None: from the beginning)."""
+    if not cursor.updated_at:
+        return None
+    since = cursor.updated_at - window
+    if cursor.read_through:
+        # Every change stamped more than the overlap before the last complete poll began
+        # had committed by then, and that poll read them all: no need to read them again
+        # (after a bulk import, every poll would otherwise re-read its last ten seconds).
+        since = max(since, cursor.read_through - window)
+    return since
+
+
+def unread(changes: list[Change]) -> set[tuple[str, str]]:
+    """The keys among these changes (each key's latest, as the graph has it now) that capture is
+    still to queue: its next poll reads them (stamped at or after where it starts: after the
+    cursor, or in the overlap window it re-reads) and our records do not show them handled at
+    their version, nor does a pending event cover them. Such a change is on its way, not drift.
+
+    Empty while capture is not polling (never polled, or not for HEARTBEAT_MAX_AGE: the
+    heartbeat alert's limit): nothing is then on its way, and reconciliation is the safety net.
+    """
+    cursor = ChangeCursor.objects.filter(name=CURSOR).first()
+    if cursor is None or cursor.polled_at is None \
+            or timezone.now() - cursor.polled_at > timedelta(seconds=settings.HEARTBEAT_MAX_AGE):
+        return set()
+    since = _since(cursor, timedelta(seconds=settings.CAPTURE_OVERLAP_SECONDS))
+    # A node whose updated_at is not a DATETIME is invisible to capture, a key it cannot sync is
+    # skipped: neither is ever on its way.
+    coming = [c for c in _syncable(changes, quiet=True)
+              if c.updated_at is not None and (since is None or c.updated_at >= since)]
+    return {(c.label, c.uid) for c in _not_handled(coming)} if coming else set()
+
+
+def _syncable(changes: list[Change], *, quiet: bool = False) -> list[Change]:
+    """The changes whose keys can be synced (capture logs those it skips)."""
+    found = []
     for change in changes:
-        key = (change.label, change.uid)
         try:
             ids.check_syncable_key(change.label, change.uid)
         except ValueError as exc:
-            log.warning("change capture skips %s:%.80s: %s", change.label, change.uid, exc)
-            skipped += 1
+            if not quiet:
+                log.warning("change capture skips %s:%.80s: %s", change.label, change.uid, exc)
             continue
+        found.append(change)
+    return found
+
+
+def _not_handled(changes: list[Change]) -> list[Change]:
+    """The changes neither synced at their version nor covered by a pending event."""
+    known = _sync_state(changes)
+    pending = _pending_versions(changes)
+    found = []
+    for change in changes:
+        key = (change.label, change.uid)
         status, version = known.get(key, ("", -1))
         # Versions only grow, across deletes too: a change at or below the version our record
         # handled (re-read in the overlap window) is done.
-        settled = SyncRecord.Status.DELETED if change.deleted else SETTLED_LIVE
+        settled = (SyncRecord.Status.DELETED,) if change.deleted else SETTLED_LIVE
         done = status in settled and version >= change.version
         # An event created at or after this version reads the graph after this change committed
         # (apply always reads current state), so it covers the change: the overlap window's
         # re-reads must not queue a second apply of an entity that is in flight.
-        if done or pending.get(key, -1) >= change.version:
-            skipped += 1
-            continue
+        if not done and pending.get(key, -1) < change.version:
+            found.append(change)
+    return found
+
+
+# SYNC_TRANSPORT=kafka: what this process has published, (label, uid) -> (version, change time).
+# With the outbox a published change is a queued row until it is applied, and `_not_handled`
+# sees it; on Kafka nothing marks it until a consumer claims it, so without this every poll
+# published again each change of its overlap window not yet applied (29 events a change, seen by
+# bench/transport.py). A new poller (another process) publishes its first window again: harmless,
+# the consumer's version guard makes a duplicate a no-op.
+_published: dict[tuple[str, str], tuple[int, object]] = {}
+
+
+def _forget_published(since) -> None:
+    """Forget what was published of changes older than where polls now start reading (all of it
+    when they start from the beginning: a new cursor, a new graph)."""
+    if since is None:
+        _published.clear()
+        return
+    for key in [k for k, (_, at) in _published.items() if at is None or at < since]:
+        del _published[key]
+
+
+def _enqueue(changes: list[Change]) -> tuple[int, int, int]:
+    """Enqueue the changes that are neither synced at their version nor already pending; returns
+    (enqueued, skipped, of those enqueued the HIGH priority ones)."""
+    work = []
+    candidates = _not_handled(_syncable(changes))
+    if settings.SYNC_TRANSPORT == "kafka":
+        candidates = [c for c in candidates if _published.get((c.label, c.uid), (-1, None))[0] < (c.version or 0)]
+    for change in candidates:
         work.append(queue.Work(
             label=change.label, uid=change.uid,
             operation=SyncEvent.Operation.DELETE if change.deleted else SyncEvent.Operation.UPSERT,
@@ -160,8 +226,10 @@ def _enqueue(changes: list[Change]) -> tuple[int, int]:
             changed_at=change.updated_at, source="capture",
         ))
     if work:
-        queue.enqueue_many(work)
-    return len(work), skipped
+        queue.enqueue_many(work)  # on Kafka: returns once the broker has acknowledged every event
+        if settings.SYNC_TRANSPORT == "kafka":
+            _published.update({(c.label, c.uid): (c.version or 0, c.updated_at) for c in candidates})
+    return len(work), len(changes) - len(work), sum(w.priority == Priority.HIGH for w in work)
 
 
 # Record statuses meaning "the vectors are as the graph was at the handled version".
@@ -219,12 +287,19 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
         after_poll=lambda result: None, stop=lambda: False) -> CaptureResult:
     """Poll every `interval` seconds for `seconds` (or until `stop()`), then hand the lease over.
 
+    While HIGH priority labels change (a poll found HIGH work within the last
+    CAPTURE_FAST_SECONDS), polls come every CAPTURE_FAST_INTERVAL instead: the poll interval is
+    most of a HIGH change's lag (half of it on average), and HIGH changes tend to come in runs (a
+    feed's delta, an analyst's edits). A quiet graph costs one poll per `interval`.
+
     A run that does not hold the lease keeps trying at every interval: scheduled runs overlap on
     purpose, so that when one ends the next takes over within an interval. `after_poll(result)`
     runs after each poll this run made (it holds the lease then).
     """
     total = CaptureResult()
     pause = settings.CAPTURE_INTERVAL if interval is None else interval
+    fast = min(pause, settings.CAPTURE_FAST_INTERVAL)
+    fast_until = 0.0  # monotonic time until which polls come every `fast` seconds
     deadline = time.monotonic() + seconds
     try:
         while not stop():
@@ -243,10 +318,12 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
                 except Exception:  # noqa: BLE001 — polling must go on; what failed is logged and counted
                     SYNC_ERRORS.labels("capture").inc()
                     log.exception("change capture: the work after a poll failed; polling goes on")
-            for name in ("changes", "enqueued", "skipped", "pages"):
+            for name in ("changes", "enqueued", "skipped", "pages", "urgent"):
                 setattr(total, name, getattr(total, name) + getattr(result, name))
             total.polled = total.polled or result.polled
-            wait = max(0.0, started + pause - time.monotonic())
+            if result.urgent:
+                fast_until = time.monotonic() + settings.CAPTURE_FAST_SECONDS
+            wait = max(0.0, started + (fast if time.monotonic() < fast_until else pause) - time.monotonic())
             if time.monotonic() + wait >= deadline:
                 break
             time.sleep(wait)

@@ -10,7 +10,9 @@ a dead letter that died after that time is never part of it, though it matches t
 `select` builds one from what a caller was sent, by the rules the Queue page, the JSON API and
 `manage.py dead_letters` share (each caller parses its own input and words its own errors).
 Retrying and discarding go through `sync.queue.retry_dead` / `discard_dead`, which audit each
-event.
+event. With SYNC_TRANSPORT=kafka the dead letters are the dead-letter topic's messages (each has
+its row, which says where the message lies): a retry publishes them to their change topic again,
+a discard drops them from this list (the topic keeps them until its retention ends).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 
+from django.conf import settings
 from django.db.models import Count, Max, Min
 from django.utils import timezone
 
 from sync import queue
 from sync.models import SyncEvent
+from sync.stores.base import StoreError
 
 DEAD = SyncEvent.Status.DEAD
 FINGERPRINT_LENGTH = 240
@@ -292,10 +296,31 @@ def _chunks(ids: list[int], size: int = 500) -> Iterator[list[int]]:
         yield ids[start:start + size]
 
 
+def retried_to() -> str:
+    """Where retried dead letters went, in words."""
+    return "re-published to their Kafka topic" if settings.SYNC_TRANSPORT == "kafka" else "queued again"
+
+
+class NotRetried(Exception):
+    """The transport did not take the retried dead letters (Kafka unreachable); `done` of them
+    had been retried before it failed, the rest are still dead letters."""
+
+    def __init__(self, message: str, done: int):
+        super().__init__(message)
+        self.done = done
+
+
 def retry(selection: Selection, actor) -> Outcome:
-    """Put the selection's dead letters back in the queue (each audited by queue.retry_dead)."""
+    """Put the selection's dead letters back in the queue, or publish them to Kafka again (each
+    audited by queue.retry_dead). Raises NotRetried when Kafka does not acknowledge them."""
     ids = matching_ids(selection.frozen())
-    done = sum(queue.retry_dead(chunk, actor) for chunk in _chunks(ids))
+    done = 0
+    for chunk in _chunks(ids):
+        try:
+            done += queue.retry_dead(chunk, actor)
+        except StoreError as exc:
+            raise NotRetried(f"{done} of {len(ids)} dead letters were retried, then: {exc}; the rest are still "
+                             "dead letters, retry them once the broker answers", done) from exc
     return Outcome("retry", len(ids), done)
 
 

@@ -446,6 +446,17 @@ def get_embedder() -> Embedder:
     return embedder
 
 
+def warm_up() -> float:
+    """Load the model and tokenizer and embed one query, as a search would; returns the seconds it
+    took. A web worker calls it before it accepts its first request (nightingale/gunicorn_conf.py),
+    so that no analyst's first search waits for the weights."""
+    started = time.monotonic()
+    embedder = get_embedder()
+    embedder.split("warm-up")
+    embedder.encode(["warm-up"], threads=1)
+    return time.monotonic() - started
+
+
 def model_id() -> str:
     """The identity of the configured model, as recorded on every vector it makes."""
     return get_embedder().model_id

@@ -124,6 +124,37 @@ class SyncRecord(models.Model):
         return len(rows)
 
 
+class Backfill(models.Model):
+    """A bulk load of entities into the vector index, tracked as a phase apart from the streaming
+    changes (as a CDC tool's snapshot is apart from its stream): the first start's initial sync,
+    a demo load, a whole-catalogue feed import, a label or full resync, a reconciliation's repairs
+    past BACKFILL_MIN_ENTITIES. Its work is ordinary sync events marked with it; its progress is
+    read from them (sync.backfill), never counted by the workers."""
+
+    class Kind(models.TextChoices):
+        INITIAL_SYNC = "initial_sync", "Initial sync"
+        LOAD = "load", "Bulk load"
+        IMPORT = "import", "Feed import"
+        RESYNC = "resync", "Resync"
+        REPAIR = "repair", "Reconciliation repairs"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    scope = models.CharField(max_length=200, blank=True)  # what it covers, in words: "every synced label"
+    reason = models.TextField(blank=True)  # why it runs, in words
+    actor_name = models.CharField(max_length=150, blank=True)  # who started it: a user, "command", "system"
+    total = models.PositiveBigIntegerField(default=0)  # entities it covers (an estimate until loaded)
+    enqueued = models.PositiveBigIntegerField(default=0)  # entities handed to the queue so far
+    started_at = models.DateTimeField(default=timezone.now)
+    loaded_at = models.DateTimeField(null=True, blank=True)  # every entity handed over (the producer is done)
+    finished_at = models.DateTimeField(null=True, blank=True)  # loaded, and none of its work left waiting
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} of {self.scope or 'entities'}"
+
+
 class SyncEvent(models.Model):
     """A durable unit of queued work for one entity. `dead` is the dead-letter queue."""
 
@@ -163,6 +194,13 @@ class SyncEvent(models.Model):
     failed_at = models.DateTimeField(null=True, blank=True)  # when the attempt that left last_error failed
     resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                     on_delete=models.SET_NULL, related_name="+")
+    # SYNC_TRANSPORT=kafka: where this dead letter's message lies in the dead-letter topic
+    # (`topic:partition@offset`), which a retry re-publishes; empty for the outbox's.
+    dlq_position = models.CharField(max_length=300, blank=True)
+    # The bulk load this work belongs to; null for a streaming change. Claimed after streaming
+    # work and kept out of the streaming lag, depth and freshness (sync.backfill).
+    backfill = models.ForeignKey(Backfill, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="events", db_index=False)
 
     class Meta:
         constraints = [
@@ -176,6 +214,10 @@ class SyncEvent(models.Model):
             models.Index(fields=["status", "lease_expires_at"], name="sync_event_lease"),
             models.Index(fields=["label", "uid"], name="sync_event_entity"),
             models.Index(fields=["status", "-finished_at"], name="sync_event_finished"),
+            # A backfill's progress (waiting, failed, finished lately, last progress) in one scan
+            # of its own entries; streaming events are not in it, so they cost it nothing.
+            models.Index(fields=["backfill", "status", "finished_at"], condition=Q(backfill__isnull=False),
+                         name="sync_event_backfill"),
         ]
 
     def __str__(self) -> str:

@@ -13,10 +13,16 @@
   is claimed alone from then on, so that a poison entity (one whose apply never ends in time)
   stalls no other, and after SYNC_MAX_INTERRUPTIONS it is a dead letter saying so instead of
   cycling for ever.
+- A backfill's work (sync.backfill) waits behind the streaming changes: claims take streaming
+  events first and a backfill's with what is left of the batch (besides the aged share every
+  event has), and the HIGH-only claims never take them. A streaming change to an entity whose
+  backfill work is still queued takes that event out of the backfill, measured from its own
+  change. Lanes count a backfill's events apart from the streaming depth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -24,7 +30,8 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -35,6 +42,7 @@ from django.utils import timezone
 
 from sync.models import (
     AuditEntry,
+    Backfill,
     ChangeCursor,
     Priority,
     SyncEvent,
@@ -54,7 +62,9 @@ STARVATION_SHARE = 0.25  # of each batch, for the oldest events whatever their p
 # (sync.tasks.on_work_enqueued), so nothing on the write path imports the task runner.
 work_enqueued = Signal()
 CLAIMED_FIELDS = ("id", "label", "uid", "operation", "version", "priority", "status", "source", "attempts",
-                  "interruptions", "claim_token", "changed_at")
+                  "interruptions", "claim_token", "changed_at", "backfill")
+# The backfill that work stored in this context belongs to (`backfill_scope`; sync.backfill.tracking).
+_backfill_scope: ContextVar[int | None] = ContextVar("backfill_scope", default=None)
 
 
 def worker_name(pid: int | None = None) -> str:
@@ -88,6 +98,10 @@ class Work:
     priority: int = Priority.MEDIUM
     changed_at: datetime | None = None
     source: str = "capture"
+    backfill: int | None = None  # the bulk load it belongs to (sync.backfill); None: a streaming change
+    # The property names the change set or removed, where the producer knows them (a write path);
+    # None: not known (a change found by capture). Carried by Kafka's change events (`changed`).
+    changed: tuple[str, ...] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -105,9 +119,17 @@ class EnqueueResult:
 
 
 def _fold(current: Work, newer: Work) -> Work:
-    """Two requests for one entity become one: newest version, highest priority, earliest change."""
+    """Two requests for one entity become one: newest version, highest priority, earliest change.
+
+    A streaming change folded with a backfill's work is a streaming change (the entity leaves the
+    backfill), timed from its own change: the bulk load's time is not its lag. Two backfills' work
+    stays with the one it was queued for (`current`)."""
     take_newer = (newer.version or 0) >= (current.version or 0)
-    changed = [t for t in (current.changed_at, newer.changed_at) if t is not None]
+    if (current.backfill is None) == (newer.backfill is None):
+        backfill, times = current.backfill, (current.changed_at, newer.changed_at)
+    else:
+        backfill, times = None, ((current if current.backfill is None else newer).changed_at,)
+    changed = [t for t in times if t is not None]
     return Work(
         label=current.label, uid=current.uid,
         operation=newer.operation if take_newer else current.operation,
@@ -115,7 +137,32 @@ def _fold(current: Work, newer: Work) -> Work:
         priority=min(current.priority, newer.priority),
         changed_at=min(changed) if changed else None,
         source=newer.source if take_newer else current.source,
+        backfill=backfill,
+        changed=None if current.changed is None or newer.changed is None
+        else tuple(sorted({*current.changed, *newer.changed})),
     )
+
+
+@contextlib.contextmanager
+def backfill_scope(backfill_id: int):
+    """Work stored in the body (enqueued, or claimed by a dual-write) that names no backfill
+    belongs to this one: how a bulk load marks work made deep in a write path it does not own."""
+    token = _backfill_scope.set(backfill_id)
+    try:
+        yield
+    finally:
+        _backfill_scope.reset(token)
+
+
+def _scoped(work: Work) -> Work:
+    scope = _backfill_scope.get()
+    return replace(work, backfill=scope) if scope is not None and work.backfill is None else work
+
+
+def _handed_over(counts: dict[int, int]) -> None:
+    """Count entities handed to backfills (`Backfill.enqueued`), in the enqueue's transaction."""
+    for backfill, n in counts.items():
+        Backfill.objects.filter(pk=backfill).update(enqueued=F("enqueued") + n)
 
 
 def priority_of(label: str) -> Priority:
@@ -135,6 +182,7 @@ def enqueue_many(items: Iterable[Work]) -> EnqueueResult:
     arrivals = 0
     for work in items:
         arrivals += 1
+        work = _scoped(work)
         folded[work.key] = _fold(folded[work.key], work) if work.key in folded else work
     if not folded:
         return EnqueueResult()
@@ -169,20 +217,26 @@ def _enqueue_folded(folded: dict[tuple[str, str], Work]) -> EnqueueResult:
     existing = {ev.key: ev for ev in _queued_events(list(folded))}
     changed: list[SyncEvent] = []
     new: list[SyncEvent] = []
+    handed: dict[int, int] = {}  # backfill -> entities given to it by this call
+    moved = False  # an event left its backfill
     now = timezone.now()
     for key, work in folded.items():
         event = existing.get(key)
+        if work.backfill is not None and (event is None or event.backfill_id != work.backfill):
+            handed[work.backfill] = handed.get(work.backfill, 0) + 1
         if event is None:
             new.append(SyncEvent(
                 label=work.label, uid=work.uid, operation=work.operation, version=work.version,
                 priority=work.priority, source=work.source, changed_at=work.changed_at,
-                next_attempt_at=now, created_at=now,
+                next_attempt_at=now, created_at=now, backfill_id=work.backfill,
             ))
             continue
         merged = _fold(Work(event.label, event.uid, event.operation, event.version, event.priority,
-                            event.changed_at, event.source), work)
+                            event.changed_at, event.source, event.backfill_id), work)
         event.operation, event.version, event.priority = merged.operation, merged.version, merged.priority
         event.changed_at, event.source = merged.changed_at, merged.source
+        moved = moved or event.backfill_id != merged.backfill
+        event.backfill_id = merged.backfill
         event.coalesced += 1
         # New work is worth trying now even if the event was backing off after a failure.
         event.next_attempt_at = min(event.next_attempt_at, now)
@@ -190,11 +244,12 @@ def _enqueue_folded(folded: dict[tuple[str, str], Work]) -> EnqueueResult:
     if changed:
         SyncEvent.objects.bulk_update(
             changed, ["operation", "version", "priority", "changed_at", "source", "coalesced",
-                      "next_attempt_at"], batch_size=500)
+                      "next_attempt_at", *(["backfill"] if moved else [])], batch_size=500)
         result.coalesced += len(changed)
     if new:
         SyncEvent.objects.bulk_create(new, batch_size=500)
         result.created += len(new)
+    _handed_over(handed)
     _mark_pending(list(folded))
     return result
 
@@ -244,7 +299,7 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
                 starvation_seconds: float | None = None, max_priority: int | None = None) -> list[SyncEvent]:
     """Lease up to `limit` ready events to `worker`; returns only the events this call won.
 
-    `max_priority=Priority.HIGH` claims HIGH events only (and no aged share).
+    `max_priority=Priority.HIGH` claims HIGH streaming events only (and no aged share).
     """
     timeout = visibility_timeout if visibility_timeout is not None else settings.SYNC_VISIBILITY_TIMEOUT
     starvation = starvation_seconds if starvation_seconds is not None else settings.SYNC_STARVATION_SECONDS
@@ -258,13 +313,21 @@ def claim_batch(worker: str, limit: int, *, visibility_timeout: float | None = N
                                         status=Status.IN_FLIGHT, lease_expires_at__gte=now)
         ready = SyncEvent.objects.filter(_claimable(now)).exclude(Exists(busy))
         if max_priority is not None:
-            ready = ready.filter(priority__lte=max_priority)
+            # The urgent claims are the streaming changes': a backfill's HIGH work never holds them.
+            ready = ready.filter(priority__lte=max_priority, backfill__isnull=True)
         aged_slots = max(1, int(limit * STARVATION_SHARE)) if max_priority is None else 0
         aged = list(_locked(ready.filter(created_at__lte=now - timedelta(seconds=starvation))
                             .order_by("created_at", "id").values_list("id", "interruptions"))[:aged_slots]) \
             if aged_slots else []
-        rest = list(_locked(ready.exclude(id__in=[i for i, _ in aged]).order_by("priority", "next_attempt_at", "id")
+        # Streaming changes by priority, then backfills' work with what is left of the batch: no
+        # change waits behind a bulk load (whose oldest events still move on in the aged share).
+        taken = [i for i, _ in aged]
+        order = ("priority", "next_attempt_at", "id")
+        rest = list(_locked(ready.filter(backfill__isnull=True).exclude(id__in=taken).order_by(*order)
                             .values_list("id", "interruptions"))[:limit - len(aged)])
+        if max_priority is None and len(aged) + len(rest) < limit:
+            rest += list(_locked(ready.filter(backfill__isnull=False).exclude(id__in=taken).order_by(*order)
+                                 .values_list("id", "interruptions"))[:limit - len(aged) - len(rest)])
         # An event a timeout cut short before is claimed alone: if it is what stalls its batches,
         # it stalls no other event, and its own interruptions count towards its dead letter.
         suspect = next((i for i, interrupted in aged + rest if interrupted), None)
@@ -296,17 +359,21 @@ def claim_entity(work: Work, worker: str, *, wait: float = 10.0, poll: float = 0
     """
     deadline = time.monotonic() + wait
     token = f"{worker[:40]}:{uuid.uuid4().hex[:16]}"
+    work = _scoped(work)
     while True:
         now = timezone.now()
         with transaction.atomic():
             busy = SyncEvent.objects.filter(label=work.label, uid=work.uid, status=Status.IN_FLIGHT,
                                             lease_expires_at__gte=now).exists()
             if not busy:
+                if work.backfill is not None:
+                    _handed_over({work.backfill: 1})
                 return SyncEvent.objects.create(
                     label=work.label, uid=work.uid, operation=work.operation, version=work.version,
                     priority=work.priority, status=Status.IN_FLIGHT, source=work.source, attempts=1,
                     claim_token=token, changed_at=work.changed_at, created_at=now, next_attempt_at=now,
-                    lease_expires_at=now + timedelta(seconds=settings.SYNC_VISIBILITY_TIMEOUT))
+                    lease_expires_at=now + timedelta(seconds=settings.SYNC_VISIBILITY_TIMEOUT),
+                    backfill_id=work.backfill)
         if time.monotonic() >= deadline:
             raise EntityBusy(f"{work.label}:{work.uid} is being applied by another worker; try again shortly")
         time.sleep(poll)
@@ -325,6 +392,7 @@ def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", wait
     """
     folded: dict[tuple[str, str], Work] = {}
     for work in works:
+        work = _scoped(work)
         folded[work.key] = _fold(folded[work.key], work) if work.key in folded else work
     if not folded:
         return []
@@ -339,10 +407,16 @@ def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", wait
             busy = [e for e in active if e.status == Status.IN_FLIGHT and e.lease_expires_at is not None
                     and e.lease_expires_at >= now and not (take_over and e.claim_token.startswith(take_over))]
             if not busy:
+                owned = {(e.label, e.uid, e.backfill_id) for e in active}
+                handed: dict[int, int] = {}
+                for (label, uid), work in folded.items():
+                    if work.backfill is not None and (label, uid, work.backfill) not in owned:
+                        handed[work.backfill] = handed.get(work.backfill, 0) + 1
                 for event in active:
                     key = (event.label, event.uid)
                     folded[key] = _fold(Work(event.label, event.uid, event.operation, event.version,
-                                             event.priority, event.changed_at, event.source), folded[key])
+                                             event.priority, event.changed_at, event.source, event.backfill_id),
+                                        folded[key])
                 if active:
                     with_ids(SyncEvent.objects.filter(status__in=[Status.QUEUED, Status.IN_FLIGHT]),
                              [e.id for e in active]).update(status=Status.DONE, outcome="superseded",
@@ -352,7 +426,9 @@ def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", wait
                     label=w.label, uid=w.uid, operation=w.operation, version=w.version, priority=w.priority,
                     status=Status.IN_FLIGHT, source=w.source, attempts=1, claim_token=token,
                     changed_at=w.changed_at, created_at=now, next_attempt_at=now, lease_expires_at=expires,
+                    backfill_id=w.backfill,
                 ) for w in folded.values()], batch_size=500)
+                _handed_over(handed)
                 break
         if time.monotonic() >= deadline:
             raise EntityBusy(f"{busy[0].label}:{busy[0].uid} is being applied by another worker; try again shortly")
@@ -565,17 +641,25 @@ def _fold_into_queued(event: SyncEvent, *, interrupted: bool = False) -> None:
     """Carry a retired event's urgency (priority, first change time) into the queued one, and
     the timeouts that cut it short (`interrupted`: one more just now)."""
     queued = SyncEvent.objects.filter(status=Status.QUEUED, label=event.label, uid=event.uid)
+    if event.backfill_id is None:
+        # A streaming change takes backfill work out of its backfill, timed from its own change.
+        queued.filter(backfill__isnull=False).update(backfill=None, changed_at=event.changed_at)
     queued.filter(priority__gt=event.priority).update(priority=event.priority)
     cuts = event.interruptions + (1 if interrupted else 0)
     if cuts:
         queued.filter(interruptions__lt=cuts).update(interruptions=cuts)
     if event.changed_at:
-        queued.filter(changed_at__gt=event.changed_at).update(changed_at=event.changed_at)
+        # (A backfill's change time never becomes a streaming change's.)
+        timed = queued if event.backfill_id is None else queued.filter(backfill__isnull=False)
+        timed.filter(changed_at__gt=event.changed_at).update(changed_at=event.changed_at)
     queued.update(next_attempt_at=timezone.now())
 
 
 def retry_dead(ids: Iterable[int], actor) -> int:
-    """Put dead letters back in the queue (merged into a queued event for the same entity)."""
+    """Put dead letters back in the queue (merged into a queued event for the same entity); with
+    SYNC_TRANSPORT=kafka, publish them again (`_republish_dead`)."""
+    if settings.SYNC_TRANSPORT == "kafka":
+        return _republish_dead(ids, actor)
     retried = 0
     now = timezone.now()
     with transaction.atomic():
@@ -598,6 +682,55 @@ def retry_dead(ids: Iterable[int], actor) -> int:
     return retried
 
 
+def _republish_dead(ids: Iterable[int], actor) -> int:
+    """SYNC_TRANSPORT=kafka: each dead letter's message goes back to its change topic as the
+    dead-letter topic holds it (its headers say which topic, and that it is a retry); one the topic
+    no longer holds (retention) is published anew from its row. Once the broker acknowledged them
+    (RetryableStoreError otherwise, and nothing changes), each row is done (`republished`) and
+    audited as a retry. Publishing comes first and outside the transaction: a dead letter two
+    people retry at once is published twice, which the consumer's version guard makes harmless."""
+    events = list(SyncEvent.objects.filter(id__in=list(ids), status=Status.DEAD))
+    if not events:
+        return 0
+    held = kafka_transport.read_dead([e.dlq_position for e in events if e.dlq_position])
+    topics = set(kafka_transport.change_topics())
+    sending, fresh, target = [], [], {}
+    for event in events:
+        message = held.get(event.dlq_position)
+        if message is not None:
+            topic = message.origin if message.origin in topics else kafka_transport.topic_for(event.priority)
+            sending.append((topic, message.key, message.value, [("retry-of", event.dlq_position.encode())]))
+        elif event.label == kafka_transport.UNREADABLE:
+            log.warning("dead letter %d is gone from the dead-letter topic (%s) and names no entity: "
+                        "nothing to retry", event.id, event.dlq_position)
+            continue
+        else:
+            topic = kafka_transport.topic_for(event.priority)
+            fresh.append(Work(event.label, event.uid, event.operation, event.version, event.priority,
+                              event.changed_at, "retry"))
+        target[event.id] = topic
+    kafka_transport.republish(sending)
+    kafka_transport.publish(fresh)
+    retried = 0
+    now = timezone.now()
+    with transaction.atomic():
+        for event in events:
+            if event.id not in target:
+                continue
+            done = SyncEvent.objects.filter(id=event.id, status=Status.DEAD).update(
+                status=Status.DONE, outcome="republished", finished_at=now,
+                resolved_by=actor if getattr(actor, "pk", None) else None)
+            if not done:
+                continue  # someone else retried or discarded it meanwhile
+            AuditEntry.record(actor, "dead_letter.retry", f"{event.label}:{event.uid}",
+                              before={"status": event.status, "attempts": event.attempts,
+                                      "last_error": event.last_error},
+                              after={"status": Status.DONE, "event": event.id, "republished_to": target[event.id]})
+            retried += 1
+        _mark_pending([(e.label, e.uid) for e in events if e.id in target and e.label != kafka_transport.UNREADABLE])
+    return retried
+
+
 def discard_dead(ids: Iterable[int], actor, note: str = "") -> int:
     """Drop dead letters on purpose; the entity stays out of sync until it changes or is resynced."""
     discarded = 0
@@ -616,7 +749,9 @@ def discard_dead(ids: Iterable[int], actor, note: str = "") -> int:
 
 @dataclass
 class Lane:
-    """One priority's share of the queue: what waits in it, and since when."""
+    """One priority's share of the queue: the streaming changes waiting in it, and since when.
+    Backfills' events are counted apart (`backfill`): they wait behind these, and a backfill's
+    progress has its own reading (sync.backfill)."""
 
     priority: str  # "high", "medium", "low"
     queued: int = 0
@@ -624,31 +759,69 @@ class Lane:
     in_flight: int = 0
     oldest_created: datetime | None = None
     oldest_change: datetime | None = None  # the earliest unsynced graph change waiting
+    backfill: int = 0  # backfills' events of this priority, queued or in flight
+    # SYNC_TRANSPORT=kafka: the consumer group's lag on each partition of this priority's topic
+    # (kafka.PartitionLag), or why the broker could not tell (then only in-flight work is counted).
+    partitions: list = field(default_factory=list)
+    lag_error: str = ""
 
     @property
     def depth(self) -> int:
         return self.queued + self.in_flight
 
+    @property
+    def lag(self) -> int:
+        """SYNC_TRANSPORT=kafka: messages of this priority not yet committed by the consumer group."""
+        return sum(p.lag for p in self.partitions)
+
 
 def lanes(now: datetime | None = None) -> dict[str, Lane]:
-    """The queue's depth per priority (queued + in flight), HIGH first: one aggregate query on the
-    claim index, whatever the queue's size. Every reading of the depth (the Queue page, the
-    observer's readings, /metrics, `sync_status`) comes from here."""
+    """The queue's depth per priority (streaming events queued + in flight; backfills' apart), HIGH
+    first: one aggregate query on the claim index, whatever the queue's size. Every reading of the depth (the Queue page, the
+    observer's readings, /metrics, `sync_status`) comes from here.
+
+    SYNC_TRANSPORT=kafka: the depth is the consumer group's lag on the priority's topic (committed
+    offset vs high watermark, `kafka.lag`); of it, `in_flight` are the events consumers are
+    applying now (their offsets are committed after the vector write), `queued` the rest, of
+    which `backing_off` are the entities a consumer retries in place after a failure."""
     now = now or timezone.now()
     by_priority = {p.label: Lane(p.label) for p in Priority}
     rows = (SyncEvent.objects.filter(status__in=[Status.QUEUED, Status.IN_FLIGHT])
-            .values("priority", "status")
+            .values("priority", "status", "backfill")
             .annotate(n=Count("id"), later=Count("id", filter=Q(next_attempt_at__gt=now)),
                       created=Min("created_at"), changed=Min("changed_at")).order_by())
     for row in rows:
         lane = by_priority[Priority(row["priority"]).label]
+        if row["backfill"] is not None:
+            lane.backfill += row["n"]
+            continue
         if row["status"] == Status.QUEUED:
             lane.queued, lane.backing_off = row["n"], row["later"]
         else:
             lane.in_flight = row["n"]
         lane.oldest_created = _earliest(lane.oldest_created, row["created"])
         lane.oldest_change = _earliest(lane.oldest_change, row["changed"])
+    if settings.SYNC_TRANSPORT == "kafka":
+        _read_lag(by_priority)
     return by_priority
+
+
+def _read_lag(by_priority: dict[str, Lane]) -> None:
+    try:
+        partitions = kafka_transport.lag_reading()
+    except kafka_transport.LagUnknown as exc:
+        for lane in by_priority.values():
+            lane.lag_error = str(exc)
+        return
+    topics = {kafka_transport.topic_for(p): p.label for p in Priority}
+    for partition in partitions:
+        lane = by_priority[topics[partition.topic]]
+        lane.partitions.append(partition)
+        lane.oldest_created = _earliest(lane.oldest_created, partition.published_at)
+        lane.oldest_change = _earliest(lane.oldest_change, partition.changed_at or partition.published_at)
+    for lane in by_priority.values():
+        # Events a consumer retries in place are queued rows, and their messages uncommitted: of the lag.
+        lane.queued = max(lane.lag - lane.in_flight, 0)
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:

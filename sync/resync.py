@@ -6,8 +6,9 @@ and how many are likely metadata-only (the worker compares content hashes and sk
 unchanged text), how long the embedding should take at the fastest rate measured lately, and which
 priority lane the work uses. `start` then enqueues — LOW unless the person picks otherwise, HIGH
 only for a handful of entities so that HIGH work is never starved — at most RESYNC_PER_MINUTE
-times a minute per person, audited; large scopes are handed to the task cluster.
-`progress` is what the overview shows while resynced work drains.
+times a minute per person, audited; large scopes are handed to the task cluster. A label or full
+resync is a backfill (sync.backfill): behind the streaming changes, out of their lag, with its
+progress on the overview and the Queue page.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from django.conf import settings
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from sync import ids, queue
-from sync.models import AuditEntry, Priority, SyncEvent, SyncRecord
+from sync import backfill, ids, queue
+from sync.models import AuditEntry, Backfill, Priority, SyncRecord
 from sync.observe.samples import embed_rate
 from sync.policy import synced_labels
 from sync.stores import graph_store
 from sync.stores.base import StoreError
 
-PAGE = 1000
 ENTITY, LABEL, ALL = "entity", "label", "all"
 SCOPES = (ENTITY, LABEL, ALL)
 HIGH_MAX = 100  # the most entities a resync may put in the HIGH lane
@@ -166,11 +166,14 @@ def start(scope: Scope, *, actor, priority: str = "low", note: str = "", backgro
         from django_q.tasks import async_task
 
         # Audited when asked for (entries are written once): the count is the preview's.
-        entry = AuditEntry.record(actor, "resync", scope.target, after={**summary, "background": True}, note=note)
-        async_task("sync.tasks.resync_labels", scope.labels, int(lane), entry.pk, group="resync",
+        load = _backfill(scope.labels, scope.target, actor, note, expected=shown.entities)
+        entry = AuditEntry.record(actor, "resync", scope.target, after={**summary, "background": True,
+                                                                        "backfill": load.pk}, note=note)
+        async_task("sync.tasks.resync_labels", scope.labels, int(lane), entry.pk, load.pk, group="resync",
                    q_options={"timeout": 3600})
-        return {**summary, "queued": 0, "background": True, "audit": entry.pk}
-    counts = resync_labels(scope.labels, actor=actor, priority=lane, note=note, target=scope.target)
+        return {**summary, "queued": 0, "background": True, "audit": entry.pk, "backfill": load.pk}
+    counts = resync_labels(scope.labels, actor=actor, priority=lane, note=note, target=scope.target,
+                           expected=shown.entities)
     return {**summary, "queued": sum(counts.values()), "background": False}
 
 
@@ -181,64 +184,32 @@ def resync_entity(label: str, uid: str, *, actor, priority: int | None = None, n
                       note=note)
 
 
+def _backfill(labels: list[str], target: str | None, actor, note: str, expected: int = 0) -> Backfill:
+    scope = "every synced label" if target == "all" else ", ".join(labels)
+    return backfill.start(Backfill.Kind.RESYNC, scope=scope, reason=f"resync of {scope}" + (f": {note}" if note else ""),
+                          actor=actor, total=expected)
+
+
 def resync_labels(labels: list[str], *, actor, priority: int | None = None, note: str = "",
-                  target: str | None = None, entry: AuditEntry | None = None) -> dict[str, int]:
-    """Page through each label in uid order and enqueue every entity (one graph read per page).
+                  target: str | None = None, entry: AuditEntry | None = None, backfill_id: int | None = None,
+                  expected: int = 0) -> dict[str, int]:
+    """Enqueue every entity of these labels as one backfill (paged in uid order, one graph read a
+    page; sync.backfill.enqueue_labels).
 
     Audited once per label — or once for the whole request (`target`); a background resync
-    (`entry`: the audit entry it was started with) is audited already."""
-    graph = graph_store()
-    counts: dict[str, int] = {}
-    for label in labels:
-        lane = queue.priority_of(label) if priority is None else priority
-        after, total = None, 0
-        while True:
-            page = graph.scan_label(label, after, PAGE)
-            if not page:
-                break
-            # No change time: a resync is not a change, and must not count the data's age as lag.
-            queue.enqueue_many([queue.Work(label=e.label, uid=e.uid, version=e.version, priority=lane,
-                                           source="resync") for e in page])
-            total += len(page)
-            after = page[-1].uid
-        counts[label] = total
-        if target is None and entry is None:
-            AuditEntry.record(actor, "resync", label, after={"queued": total, "priority": Priority(lane).label},
-                              note=note)
+    (`entry`: the audit entry it was started with; `backfill_id`: the backfill recorded then) is
+    audited already. `expected`: the entities the preview counted."""
+    load = (Backfill.objects.get(pk=backfill_id) if backfill_id is not None
+            else _backfill(labels, target, actor, note, expected))
+    counts = backfill.enqueue_labels(load, labels, priority=priority, source="resync")
+    if target is None and entry is None:
+        for label in labels:
+            lane = queue.priority_of(label) if priority is None else priority
+            AuditEntry.record(actor, "resync", label, after={"queued": counts[label], "priority": Priority(lane).label,
+                                                             "backfill": load.pk}, note=note)
     if target is not None:
         AuditEntry.record(actor, "resync", target, after={"queued": sum(counts.values()), "labels": counts,
-                                                          "priority": "policy" if priority is None else Priority(priority).label},
+                                                          "priority": "policy" if priority is None else Priority(priority).label,
+                                                          "backfill": load.pk},
                           note=note)
     return counts
-
-
-@dataclass(frozen=True)
-class ResyncProgress:
-    """How far the latest label or full resync's events have drained (the overview shows it)."""
-
-    entry: AuditEntry  # the latest resync of more than one entity
-    waiting: int  # resync events queued or in flight
-    applied: int  # resync events applied since it started
-    failed: int
-
-    @property
-    def queued(self) -> int:
-        """Entities queued; for a background resync, those its preview counted."""
-        after = self.entry.after or {}
-        return int(after.get("queued") or after.get("entities") or 0)
-
-
-def progress(now=None) -> ResyncProgress | None:
-    """The latest label or full resync of the last day while its work drains (None otherwise)."""
-    now = now or timezone.now()
-    entry = (AuditEntry.objects.filter(action="resync", at__gt=now - timedelta(days=1))
-             .exclude(target__contains=":").order_by("-at").first())
-    if entry is None:
-        return None
-    events = SyncEvent.objects.filter(source="resync")
-    waiting = events.filter(status__in=[SyncEvent.Status.QUEUED, SyncEvent.Status.IN_FLIGHT]).count()
-    if not waiting and (now - entry.at) > timedelta(hours=1):
-        return None
-    finished = events.filter(status__in=[SyncEvent.Status.DONE, SyncEvent.Status.DEAD], finished_at__gte=entry.at)
-    failed = finished.filter(status=SyncEvent.Status.DEAD).count()
-    return ResyncProgress(entry, waiting, finished.count() - failed, failed)

@@ -206,11 +206,12 @@ def reconcile_full() -> dict:
     return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
 
 
-def resync_labels(labels: list[str], priority: int, audit_id: int) -> dict:
+def resync_labels(labels: list[str], priority: int, audit_id: int, backfill_id: int | None = None) -> dict:
     """A label or full resync too large for a web request (sync.resync.start), audited when it
-    was asked for (`audit_id`)."""
+    was asked for (`audit_id`), as the backfill recorded then (`backfill_id`)."""
     entry = AuditEntry.objects.get(pk=audit_id)
-    return enqueue_labels(labels, actor=entry.actor or entry.actor_name, priority=priority, entry=entry)
+    return enqueue_labels(labels, actor=entry.actor or entry.actor_name, priority=priority, entry=entry,
+                          backfill_id=backfill_id)
 
 
 def search_canary() -> dict:

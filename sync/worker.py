@@ -18,6 +18,7 @@ with a growing pause, on a new connection if the old one broke.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -34,6 +35,21 @@ from sync.observe.counters import SYNC_ERRORS
 log = logging.getLogger(__name__)
 
 
+def lower_cpu_priority() -> int:
+    """Lower this process's CPU priority to SYNC_WORKER_NICE (never raise it); returns the
+    niceness it now has. The embedding workers call it at start, and their children inherit it:
+    on a machine shared with the web server, a page or a search then waits for no embedding batch,
+    while the workers still take every idle cycle."""
+    current = os.nice(0)
+    wanted = settings.SYNC_WORKER_NICE
+    if wanted > current:
+        try:
+            current = os.nice(wanted - current)
+        except OSError as exc:  # a sandbox may refuse; the workers run as they are
+            log.warning("could not lower the workers' CPU priority to nice %d: %s", wanted, exc)
+    return current
+
+
 @dataclass
 class ReadyWork:
     count: int
@@ -47,7 +63,7 @@ def ready_work(limit: int) -> ReadyWork:
     count = ready[:limit].count()
     if not count:
         return ReadyWork(0, False, 0.0)
-    has_high = ready.filter(priority=Priority.HIGH).exists()
+    has_high = ready.filter(priority=Priority.HIGH, backfill__isnull=True).exists()  # a backfill's HIGH waits its turn
     oldest = ready.aggregate(oldest=Min("created_at"))["oldest"]
     return ReadyWork(count, has_high, (now - oldest).total_seconds() if oldest else 0.0)
 

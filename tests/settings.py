@@ -15,6 +15,7 @@ os.environ.setdefault("DATA_DIR", str(_ROOT / "var" / "test"))
 os.environ.setdefault("NEO4J_URI", "bolt://127.0.0.1:7688")
 os.environ.setdefault("NEO4J_PASSWORD", "nightingale-test")
 os.environ.setdefault("SYNC_KICK_DRAIN", "false")
+os.environ.setdefault("SYNC_WORKER_NICE", "0")  # worker subprocesses keep the tests' own priority
 os.environ.setdefault("OBSERVE_BESIDE_CAPTURE", "false")  # tests run the observer themselves
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     # A fresh directory per run (worker subprocesses inherit it): counters start at zero.

@@ -103,3 +103,27 @@ def test_the_command_runs_for_a_while_and_leaves_the_graph_whole(small_graph, ve
     assert "foreign edits a minute" in out.getvalue()
     assert "0 errors" in out.getvalue()
     assert cypher(small_graph, "MATCH (i:ThreatIntel {uid: 'ti-1'}) RETURN count(i) AS n") == [{"n": 1}]
+
+
+def test_the_start_up_summary_of_the_first_conflicts_adds_up(small_graph, vectors):
+    """`load_demo`'s line about its first conflicts: the disagreements it counts are the ones its
+    writes recorded, each settled by a rule or open, so the parts add up to the whole (it once
+    printed "12 disagreements: 8 settled by the rules, 8 open")."""
+    import re
+
+    from sync.management.commands.load_demo import Command
+
+    cypher(small_graph, "UNWIND range(2, 7) AS n CREATE (:ThreatActor {uid: 'apt-' + n, name: 'APT ' + n, "
+                        "description: 'Crew ' + n, severity: 'medium'}), "
+                        "(:Vulnerability {uid: 'CVE-2024-' + n, cve_id: 'CVE-2024-' + n, title: 'Bug ' + n, "
+                        "cvss_score: 7.5})")
+    out = StringIO()
+    Command(stdout=out)._first_conflicts()
+    line = out.getvalue().strip()
+    found = re.fullmatch(r"demo: (\d+) disagreements between sources \((\d+) pairs staged\): (\d+) settled by "
+                         r"the rules, (\d+) open for an analyst \(/conflicts/\)", line)
+    assert found, line
+    total, pairs, settled, open_ = map(int, found.groups())
+    assert pairs == 12 and total == settled + open_ and open_ > 0 and settled > 0
+    assert settled == Conflict.objects.filter(status="auto_resolved").count()
+    assert open_ == Conflict.objects.filter(status="open").count()

@@ -121,13 +121,28 @@ def test_compose_runs_the_system_the_way_the_docs_say():
         assert app[name]["depends_on"]["setup"] == {"condition": "service_completed_successfully"}
 
 
+def test_compose_has_a_kafka_broker_under_its_profile():
+    spec = compose()
+    kafka = spec["services"]["kafka"]
+    assert kafka["profiles"] == ["kafka"] and kafka["image"].startswith("apache/kafka:4.")
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft: no ZooKeeper
+    assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    app = app_services(spec)
+    assert all(s["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "${KAFKA_BOOTSTRAP_SERVERS:-kafka:9092}"
+               and s["environment"]["SYNC_TRANSPORT"] == "${SYNC_TRANSPORT:-outbox}" for s in app.values())
+    # Optional: without the profile the worker starts on the outbox as before.
+    assert app["worker"]["depends_on"]["kafka"] == {"condition": "service_healthy", "required": False}
+
+
 def test_the_settings_accept_composes_environment(tmp_path):
     spec = compose()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "Q_", "REDIS_", "NEO4J_"))}
     values = {"POSTGRES_PASSWORD": "pg-secret", "NEO4J_PASSWORD": "neo4j-secret",
               "SECRET_KEY": "k" * 50, "ALLOWED_HOSTS": "sync.example.org"}
     for name, value in app_services(spec)["worker"]["environment"].items():
-        env[name] = re.sub(r"\$\{([A-Z_0-9]+)[^}]*\}", lambda m: values[m.group(1)], str(value))
+        env[name] = re.sub(r"\$\{([A-Z_0-9]+)(?::-([^}]*))?[^}]*\}",
+                           lambda m: values[m.group(1)] if m.group(2) is None else m.group(2), str(value))
     env.update(DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="nightingale.settings")
     code = ("import django; django.setup(); from django.conf import settings as s; "
             "print(s.Q_BROKER, s.DATABASES['default']['ENGINE'], s.Q_CLUSTER['redis'], s.NEO4J_URI)")

@@ -1,10 +1,12 @@
 """SYNC_TRANSPORT=kafka against a real Apache Kafka 4 broker (KRaft, tools/kafka), started by this
 module on free ports with its own data directory: events keyed Label:uid in order, a foreign write
 reaching the index through the consumer group, a broker outage during capture, a consumer killed
-mid-batch."""
+mid-batch, HIGH kept fresh by two consumers while a LOW backlog drains, a poison event through the
+dead-letter topic and back, and the queue's depth read from the group's lag everywhere."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,11 +21,14 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from sync import capture, queue
+from sync import capture, deadletters, queue, writes
 from sync.ids import vector_id
-from sync.models import ChangeCursor, SyncEvent, SyncRecord
+from sync.models import AuditEntry, ChangeCursor, Priority, SyncEvent, SyncRecord
+from sync.observe import alerting, readings
+from sync.stores import use_vector_store
 from sync.stores.base import RetryableStoreError
 from sync.transport import consumer, kafka
+from tests.test_observe_metrics import scrape, value
 from tests.test_settings import run_check
 from tests.test_worker_processes import actors, assert_exact, current_database_url, manage, worker_env
 
@@ -135,6 +140,19 @@ def test_changes_are_keyed_in_order_and_a_foreign_write_reaches_the_index(synced
     assert sum(p.lag for p in kafka.lag()) == 0  # every offset committed after the write
 
 
+def test_capture_publishes_a_change_once_however_often_its_overlap_window_reads_it(synced_graph, vectors,
+                                                                                   on_kafka):
+    # On Kafka a published change is no queued row: capture remembers what it published, or each
+    # poll would publish again every change of its overlap window not yet applied.
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt29', name: 'APT29', description: 'Russian SVR actor'})")
+    assert capture.poll_once("test", overlap=30).enqueued == 1
+    assert [capture.poll_once("test", overlap=30).enqueued for _ in range(3)] == [0, 0, 0]
+    cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'apt29'}) SET a.description = 'Cozy Bear'")
+    assert capture.poll_once("test", overlap=30).enqueued == 1  # a new version is published
+    assert capture.poll_once("test", overlap=30).enqueued == 0
+    assert len(read_topics(kafka.change_topics(), 3, timeout=5)) == 2
+
+
 def test_a_broker_outage_during_capture_loses_nothing(synced_graph, vectors, on_kafka):
     synced_graph.import_entities("ThreatActor", [{"uid": f"a{n}", "name": f"Actor {n}"} for n in range(5)],
                                  source="test")
@@ -207,6 +225,297 @@ def test_a_consumer_killed_mid_batch_is_redelivered_to_another(synced_graph, vec
     assert sum(p.lag for p in kafka.lag()) == 0
     upserts = SyncEvent.objects.filter(outcome="upserted").values_list("uid", "version")
     assert len(upserts) == len(set(upserts)) == count  # duplicates in effect: none
+
+
+def test_a_write_paths_change_event_names_the_properties_it_changed(synced_graph, vectors, on_kafka):
+    writes.write_entity("ThreatActor", "apt28", {"name": "APT28", "description": "GRU"}, source="feed")
+    writes.write_entity("ThreatActor", "apt28", {"name": "APT28", "description": "GRU unit 26165"}, source="feed")
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt41', name: 'APT41'})")  # a foreign write
+    capture.poll_once("test", overlap=0)
+    events = {}
+    for message in read_topics([kafka.topic_for(Priority.MEDIUM)], 4):  # capture publishes apt28 v2 again
+        data = json.loads(message.value())
+        events[(message.key(), data["event"]["version"], data["metadata"]["source"])] = data["event"]
+    assert events[(b"ThreatActor:apt28", 1, "write")]["changed"] == ["description", "name", "source", "uid"]
+    assert events[(b"ThreatActor:apt28", 2, "write")]["changed"] == ["description"]
+    assert events[(b"ThreatActor:apt41", 1, "capture")]["changed"] is None  # capture reads versions only
+
+
+def group_members() -> int:
+    """Members of the sync group holding partitions, once the group is stable (0 before)."""
+    from confluent_kafka import ConsumerGroupState, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(kafka.client_config())
+    [future] = admin.describe_consumer_groups([settings.KAFKA_GROUP_ID], request_timeout=10).values()
+    try:
+        group = future.result()
+    except KafkaException:  # the group's coordinator is still being chosen
+        return 0
+    if group.state != ConsumerGroupState.STABLE:
+        return 0
+    return sum(1 for member in group.members if member.assignment.topic_partitions)
+
+
+def index_without_embedding(vectors, graph, label: str, uids: list[str]) -> None:
+    """Vectors for these entities as apply writes them (`build_document`: ids, text snippets, content
+    hash, model), with a constant vector instead of an embedding: what the test needs of them is
+    that a later change of metadata only is applied as one, without embedding."""
+    from sync.policy import build_document
+    from sync.stores.base import VectorRecord
+
+    for start in range(0, len(uids), 1000):
+        entities = graph.get_entities([(label, uid) for uid in uids[start:start + 1000]])
+        vectors.upsert([VectorRecord(chunk.vector_id, [0.05] * 384, chunk.metadata)
+                        for entity in entities.values() for chunk in build_document(entity).chunks])
+
+
+@pytest.mark.slow
+def test_high_stays_fresh_while_two_consumers_drain_a_low_backlog(synced_graph, vectors, on_kafka, tmp_path):
+    """5,000 LOW events (metadata-only changes of indexed reports) wait; two consumers of the group
+    share the partitions; a KEV entry (HIGH) changes every half second meanwhile. Each KEV change
+    reaches the index within HIGH's freshness target, and ahead of the backlog: one made while
+    2,000 or more LOW events waited was applied while 1,000 or more still did (without the pausing
+    it would wait behind its consumer's prefetched share of the backlog)."""
+    backlog, kevs = 5000, 4
+    uids = [f"r{n:04d}" for n in range(backlog)]
+    synced_graph.import_entities("Report", [{"uid": uid, "title": f"Report {uid}", "doc_type": "report"}
+                                            for uid in uids], source="test")
+    index_without_embedding(vectors, synced_graph, "Report", uids)
+    synced_graph.import_entities("KEV", [{"uid": f"CVE-2099-{n:04d}", "cve_id": f"CVE-2099-{n:04d}",
+                                          "short_description": "Initial entry"} for n in range(kevs)], source="test")
+    cypher(synced_graph, "MATCH (r:Report) SET r.doc_type = 'advisory'")  # a foreign write: metadata only
+    env = worker_env(tmp_path, current_database_url(), SYNC_TRANSPORT="kafka",
+                     KAFKA_BOOTSTRAP_SERVERS=on_kafka.bootstrap, KAFKA_TOPIC_PREFIX=settings.KAFKA_TOPIC_PREFIX,
+                     KAFKA_GROUP_ID=settings.KAFKA_GROUP_ID, KAFKA_SESSION_TIMEOUT_MS="6000",
+                     KAFKA_BATCH_SECONDS="0.5")
+    kafka.ensure_topics()
+    consumers = [manage("consume", "--name", f"kafka-{n}", env=env) for n in range(2)]
+    reports = SyncEvent.objects.filter(label="Report", status="done", outcome="metadata_only")
+    changes = []  # (uid, version, its time on Neo4j's clock, LOW events waiting when it was made)
+    try:
+        deadline = time.monotonic() + 400
+        while group_members() < 2:  # both started and share the partitions: their start is not measured
+            assert time.monotonic() < deadline, "the consumers never joined the group"
+            for process in consumers:
+                assert process.poll() is None, process.communicate()
+            time.sleep(0.5)
+        assert capture.poll_once("test", overlap=0).enqueued == backlog + kevs
+        started = time.monotonic()
+        n = 0
+        while reports.count() < backlog:
+            assert time.monotonic() < deadline, f"{reports.count()} of {backlog} LOW events applied"
+            for process in consumers:
+                assert process.poll() is None, process.communicate()
+            time.sleep(0.5)
+            waiting = backlog - reports.count()
+            uid = f"CVE-2099-{n % kevs:04d}"
+            _, now = synced_graph.write_entity("KEV", uid, {"short_description": f"Update {n}"}, source="test")
+            assert capture.poll_once("test", overlap=0).enqueued == 1
+            changes.append((uid, now.version, now.updated_at, waiting))
+            n += 1
+        drained = time.monotonic() - started
+        while sum(p.lag for p in kafka.lag()):
+            assert time.monotonic() < deadline, "the last KEV changes were never applied"
+            time.sleep(0.2)
+    finally:
+        for process in consumers:
+            process.terminate()
+        for process in consumers:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    target = settings.FRESHNESS_TARGETS["high"]
+    applied = list(SyncEvent.objects.filter(label="KEV", outcome="upserted").order_by("finished_at"))
+    lags = []
+    for uid, version, changed_at, waiting in changes:
+        # The first apply of the entry at this version or later (two changes may meet in a batch,
+        # and a first change meets the entry's creation, whose lag runs from before the test).
+        event = next(e for e in applied if e.uid == uid and e.version >= version)
+        lag = (event.finished_at - changed_at).total_seconds()  # one host: Neo4j's clock is ours
+        lags.append(lag)
+        assert lag <= target, (uid, version, waiting, lag)
+        if waiting >= 2000:
+            still = backlog - reports.filter(finished_at__lte=event.finished_at).count()
+            assert still >= 1000, f"a KEV change made with {waiting} LOW waiting was applied with {still} left"
+    assert sum(1 for *_, waiting in changes if waiting >= 2000) >= 2, changes  # the test saw a backlog
+    assert SyncRecord.objects.filter(label="Report", status="in_sync").count() == backlog
+    assert SyncEvent.objects.filter(label="Report", outcome="upserted").count() == 0  # nothing embedded
+    assert sum(p.lag for p in kafka.lag()) == 0
+    print(f"\nLOW backlog of {backlog} metadata-only events drained by 2 consumers in {drained:.0f} s; HIGH "
+          f"lag over {len(lags)} changes: p50 {readings.percentiles(lags, 0.5)[0]:.2f} s, max {max(lags):.2f} s "
+          f"(target {target:.0f} s); by LOW waiting: {[(w, round(lag, 1)) for (*_, w), lag in zip(changes, lags, strict=True)]}")
+
+
+def test_a_consumer_holds_low_while_high_waits_and_gives_an_aged_low_its_share(on_kafka, settings):
+    """HIGH first: while HIGH has a backlog a poll brings no LOW. Once LOW has been held for
+    SYNC_STARVATION_SECONDS (0 here), every poll carries at most a quarter of LOW; what a poll
+    leaves out is read again later, so every message comes once, each partition's in order."""
+    sender = kafka.producer()
+    kafka.ensure_topics()
+
+    def publish(priority, n, start=0):
+        for i in range(start, start + n):
+            sender.produce(kafka.topic_for(priority), key=f"Label:u{i}".encode(), value=b"-")
+        assert sender.flush(10) == 0
+
+    publish(Priority.LOW, 300)
+    publish(Priority.HIGH, 300)
+    taker = consumer.ChangeConsumer("kafka-share", batch_size=100, batch_seconds=0.5)
+    seen: dict[tuple[str, int], list[int]] = {}
+    batches = []
+
+    def poll_until(done) -> None:
+        deadline = time.monotonic() + 60
+        while not done():
+            assert time.monotonic() < deadline, {k: len(v) for k, v in seen.items()}
+            batch = taker.poll()
+            lanes = [kafka.topic_for(Priority.HIGH) == m.topic() for m in batch]
+            held = Priority.LOW in taker.held_since  # HIGH had a backlog when this poll began
+            batches.append((lanes.count(True), lanes.count(False), held))
+            for message in batch:
+                seen.setdefault((message.topic(), message.partition()), []).append(message.offset())
+
+    def count(priority) -> int:
+        return sum(len(v) for (topic, _), v in seen.items() if topic == kafka.topic_for(priority))
+
+    try:
+        settings.SYNC_STARVATION_SECONDS = 3600
+        poll_until(lambda: count(Priority.HIGH) == 300)
+        assert count(Priority.LOW) == 0, str(batches)  # held while HIGH had a backlog
+        settings.SYNC_STARVATION_SECONDS = 0
+        aged = len(batches)
+        for start in range(300, 600, 30):  # HIGH keeps coming
+            publish(Priority.HIGH, 30, start=start)
+            poll_until(lambda n=start + 30: count(Priority.HIGH) == n)
+        share = [low for _, low, held in batches[aged:] if held]
+        assert any(share) and all(low <= 25 for low in share), str(batches)
+        poll_until(lambda: count(Priority.LOW) == 300)
+    finally:
+        taker.close()
+    for offsets in seen.values():
+        assert offsets == list(range(len(offsets))), offsets  # each once, in order, none skipped
+
+
+class Refusing:
+    """The real store, failing one entity's vectors (a request of its own that keeps failing)."""
+
+    def __init__(self, inner, uid: str):
+        self.inner, self.prefix = inner, vector_id("ThreatActor", uid)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def upsert(self, records):
+        keep = [r for r in records if not r.id.startswith(self.prefix)]
+        result = self.inner.upsert(keep)
+        for record in records:
+            if record not in keep:
+                result.failed[record.id] = "503 Service Unavailable"
+                result.retryable.add(record.id)
+        return result
+
+
+def test_a_poison_event_goes_to_the_dlq_and_a_retry_from_the_queue_page_republishes_it(
+        client, analyst_user, synced_graph, vectors, on_kafka, settings):
+    settings.SYNC_MAX_ATTEMPTS = 3
+    settings.SYNC_BACKOFF_BASE, settings.SYNC_BACKOFF_MAX, settings.KAFKA_RETRY_BACKOFF_MAX = 0.05, 0.2, 0.5
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'fine', name: 'Fine'}), (:ThreatActor {uid: 'poison', name: 'P'})")
+    assert capture.poll_once("test", overlap=0).enqueued == 2
+    sender = kafka.producer()  # and a message that is not a change event at all
+    sender.produce(kafka.topic_for(Priority.MEDIUM), key=b"ThreatActor:garbled", value=b"{not json")
+    assert sender.flush(10) == 0
+    use_vector_store(Refusing(vectors, "poison"))
+
+    totals = consume_until_idle()
+    assert totals.dead_lettered == 2 and sum(p.lag for p in kafka.lag()) == 0  # committed all the same
+    poison = SyncEvent.objects.get(status="dead", uid="poison")
+    garbled = SyncEvent.objects.get(status="dead", uid="garbled")
+    assert poison.attempts == 3 and "503 Service Unavailable" in poison.last_error
+    assert garbled.label == "ThreatActor" and garbled.last_error.startswith("not a change event")
+    letters = {m.key(): m for m in read_topics([kafka.dlq_topic()], 2)}
+    assert set(letters) == {b"ThreatActor:poison", b"ThreatActor:garbled"}
+    headers = dict(letters[b"ThreatActor:poison"].headers())
+    assert headers["attempts"] == b"3" and b"503" in headers["error"] and headers["event"] == str(poison.id).encode()
+    assert headers["topic"] == kafka.topic_for(Priority.MEDIUM).encode()
+    for event, message in ((poison, letters[b"ThreatActor:poison"]), (garbled, letters[b"ThreatActor:garbled"])):
+        assert event.dlq_position == kafka.position(message.topic(), message.partition(), message.offset())
+
+    client.force_login(analyst_user)  # the Queue page lists the dead-letter topic's events
+    assert {g.label for g in client.get("/queue/").context["groups"]} == {"ThreatActor"}
+    listing = client.get("/queue/dead/", {"label": "ThreatActor"}).content.decode()
+    assert "ThreatActor:poison" in listing and "ThreatActor:garbled" in listing
+
+    reachable = settings.KAFKA_BOOTSTRAP_SERVERS
+    settings.KAFKA_BOOTSTRAP_SERVERS, settings.KAFKA_PUBLISH_TIMEOUT = f"127.0.0.1:{free_port()}", 1.0
+    kafka._drop_producer()
+    assert client.post("/queue/dead/retry", {"ids": [poison.id]}).status_code == 302  # no broker: nothing changes
+    [message] = [str(m) for m in client.get("/queue/").context["messages"]]
+    assert message.startswith("0 of 1 dead letters were retried, then: Kafka at 127.0.0.1:")
+    assert SyncEvent.objects.get(pk=poison.pk).status == "dead" and not AuditEntry.objects.filter(
+        action="dead_letter.retry").exists()
+    settings.KAFKA_BOOTSTRAP_SERVERS, settings.KAFKA_PUBLISH_TIMEOUT = reachable, 3.0
+    kafka._drop_producer()
+
+    use_vector_store(vectors)  # the fix; then the analyst retries the poison event from the page
+    response = client.post("/queue/dead/retry", {"ids": [poison.id]})
+    assert response.status_code == 302
+    [message] = [str(m) for m in client.get("/queue/").context["messages"]]
+    assert message.startswith("Retried 1 dead letter: they are re-published to their Kafka topic")
+    poison.refresh_from_db()
+    assert (poison.status, poison.outcome) == ("done", "republished")
+    entry = AuditEntry.objects.get(action="dead_letter.retry", target="ThreatActor:poison")
+    assert entry.actor == analyst_user and entry.after["republished_to"] == kafka.topic_for(Priority.MEDIUM)
+    again = [m for m in read_topics([kafka.topic_for(Priority.MEDIUM)], 4) if m.key() == b"ThreatActor:poison"]
+    assert len(again) == 2 and dict(again[-1].headers() or [])["retry-of"] == poison.dlq_position.encode()
+
+    assert consume_until_idle().dead_lettered == 0
+    record = vectors.fetch([vector_id("ThreatActor", "poison")])[vector_id("ThreatActor", "poison")]
+    assert record.metadata["uid"] == "poison"
+    assert SyncRecord.objects.get(label="ThreatActor", uid="poison").status == "in_sync"
+
+    assert deadletters.discard(deadletters.Selection(ids=(garbled.id,)), analyst_user).done == 1  # dropped, audited
+    assert AuditEntry.objects.filter(action="dead_letter.discard", target="ThreatActor:garbled").exists()
+    assert deadletters.count(deadletters.Selection(as_of=None)) == 0
+
+
+def test_the_queue_depth_is_the_consumer_groups_lag_everywhere(client, viewer, synced_graph, vectors, on_kafka,
+                                                                settings):
+    synced_graph.import_entities("Report", [{"uid": f"r{n}", "title": f"Report {n}"} for n in range(7)], source="test")
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt1', name: 'APT1'})")
+    assert capture.poll_once("test", overlap=0).enqueued == 8
+
+    reading = readings.read()  # what the overview, the alert rules and /metrics read
+    assert (reading.queue_depth, reading.depth_of("low"), reading.depth_of("medium")) == (8, 7, 1)
+    assert reading.oldest_unsynced["low"] is not None and reading.oldest_unsynced["high"] is None
+    settings.ALERT_QUEUE_DEPTH = 5
+    finding = alerting.BY_KEY["queue_depth"].check(reading, None)
+    assert finding.holds and "LOW 7" in finding.summary
+    scraped = scrape(client, settings)
+    assert value(scraped, "sync_queue_depth", priority="low") == 7
+    assert value(scraped, "sync_queue_depth", priority="medium") == 1
+    client.force_login(viewer)
+    assert "HIGH 0 · MEDIUM 1 · LOW 7" in client.get("/").content.decode()  # the overview's depth card
+    page = client.get("/queue/")
+    state = page.context["summary"]
+    assert state.depth == 8 and sum(p.lag for p in state.partitions) == 8
+    assert {p.topic for p in state.partitions} == set(kafka.change_topics())
+    assert all(p.committed is None for p in state.partitions)
+    html = page.content.decode()
+    assert "Consumer group lag" in html and kafka.topic_for(Priority.LOW) in html
+
+    consume_until_idle()
+    state = client.get("/queue/").context["summary"]
+    assert state.depth == 0 and all(p.lag == 0 for p in state.partitions)
+    assert sum(p.committed or 0 for p in state.partitions) == sum(p.high for p in state.partitions) == 8
+    assert readings.read().queue_depth == 0
+
+    settings.KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{free_port()}"  # no broker there
+    page = client.get("/queue/")
+    assert page.status_code == 200 and page.context["summary"].lag_error
+    assert "lag unknown" in page.content.decode()
+    assert readings.read().queue_depth == 0  # only what is in flight is counted meanwhile
 
 
 @pytest.mark.parametrize(("env", "message"), [

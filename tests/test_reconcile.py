@@ -3,11 +3,15 @@ conflicts for the rest, without false positives on untouched entities."""
 
 from __future__ import annotations
 
-import pytest
+from datetime import timedelta
 
-from sync import queue, worker
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from sync import capture, queue, worker
 from sync.ids import vector_id
-from sync.models import Conflict, ReconcileRun, SyncEvent
+from sync.models import ChangeCursor, Conflict, ReconcileRun, SyncEvent
 from sync.reconcile import reconciler as reconcile
 from sync.stores.base import VectorRecord
 
@@ -116,6 +120,37 @@ def test_an_incremental_run_checks_recent_changes(synced_world):
     assert run.mode == ReconcileRun.Mode.INCREMENTAL
     assert run.drift == {"stale_vector": 1}
     assert run.entities_checked >= 1
+
+
+def test_a_change_capture_has_not_queued_yet_is_in_flight_not_drift(synced_world):
+    """Foreign writes after capture's cursor (an edit, a new node, a delete) are on their way:
+    no run counts or repairs them, while a vector lost for an entity capture has handled (in
+    its overlap window: the graph was synced seconds ago) is drift still. Once capture stops
+    polling, nothing is on its way any more: the same writes are drift (the safety net)."""
+    graph, vectors = synced_world
+    assert capture.poll_once("test-poller").polled  # the cursor past the graph, every change handled
+    assert not SyncEvent.objects.filter(status="queued").exists()
+    cypher(graph, "MATCH (a:ThreatActor {uid: 'ta-7'}) SET a.description = 'foreign edit'")
+    cypher(graph, "CREATE (:ThreatActor {uid: 'ta-new', name: 'New actor', description: 'foreign create'})")
+    cypher(graph, "MATCH (a:ThreatActor {uid: 'ta-8'}) DETACH DELETE a")  # a tombstone, its vector left
+    vectors.delete([vector_id("ThreatActor", "ta-1")])
+
+    dry = reconcile.full(dry_run=True)
+    assert dry.drift == {"missing_vector": 1}
+    assert [(s["kind"], s["uid"]) for s in dry.samples] == [("missing_vector", "ta-1")]
+    run = reconcile.incremental()
+    assert run.drift == {"missing_vector": 1} and run.repaired == {"missing_vector": 1}
+    assert list(SyncEvent.objects.filter(status="queued").values_list("uid", "source")) == [("ta-1", "reconcile")]
+    assert vectors.fetch([vector_id("ThreatActor", "ta-8")])  # not deleted as an orphan: its delete is coming
+
+    ChangeCursor.objects.update(polled_at=timezone.now() - timedelta(seconds=settings.HEARTBEAT_MAX_AGE + 1))
+    assert reconcile.full(dry_run=True).drift == {"missing_vector": 1, "orphan_vector": 1, "stale_vector": 1}
+
+    capture.poll_once("test-poller")  # capture comes back: the three writes are queued and applied
+    counts = worker.drain(idle_exit=0)
+    assert (counts.upserted, counts.deleted) == (3, 1)  # ta-1's resync, ta-7, ta-new; ta-8
+    assert reconcile.full().drift == {}
+    assert vectors.fetch([vector_id("ThreatActor", "ta-8")]) == {}
 
 
 def test_the_command_prints_the_counts(synced_world):

@@ -8,8 +8,8 @@ import pytest
 from django.core.management import call_command
 from django_q.models import OrmQ
 
-from sync import queue, resync, tasks, worker
-from sync.models import AuditEntry, Priority, SyncEvent, SyncRecord
+from sync import backfill, queue, resync, tasks, worker
+from sync.models import AuditEntry, Backfill, Priority, SyncEvent, SyncRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -106,12 +106,16 @@ def test_a_large_resync_runs_in_the_background_and_shows_progress(graph, vectors
     actors(graph, 5)
     done = resync.start(resync.Scope(resync.LABEL, "ThreatActor"), actor=analyst_user)
     assert done["background"] and OrmQ.objects.count() == 1 and not SyncEvent.objects.exists()
-    tasks.resync_labels(["ThreatActor"], Priority.LOW, done["audit"])  # what the cluster runs
-    shown = resync.progress()
-    assert (shown.queued, shown.waiting, shown.applied) == (5, 5, 0)
+    load = Backfill.objects.get(pk=done["backfill"])  # recorded when asked for: the overview shows it at once
+    assert (load.kind, load.total, load.actor_name) == ("resync", 5, "ana-analyst")
+    tasks.resync_labels(["ThreatActor"], Priority.LOW, done["audit"], done["backfill"])  # what the cluster runs
+    load.refresh_from_db()
+    shown = backfill.progress_of(load)
+    assert (shown.total, shown.waiting, shown.done) == (5, 5, 0)
     worker.drain(idle_exit=0)
-    shown = resync.progress()
-    assert (shown.waiting, shown.applied) == (0, 5)
+    load.refresh_from_db()
+    shown = backfill.progress_of(load)
+    assert (shown.waiting, shown.done, shown.finished) == (0, 5, True)
 
 
 def test_the_overview_shows_a_resync_draining(client, viewer, graph, vectors):
@@ -119,7 +123,8 @@ def test_the_overview_shows_a_resync_draining(client, viewer, graph, vectors):
     resync.start(resync.Scope(resync.LABEL, "ThreatActor"), actor="someone")
     client.force_login(viewer)
     page = client.get("/").content.decode()
-    assert "Resync of ThreatActor" in page and "0 applied, 3 waiting" in page
+    assert "Resync: 0 of 3 entities, no estimate until its first entities are synced" in page
+    assert "ThreatActor, started under a minute ago by someone: resync of ThreatActor" in page
 
 
 def test_the_command_previews_and_queues(graph, capsys):

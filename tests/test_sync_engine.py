@@ -308,6 +308,31 @@ def test_the_poller_applies_high_priority_changes_itself(synced_graph, vectors, 
     assert SyncEvent.objects.get(status="queued").uid == "apt34"
 
 
+def test_capture_polls_faster_while_high_priority_labels_change(synced_graph, settings):
+    # The poll interval is most of a HIGH change's lag: after a poll finds HIGH work, polls come
+    # every CAPTURE_FAST_INTERVAL until CAPTURE_FAST_SECONDS pass without one. (A long interval
+    # against a short fast one, so that a slow poll on a busy machine cannot blur the two.)
+    settings.SYNC_KICK_DRAIN = False
+    settings.CAPTURE_FAST_INTERVAL, settings.CAPTURE_FAST_SECONDS = 0.1, 60
+    polls = []
+
+    def count(result):
+        polls.append(result)
+
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt34', name: 'APT34', description: 'OilRig'})")
+    medium = capture.run("p", seconds=3, interval=10.0, after_poll=count)
+    assert medium.enqueued == 1 and medium.urgent == 0 and len(polls) == 1
+    polls.clear()
+    cypher(synced_graph, "CREATE (:KEV {uid: 'CVE-2026-0001', cve_id: 'CVE-2026-0001', vulnerability_name: 'RCE'})")
+    high = capture.run("p", seconds=3, interval=10.0, after_poll=count)
+    assert high.enqueued == 1 and high.urgent == 1
+    assert len(polls) >= 2, f"{len(polls)} polls in 3 s after a HIGH change"
+    polls.clear()
+    settings.CAPTURE_FAST_SECONDS = 0  # ... and back to the interval once HIGH labels are quiet
+    cypher(synced_graph, "CREATE (:KEV {uid: 'CVE-2026-0002', cve_id: 'CVE-2026-0002', vulnerability_name: 'SQLi'})")
+    assert capture.run("p", seconds=3, interval=10.0, after_poll=count).urgent == 1 and len(polls) == 1
+
+
 def test_a_capture_run_hands_the_lease_over_when_it_ends(synced_graph, settings):
     from sync.models import ChangeCursor
 

@@ -76,7 +76,10 @@ def dead_letters(request, action: str):
                 else {k: v for k, v in DEAD_LETTER_FIELDS.items() if k != "note"})
     selection = _selection(data)
     if action == "retry":
-        outcome = deadletters.retry(selection, request.user)
+        try:
+            outcome = deadletters.retry(selection, request.user)
+        except deadletters.NotRetried as exc:
+            raise ApiError(503, str(exc)) from None
     else:
         outcome = deadletters.discard(selection, request.user, note=data.get("note", "")[:1000])
     return JsonResponse({"action": action, "asked": outcome.asked, "done": outcome.done, "skipped": outcome.skipped,

@@ -5,18 +5,18 @@ from django.shortcuts import render
 
 from dashboard import figures
 from dashboard.access import viewer_required
-from sync import resync
-from sync.observe import overview, readings, samples
+from sync.observe import backfills, overview, readings, samples
 
 
 def _live_context() -> dict:
     reading = readings.read()
     services, checked_at = overview.services(reading.at)
     cards = overview.cards(reading)
-    progress = resync.progress(reading.at)  # a label or full resync while its work drains
-    moved = f":{progress.entry.pk}:{progress.queued}:{progress.waiting}:{progress.applied}" if progress else ""
+    loads = backfills.panels(reading.backfills)  # bulk loads, beside the streaming figures
+    lag = backfills.lag_line(reading.backfill_lag)
     return {"cards": cards, "services": services, "services_checked_at": checked_at, "reading_at": reading.at,
-            "resync": progress, "live_version": overview.version(cards, services) + moved}
+            "backfills": loads, "backfill_lag": lag,
+            "live_version": overview.version(cards, services) + backfills.version(loads, lag)}
 
 
 def _charts_context(range_key: str) -> dict:

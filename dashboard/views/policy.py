@@ -13,5 +13,5 @@ def index(request):
     rows = policy_summary.labels()
     return render(request, "dashboard/policy.html", {
         "synced": [row for row in rows if row.synced], "never": [row for row in rows if not row.synced],
-        "never_sent": policy_summary.never_sent(),
+        "never_sent": policy_summary.never_sent(), "write_modes": policy_summary.write_modes(),
     })

@@ -15,6 +15,7 @@ from dashboard.access import analyst_action, analyst_page, viewer_required
 from dashboard.forms import BadRequest, dead_letter_selection, selection_params
 from sync import deadletters
 from sync.models import Priority
+from sync.observe import backfills
 from sync.observe.queue_summary import summary
 
 ACTIONS = {"retry": "Retry", "discard": "Discard"}
@@ -49,11 +50,15 @@ def index(request):
 
 def _live() -> dict:
     state = summary()
+    loads = backfills.panels(state.backfills)
     numbers = (state.depth, state.dead_letters, state.applied, state.arrived,
-               [(lane.queued, lane.backing_off, lane.in_flight, lane.oldest_created, lane.oldest_change)
+               [(lane.queued, lane.backing_off, lane.in_flight, lane.oldest_created, lane.oldest_change, lane.backfill)
                 for lane in state.lanes],
-               [(b.worker, b.events, b.lease_expires_at, b.attempts) for b in state.batches])
-    return {"summary": state, "live_version": hashlib.sha256(repr(numbers).encode()).hexdigest()[:16]}
+               [(b.worker, b.events, b.lease_expires_at, b.attempts) for b in state.batches],
+               [(p.topic, p.partition, p.committed, p.high) for p in state.partitions], state.lag_error,
+               backfills.version(loads, ""))
+    return {"summary": state, "backfills": loads,
+            "live_version": hashlib.sha256(repr(numbers).encode()).hexdigest()[:16]}
 
 
 @viewer_required
@@ -125,8 +130,13 @@ def act(request, action: str):
     except BadRequest as exc:
         return _bad(request, exc)
     if action == "retry":
-        outcome = deadletters.retry(selection, request.user)
-        done = f"Retried {outcome.done} dead letter{'s' if outcome.done != 1 else ''}: they are queued again"
+        try:
+            outcome = deadletters.retry(selection, request.user)
+        except deadletters.NotRetried as exc:
+            messages.error(request, str(exc))
+            return redirect("/queue/")
+        done = (f"Retried {outcome.done} dead letter{'s' if outcome.done != 1 else ''}: "
+                f"they are {deadletters.retried_to()}")
     else:
         outcome = deadletters.discard(selection, request.user, note=request.POST.get("note", "")[:1000])
         done = f"Discarded {outcome.done} dead letter{'s' if outcome.done != 1 else ''}"

@@ -61,7 +61,11 @@ class Counts:
     kevs: int = 0
     deletes: int = 0
     recreates: int = 0
-    disputes: int = 0
+    disputes: int = 0  # pairs of sources made to disagree (each pair is two writes)
+    # What the disputes' writes recorded (first_conflicts): every disagreement a write met — with
+    # the graph's own value too, not only within its pair — settled by a rule or left open.
+    settled: int = 0
+    left_open: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -266,7 +270,11 @@ def first_conflicts(*, disputes: int = FIRST_DISPUTES, seed: int = 20250601,
     `sync.writes.write_entity` like any ingest, so the rule table settles some (recorded as
     auto-resolved) and leaves the low-confidence ones open for an analyst."""
     activity = Activity(rate=0, seed=seed, say=say)
+    before = Conflict.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     for n in range(disputes):
         activity.guarded("dispute", lambda n=n: activity.dispute(
             label=("ThreatActor", "Vulnerability")[n % 2], leave_open=n % 3 != 2))
+    recorded = Conflict.objects.filter(pk__gt=before)
+    activity.counts.settled = recorded.filter(status=Conflict.Status.AUTO_RESOLVED).count()
+    activity.counts.left_open = recorded.filter(status=Conflict.Status.OPEN).count()
     return activity.counts

@@ -13,7 +13,7 @@ alerts and their deliveries, service health and the probes.
 - `health` and `readiness`: are the outside systems answering, is the sync running;
   `metrics`: the /metrics exposition; `views`: /healthz, /readyz, /metrics.
 
-May import: `sync.models`, `sync.queue`, `sync.stores`, `sync.ids`, `sync.policy`. Nothing of
+May import: `sync.models`, `sync.queue`, `sync.backfill`, `sync.stores`, `sync.ids`, `sync.policy`. Nothing of
 the engine's work (apply, writes, capture, reconcile, search) — they report here, never the
 other way round.
 """

@@ -172,6 +172,22 @@ def _search_canary(r: Readings, services) -> Finding | None:
                    f"{missed[0].top_k}.", len(missed), 0)
 
 
+def _backfill_stalled(r: Readings, services) -> Finding:
+    limit = settings.BACKFILL_STALL_MINUTES * 60
+    running = [p for p in r.backfills if not p.finished]
+    if not running:
+        return Finding(False, "No backfill is running.", None, limit)
+    slowest = max(running, key=lambda p: p.idle)
+    stalled = [p for p in running if p.stalled]
+    if not stalled:
+        return Finding(False, f"{len(running)} backfill{'s are' if len(running) > 1 else ' is'} moving.",
+                       slowest.idle, limit)
+    what = "; ".join(f"{p.title} #{p.backfill.pk} ({p.scope_words}) has finished nothing for {seconds(p.idle)}: "
+                     f"{p.done} of {p.total} entities done, {p.remaining} to go" for p in stalled)
+    return Finding(True, f"{what} (threshold {seconds(limit)}). Are the workers running, and the stores "
+                   "answering? Its events are on the Queue page.", slowest.idle, limit)
+
+
 RULES: tuple[Rule, ...] = (
     Rule("lag", WARNING, _lag,
          'sync_window_lag_seconds{priority="all",quantile="95"} > $ALERT_LAG_SECONDS'),
@@ -198,6 +214,8 @@ RULES: tuple[Rule, ...] = (
     Rule("workers_heartbeat", CRITICAL, _workers,
          '(max(sync_heartbeat_age_seconds) > $HEARTBEAT_MAX_AGE) or absent(sync_heartbeat_age_seconds{worker="observer"})'),
     Rule("search_canary", WARNING, _search_canary, "sync_search_canary_misses > 0"),
+    Rule("backfill_stalled", WARNING, _backfill_stalled,
+         "max(sync_backfill_idle_seconds) > $BACKFILL_STALL_SECONDS"),
 )
 BY_KEY = {rule.key: rule for rule in RULES}
 if set(BY_KEY) != set(ALERT_TITLES):
@@ -212,6 +230,7 @@ def thresholds() -> dict[str, float]:
         "ALERT_DEAD_LETTERS": settings.ALERT_DEAD_LETTERS,
         "ALERT_RECONCILE_OVERDUE_SECONDS": settings.ALERT_RECONCILE_OVERDUE_MINUTES * 60,
         "HEARTBEAT_MAX_AGE": settings.HEARTBEAT_MAX_AGE,
+        "BACKFILL_STALL_SECONDS": settings.BACKFILL_STALL_MINUTES * 60,
     }
 
 

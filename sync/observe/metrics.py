@@ -46,9 +46,9 @@ class ReadingsCollector(Collector):
             yield gauge("sync_metrics_readings_ok", "1 when the database answered this scrape", value=0)
             return
         yield gauge("sync_metrics_readings_ok", "1 when the database answered this scrape", value=1)
-        yield gauge("sync_queue_depth", "Queued and in-flight sync events", ["priority"],
-                    {(p,): now.depth_of(p) for p in readings.PRIORITIES})
-        yield gauge("sync_queue_events", "Sync events waiting, by priority and status", ["priority", "status"],
+        yield gauge("sync_queue_depth", "Queued and in-flight streaming sync events (a backfill's: sync_backfill_entities)",
+                    ["priority"], {(p,): now.depth_of(p) for p in readings.PRIORITIES})
+        yield gauge("sync_queue_events", "Streaming sync events waiting, by priority and status", ["priority", "status"],
                     {(p, s): n for p, by_status in now.depth.items() for s, n in by_status.items()})
         yield gauge("sync_dead_letters", "Sync events out of attempts (the dead-letter queue)", value=now.dead_letters)
         yield gauge("sync_oldest_unsynced_age_seconds", "Age of the oldest change still waiting for its vector",
@@ -61,6 +61,7 @@ class ReadingsCollector(Collector):
         yield gauge("sync_window_lag_seconds", "Lag of the changes synced in the freshness window",
                     ["priority", "quantile"],
                     {(p, q): _or_nan(getattr(stats, f"p{q}")) for p, stats in now.lag.items() for q in ("50", "95")})
+        yield from _backfill_gauges(now)
         yield gauge("sync_open_conflicts", "Conflicts waiting for an analyst", value=now.open_conflicts)
         yield from _reconcile_gauges(now)
         yield gauge("sync_compensation_failures_unreconciled",
@@ -81,6 +82,18 @@ class ReadingsCollector(Collector):
 
 def _or_nan(value: float | None) -> float:
     return float("nan") if value is None else value
+
+
+def _backfill_gauges(now):
+    running = [p for p in now.backfills if not p.finished]
+    yield gauge("sync_backfill_entities", "Entities of the running backfills (bulk loads), by state",
+                ["backfill", "kind", "state"],
+                {(str(p.backfill.pk), p.backfill.kind, state): getattr(p, state)
+                 for p in running for state in ("total", "done", "waiting", "failed")})
+    yield gauge("sync_backfill_idle_seconds", "Seconds since a running backfill last finished an entity",
+                ["backfill", "kind"], {(str(p.backfill.pk), p.backfill.kind): p.idle for p in running})
+    yield gauge("sync_backfill_window_lag_seconds", "Lag of the backfills' entities synced in the freshness window",
+                ["quantile"], {(q,): _or_nan(getattr(now.backfill_lag, f"p{q}")) for q in ("50", "95")})
 
 
 def _canary_gauges(at):

@@ -76,6 +76,7 @@ ALERT_TITLES = {
     "vector_store_unreachable": "Vector store unreachable",
     "workers_heartbeat": "Workers not heartbeating",
     "search_canary": "Search canary missed",
+    "backfill_stalled": "Backfill stalled",
 }
 
 

@@ -1,5 +1,5 @@
-"""The observer: every SAMPLE_INTERVAL it records a sample, rolls up and prunes, judges the alert
-rules, sends due notifications and beats its heartbeat.
+"""The observer: every SAMPLE_INTERVAL it records a sample, rolls up and prunes, marks finished
+backfills, judges the alert rules, sends due notifications and beats its heartbeat.
 
 It runs as a thread beside each change-capture run (`beside`, called by
 `sync.tasks.capture_changes`), so it keeps going whenever the django-q2 cluster runs — dashboard
@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from sync import backfill
 from sync.models import WorkerLease
 from sync.observe import alerting, counters, delivery, health, readings, samples
 from sync.observe.counters import SYNC_ERRORS
@@ -76,6 +77,7 @@ def tick(owner: str, now: datetime | None = None) -> TickResult:
     services = step("pinging services", lambda: {s.name: s for s in health.check_services()})
     step("heartbeat", lambda: Heartbeat.beat(readings.OBSERVER, owner, at=now.isoformat(),
                                              services=health.as_dicts((services or {}).values())))
+    step("backfills", lambda: backfill.settle(now))
     if reading is not None:
         result.sampled = bool(step("sample", lambda: samples.record(now, reading=reading)))
         changes = step("alert rules", lambda: alerting.evaluate(reading, services, now=now))

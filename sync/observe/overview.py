@@ -146,10 +146,12 @@ def _depth_card(reading: readings.Readings, then: MetricSample | None) -> Card:
     if then is not None:
         earlier = sum(sum(d.values()) for d in then.data.get("depth", {}).values())
     over = depth > settings.ALERT_QUEUE_DEPTH
+    behind = sum(p.waiting for p in reading.backfills)
     return Card("depth", "Queue depth", str(depth), "events", WARNING if over else (INFO if depth else OK),
                 f"above {settings.ALERT_QUEUE_DEPTH}" if over else ("moving" if depth else "empty"),
                 _delta(depth, earlier),
-                " · ".join(f"{p.upper()} {reading.depth_of(p)}" for p in readings.PRIORITIES) + f" ({flying} in flight)",
+                " · ".join(f"{p.upper()} {reading.depth_of(p)}" for p in readings.PRIORITIES) + f" ({flying} in flight)"
+                + (f" · {behind:,} backfill events behind them" if behind else ""),
                 _url("queue"), "Queue")
 
 

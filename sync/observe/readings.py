@@ -2,6 +2,11 @@
 stores): what samples record, what alert rules judge, what /metrics, the overview and
 `manage.py sync_status` show.
 
+Queue depth, lag percentiles and freshness are of streaming changes: a backfill's events (a bulk
+load, sync.backfill) wait behind those by design, and would otherwise read as a breach for as
+long as the load takes. Backfills are read beside them — each one's progress, and the lag of
+their entities (`backfill_lag`).
+
 Every number here comes from the database at the time of reading, so every process — web,
 django-q2 workers, commands — reports the same truth. The engine's one `percentiles` lives here.
 """
@@ -17,7 +22,7 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
 
-from sync import queue
+from sync import backfill, queue
 from sync.models import ChangeCursor, Conflict, Priority, ReconcileRun, SagaLog, SyncEvent, SyncRecord
 from sync.observe.models import CanaryCheck, Heartbeat
 
@@ -100,6 +105,8 @@ class Readings:
     heartbeats: dict[str, float | None]  # name -> seconds since it beat (None: never)
     late_schedules: list[tuple[str, float]] = field(default_factory=list)  # (name, seconds overdue)
     schedules: int = 0
+    backfills: list[backfill.Progress] = field(default_factory=list)  # running, and lately finished
+    backfill_lag: LagStats = LagStats()  # of the backfills' entities synced in the FRESHNESS_WINDOW
 
     @property
     def queue_depth(self) -> int:
@@ -126,10 +133,12 @@ def read(now: datetime | None = None, *, observer_alive: bool = False) -> Readin
     depth = {p: {"queued": lane.queued, "in_flight": lane.in_flight} for p, lane in lanes.items()}
     oldest = {p: None if lane.oldest_change is None else max((now - lane.oldest_change).total_seconds(), 0.0)
               for p, lane in lanes.items()}
+    since = now - timedelta(seconds=settings.FRESHNESS_WINDOW)
     return Readings(
         at=now, depth=depth, dead_letters=SyncEvent.objects.filter(status=SyncEvent.Status.DEAD).count(),
         oldest_unsynced=oldest,
-        lag=lag_by_priority(now - timedelta(seconds=settings.FRESHNESS_WINDOW), now),
+        lag=lag_by_priority(since, now),
+        backfills=backfill.current(now), backfill_lag=backfill_lag(since, now),
         open_conflicts=Conflict.objects.filter(status=Conflict.Status.OPEN).count(),
         reconcile=_reconcile_state(),
         unreconciled_compensation_failures=_unreconciled_compensation_failures(),
@@ -138,17 +147,27 @@ def read(now: datetime | None = None, *, observer_alive: bool = False) -> Readin
     )
 
 
+def _acked(since: datetime, until: datetime):
+    return SyncEvent.objects.filter(status=SyncEvent.Status.DONE, finished_at__gt=since, finished_at__lte=until,
+                                    lag_seconds__isnull=False)
+
+
 def lag_by_priority(since: datetime, until: datetime) -> dict[str, LagStats]:
-    """Lag of the events acked in (since, until], by priority and "all" (no-op work has no lag)."""
+    """Lag of the streaming events acked in (since, until], by priority and "all" (no-op work has
+    no lag; a backfill's events are `backfill_lag`'s)."""
     values: dict[str, list[float]] = {p: [] for p in PRIORITIES}
-    rows = (SyncEvent.objects.filter(status=SyncEvent.Status.DONE, finished_at__gt=since, finished_at__lte=until,
-                                     lag_seconds__isnull=False)
-            .values_list("priority", "lag_seconds"))
+    rows = _acked(since, until).filter(backfill__isnull=True).values_list("priority", "lag_seconds")
     for priority, lag in rows.iterator(chunk_size=5000):
         values[Priority(priority).label].append(lag)
     stats = {p: LagStats.of(v) for p, v in values.items()}
     stats["all"] = LagStats.of([lag for v in values.values() for lag in v])
     return stats
+
+
+def backfill_lag(since: datetime, until: datetime) -> LagStats:
+    """Lag of the backfills' events acked in (since, until]: from the graph version they brought to
+    its vector, so for a load, how long after it the entity became searchable."""
+    return LagStats.of(list(_acked(since, until).filter(backfill__isnull=False).values_list("lag_seconds", flat=True)))
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,13 @@ Terms:
 - *priority* orders queued work: HIGH before MEDIUM before LOW (`sync.models.Priority`, the one
   the queue stores: 0/1/2, which sorts that way; shown and typed as "high"/"medium"/"low").
 - *write mode*: `dual_write` embeds and upserts inside the ingest call (the caller waits for both
-  stores); `write_through` writes Neo4j, enqueues a sync event and returns.
-- *on vector failure* (dual_write only): `compensate` undoes the graph write and fails the call;
-  `queue` keeps the graph write and hands the vector to the queue.
+  stores), as a saga; `write_through` writes Neo4j, enqueues a sync event and returns;
+  `two_phase` prepares both sides inside the call (the graph write in an open transaction, the
+  vector embedded and checked against the store's limits), commits the graph, then writes the
+  vector, handing it to the queue if the store fails (docs/engine-api.md compares the three).
+- *on vector failure*: for `dual_write`, `compensate` undoes the graph write and fails the call,
+  `queue` keeps the graph write and hands the vector to the queue; `two_phase` always queues (its
+  graph write is committed before the vector is written), `write_through` has nothing to fail.
 - *text fields* make the embedded text, one labelled line per non-empty field in policy order
   ("Name: APT29\\nAliases: Cozy Bear, The Dukes\\nDescription: ..."); lists are joined with ", "
   and contribute their first 100 non-empty items.
@@ -51,6 +55,7 @@ from sync.models import Priority
 class WriteMode(models.TextChoices):
     DUAL_WRITE = "dual_write", "Sync dual-write"
     WRITE_THROUGH = "write_through", "Async write-through"
+    TWO_PHASE = "two_phase", "Two-phase write"
 
 
 class VectorFailure(models.TextChoices):
@@ -133,7 +138,8 @@ class LabelPolicy:
         if clash:
             raise ValueError(f"{self.label}: {sorted(clash)} are the engine's own metadata keys")
         if self.on_vector_failure == VectorFailure.COMPENSATE and self.write_mode != WriteMode.DUAL_WRITE:
-            raise ValueError(f"{self.label}: only a dual_write can be compensated")
+            raise ValueError(f"{self.label}: only a dual_write can be compensated (a two_phase write "
+                             "commits the graph before the vector is written, and queues the vector)")
 
     @property
     def text_property_names(self) -> tuple[str, ...]:

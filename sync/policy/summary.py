@@ -43,10 +43,11 @@ class LabelRow:
 def _row(rule: LabelPolicy) -> LabelRow:
     if not rule.synced:
         return LabelRow(rule.label, False, rule.data_type, "", "", "", "", "", (), (), None, rule.description)
-    dual = rule.write_mode == policy.WriteMode.DUAL_WRITE
+    # Write-through has no vector write in the call to fail; two-phase always queues (its policy says so).
+    fails = rule.write_mode != policy.WriteMode.WRITE_THROUGH
     return LabelRow(
         rule.label, True, rule.data_type, rule.priority.label, rule.write_mode.value, rule.write_mode.label,
-        rule.on_vector_failure.value if dual else "", rule.on_vector_failure.label if dual else "",
+        rule.on_vector_failure.value if fails else "", rule.on_vector_failure.label if fails else "",
         rule.text_fields, rule.metadata_fields, settings.FRESHNESS_TARGETS[rule.priority.label], rule.description)
 
 
@@ -55,6 +56,43 @@ def labels() -> list[LabelRow]:
     synced = [_row(POLICY[label]) for label in policy.synced_labels()]
     never = [_row(rule) for rule in sorted(POLICY.values(), key=lambda r: r.label) if not rule.synced]
     return synced + never
+
+
+@dataclass(frozen=True)
+class ModeRow:
+    """One write mode: what a write of a label in it does, and which labels the policy puts in it."""
+
+    mode: str
+    words: str
+    effect: str
+    labels: tuple[str, ...]
+
+    def as_json(self) -> dict:
+        return {"write_mode": self.mode, "name": self.words, "effect": self.effect, "labels": list(self.labels)}
+
+
+WRITE_MODE_EFFECTS = {
+    policy.WriteMode.WRITE_THROUGH: (
+        "The graph write commits and a sync event is queued; the caller waits only for Neo4j, and a "
+        "worker writes the vector within the label's freshness target."),
+    policy.WriteMode.DUAL_WRITE: (
+        "A saga inside the call: the graph write commits, then the vector is embedded and written. "
+        "If the vector write fails, the graph write is undone and the call fails (compensate), or it "
+        "stands and the vector is queued (queue)."),
+    policy.WriteMode.TWO_PHASE: (
+        "Both sides are prepared inside the call (the graph write in an open transaction, the vector "
+        "embedded and checked against the store's limits), then the graph commits and the vector is "
+        "written. A failed prepare commits nothing; a vector store failing after the commit leaves "
+        "the graph write standing and the vector queued for retry."),
+}
+
+
+def write_modes() -> list[ModeRow]:
+    """Every write mode, in the order of WriteMode, with the synced labels that use it."""
+    synced = [POLICY[label] for label in policy.synced_labels()]
+    return [ModeRow(mode.value, mode.label, WRITE_MODE_EFFECTS[mode],
+                    tuple(rule.label for rule in synced if rule.write_mode == mode))
+            for mode in policy.WriteMode]
 
 
 @dataclass(frozen=True)
@@ -82,4 +120,4 @@ def never_sent() -> NeverSent:
 
 def as_json() -> dict:
     return {"labels": [row.as_json() for row in labels()], "never_sent": never_sent().as_json(),
-            "unlisted_labels": "never synced"}
+            "write_modes": [row.as_json() for row in write_modes()], "unlisted_labels": "never synced"}

@@ -5,5 +5,6 @@
 - `runs`: runs as people start and follow them (rate-limited per user, audited, progress).
 
 May import: `sync.models`, `sync.policy`, `sync.ids`, `sync.embedding`, `sync.stores`,
-`sync.queue`, `sync.resync`, `sync.conflicts`, `sync.shutdown`, `sync.observe.counters`.
+`sync.queue`, `sync.backfill`, `sync.capture` (what it has still to queue), `sync.resync`, `sync.conflicts`,
+`sync.shutdown`, `sync.observe.counters`.
 """

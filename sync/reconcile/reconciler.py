@@ -37,7 +37,11 @@ database's write lock for long, and a run never holds every finding at once.
 
 The vector store is read before the graph (the vector pass's orphans are confirmed against the
 graph again before anything is deleted): a vector written after its snapshot cannot be taken for
-an orphan. Entities with queued or in-flight events are work in progress, not drift.
+an orphan. Entities with queued or in-flight events are work in progress, not drift; so is a
+change capture has not queued yet (a write after its cursor, or a late commit in its overlap
+window: `sync.capture.unread`). A missing, stale or orphan vector is confirmed against the graph,
+our events and capture's cursor as they are when it is acted upon; what a change on its way
+explains is counted apart (`in_flight`, logged), neither drift nor repaired.
 
 A run ends `succeeded` or `failed` — also when it is interrupted (django-q2's timeout, SIGTERM);
 a run whose process was killed outright is marked failed by `fail_abandoned`.
@@ -45,6 +49,7 @@ a run whose process was killed outright is marked failed by `fail_abandoned`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -62,10 +67,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from sync import ids, queue, shutdown
+from sync import backfill, capture, ids, queue, shutdown
 from sync.conflicts import records as conflicts
 from sync.embedding import content_hash, model_id
-from sync.models import Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
+from sync.models import Backfill, Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
 from sync.observe.counters import CONSISTENCY_VIOLATIONS, DRIFT_KINDS
 from sync.policy import (
     ENGINE_KEYS,
@@ -78,7 +83,7 @@ from sync.policy import (
     uid_withheld,
 )
 from sync.stores import graph_store, vector_store
-from sync.stores.base import Entity
+from sync.stores.base import Change, Entity
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,8 @@ SAMPLES_PER_KIND = 5
 # Pinecone's 40 KB limit and a field-by-field comparison would report drift that is not there.
 COMPARABLE_METADATA_BYTES = 30_000
 ABANDONED_AFTER = timedelta(minutes=10)  # a running run that saved no progress for this long died
+# Drift that a change on its way (an event pending, or a change capture is still to queue) explains.
+IN_FLIGHT_KINDS = ("missing_vector", "stale_vector", "orphan_vector")
 
 
 class StoredEntity:
@@ -181,10 +188,13 @@ class Reconciler:
         self.findings: list[Finding] = []  # found, not acted upon yet
         self.drift: Counter[str] = Counter()
         self.repaired: Counter[str] = Counter()
+        self.in_flight: Counter[str] = Counter()  # findings a change on its way explains: not drift
         self.samples: dict[str, list] = defaultdict(list)
         self.models: Counter[str] = Counter()
         self.labels: dict[str, Counter[str]] = defaultdict(Counter)  # label -> entities checked, drift found
         self.records_repaired = 0
+        self.repairs_queued = 0
+        self.backfill: Backfill | None = None  # once the repairs pass BACKFILL_MIN_ENTITIES
         self.expected: dict[tuple[str, str], Expected] = {}  # of the entities being checked
         self._saved = time.monotonic()
 
@@ -380,20 +390,45 @@ class Reconciler:
         doomed = sorted(set(doomed))
         for start in range(0, len(doomed), FETCH_BATCH):
             self.vectors.delete(doomed[start:start + FETCH_BATCH])
+        self._queue_repairs(resync)
+
+    def _queue_repairs(self, resync: list[queue.Work]) -> None:
+        """Repairs past BACKFILL_MIN_ENTITIES in one run are a bulk load: from then on a backfill,
+        which takes the run's repairs queued before along (sync.backfill), so that they wait behind
+        the streaming changes and stay out of their lag."""
+        if not resync:
+            return
+        self.repairs_queued += len(resync)
+        if self.backfill is None and self.repairs_queued >= settings.BACKFILL_MIN_ENTITIES:
+            self.backfill = backfill.start(
+                Backfill.Kind.REPAIR, scope=f"{self.run.mode} reconciliation #{self.run.pk}",
+                reason=f"its repairs passed {settings.BACKFILL_MIN_ENTITIES} entities (BACKFILL_MIN_ENTITIES)",
+                actor=self.run.triggered_by or self.run.trigger, total=self.repairs_queued)
+            backfill.adopt(self.backfill, SyncEvent.objects.filter(source="reconcile", created_at__gte=self.run.started_at))
         for start in range(0, len(resync), REPAIR_BATCH):
-            queue.enqueue_many(resync[start:start + REPAIR_BATCH])
+            batch = resync[start:start + REPAIR_BATCH]
+            if self.backfill is not None:
+                batch = [dataclasses.replace(work, backfill=self.backfill.pk) for work in batch]
+            queue.enqueue_many(batch)
 
     def _confirm(self, findings: list[Finding]) -> list[Finding]:
         """Findings a write landing between the graph read and the store read would make, checked
         against the graph as it is now: an orphan is deleted only if the graph still has no such
-        entity, a vector ahead of the graph is an error only if the graph is still behind it."""
-        keys = [(f.label, f.uid) for f in findings if f.kind in ("orphan_vector", "vector_ahead")]
+        entity, a vector ahead of the graph is an error only if the graph is still behind it.
+        A missing, stale or orphan vector that a change on its way explains (an event pending now,
+        or the key's latest change one capture is still to queue) is in flight, not drift."""
+        keys = sorted({(f.label, f.uid) for f in findings if f.kind in (*IN_FLIGHT_KINDS, "vector_ahead")})
         if not keys:
             return findings
         now = self.graph.get_entities(keys)
+        waiting = sorted({(f.label, f.uid) for f in findings if f.kind in IN_FLIGHT_KINDS})
+        on_the_way = _in_flight(self.graph, waiting, now) if waiting else set()
 
         def holds(f: Finding) -> bool:
             entity = now.get((f.label, f.uid))
+            if f.kind in IN_FLIGHT_KINDS and (f.label, f.uid) in on_the_way:
+                self.in_flight[f.kind] += 1
+                return False
             if f.kind == "orphan_vector":
                 return entity is None
             if f.kind == "vector_ahead":
@@ -417,6 +452,8 @@ class Reconciler:
 
     def finish(self) -> None:
         self.act()
+        if self.backfill is not None:
+            backfill.loaded(self.backfill)
         self.run.drift = {k: self.drift[k] for k in KINDS if self.drift[k]}
         self.run.repaired = {k: self.repaired[k] for k in KINDS if self.repaired[k]}
         if self.records_repaired:
@@ -425,6 +462,10 @@ class Reconciler:
         self.run.embedding_models = dict(self.models)
         self.run.labels = {label: {"checked": c["checked"], "drift": c["drift"]}
                            for label, c in sorted(self.labels.items())}
+        if self.in_flight:
+            log.info("%s reconciliation: %s not counted as drift: changes on their way (pending events, "
+                     "or not queued by change capture yet)", self.run.mode,
+                     ", ".join(f"{kind} {n}" for kind, n in sorted(self.in_flight.items())))
 
     # --- progress --------------------------------------------------------------------------------
     def progress(self, done: int) -> None:
@@ -555,6 +596,8 @@ def execute(run: ReconcileRun) -> ReconcileRun:
                          else f"interrupted ({type(exc).__name__})")
             if reconciler is not None:
                 _keep_counts(reconciler)
+                if reconciler.backfill is not None and reconciler.backfill.loaded_at is None:
+                    backfill.loaded(reconciler.backfill, total=0)  # what it did queue
             log.exception("%s reconciliation failed", run.mode)
         raise
     finally:
@@ -705,6 +748,16 @@ def _chunk_counts(keys) -> dict[tuple[str, str], int]:
     live = SyncRecord.objects.exclude(status__in=[SyncRecord.Status.DELETED, SyncRecord.Status.EXCLUDED])
     return {(label, uid): count for rows in for_entities(live, keys)
             for label, uid, count in rows.values_list("label", "uid", "chunk_count")}
+
+
+def _in_flight(graph, keys, alive: dict[tuple[str, str], Entity]) -> set[tuple[str, str]]:
+    """The keys a change on its way will bring in line: an event queued or in flight, or the
+    key's latest change in the graph (the live entity, else its tombstone) still to be queued
+    by change capture."""
+    gone = [key for key in keys if key not in alive]
+    latest = [Change(e.label, e.uid, e.version, e.updated_at, entity=e) for key in keys if (e := alive.get(key))]
+    latest += list(graph.tombstones(gone).values()) if gone else []
+    return _pending_keys(keys) | capture.unread(latest)
 
 
 def _pending_keys(keys) -> set[tuple[str, str]]:

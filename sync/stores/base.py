@@ -10,6 +10,7 @@ record of a batch is reported in the batch result, never raised for the whole ba
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -168,6 +169,8 @@ class GraphStore(Protocol):
 
     def old_tombstones(self, labels: Sequence[str], before: Any, limit: int) -> list[Change]: ...
 
+    def tombstones(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Change]: ...
+
     def purge_tombstones(self, changes: Iterable[Change]) -> int: ...
 
     def scan_label(self, label: str, after_uid: str | None, limit: int) -> list[Entity]: ...
@@ -181,6 +184,20 @@ class GraphStore(Protocol):
     def write_entity(self, label: str, uid: str, properties: Metadata, *,
                      expected_version: int | None = None, source: str | None = None,
                      confidence: float | None = None) -> tuple[Entity | None, Entity]: ...
+
+    def prepared_write(self, label: str, uid: str, properties: Metadata, *,
+                       expected_version: int | None = None, source: str | None = None,
+                       confidence: float | None = None) -> AbstractContextManager[tuple[Entity | None, Entity]]:
+        """`write_entity` in a transaction held open for the caller's block: commits when the
+        block ends normally, rolls back on an exception (the two-phase write mode's prepare)."""
+        ...
+
+    def write_entities(self, label: str, rows: Sequence[tuple[str, Metadata, int | None]], *,
+                       source: str | None = None,
+                       confidence: float | None = None) -> list[tuple[Entity | None, Entity] | VersionConflict]:
+        """Many guarded writes of one label in one transaction; a row whose version check fails
+        comes back as its VersionConflict, unwritten, and the others commit."""
+        ...
 
     def restore_entity(self, previous: Entity | None, *, label: str, uid: str,
                        expected_version: int) -> Entity | None: ...

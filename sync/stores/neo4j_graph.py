@@ -295,6 +295,19 @@ def _store_errors(uri: str) -> Iterator[None]:
         raise PermanentStoreError(f"Neo4j driver error: {exc}") from exc
 
 
+def _close_quietly(tx, session) -> None:
+    """Close a transaction (rolling it back when still open) and a session, whatever state the
+    connection is in: a failure here is the server's to clean up (it rolls back a transaction
+    whose connection went away), never a reason to hide the error that brought us here."""
+    for closing in (tx, session):
+        if closing is None:
+            continue
+        try:
+            closing.close()
+        except Exception as exc:  # noqa: BLE001 — see above
+            log.warning("could not close a Neo4j %s cleanly: %s", type(closing).__name__, exc)
+
+
 # --- the store --------------------------------------------------------------------------------------
 
 class Neo4jGraphStore:
@@ -570,6 +583,26 @@ class Neo4jGraphStore:
                        updated_at=_utc(row["at"]), deleted=True)
                 for row in rows if isinstance(row["uid"], str)]
 
+    def tombstones(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Change]:
+        """The tombstones of these keys (a deleted entity's last change), one seek of the tombstone
+        constraint each."""
+        rows = sorted({(check_label(label), check_uid(uid)) for label, uid in keys})
+
+        def work(tx: ManagedTransaction) -> dict[tuple[str, str], Change]:
+            found: dict[tuple[str, str], Change] = {}
+            for chunk in _chunks(rows):
+                result = tx.run(
+                    f"UNWIND $rows AS row MATCH (t:{TOMBSTONE} {{label: row[0], uid: row[1]}}) "
+                    "RETURN t.label AS label, t.uid AS uid, t.version AS version, t.updated_at AS at",
+                    rows=[list(row) for row in chunk])
+                for row in result:
+                    found[(row["label"], row["uid"])] = Change(label=row["label"], uid=row["uid"],
+                                                               version=row["version"] or 0,
+                                                               updated_at=_utc(row["at"]), deleted=True)
+            return found
+
+        return self._read(work) if rows else {}
+
     def purge_tombstones(self, changes: Iterable[Change]) -> int:
         """Delete the tombstones behind these delete changes, once their deletes are applied.
 
@@ -631,15 +664,10 @@ class Neo4jGraphStore:
         if (expected == 0 and current is not None) or (expected != 0 and actual != expected):
             raise VersionConflict(label, uid, expected, actual)
 
-    def write_entity(self, label: str, uid: str, properties: Metadata, *,
-                     expected_version: int | None = None, source: str | None = None,
-                     confidence: float | None = None) -> tuple[Entity | None, Entity]:
-        """Set `properties` on (label, uid) in one transaction; returns (previous state, new state).
-
-        Merge semantics: given keys are set, a key given as None is removed, other keys stay.
-        `expected_version`: None = no check, 0 = must not exist yet, N = must be at version N;
-        otherwise VersionConflict (carrying the actual version) and nothing is written.
-        """
+    @staticmethod
+    def _write_props(label: str, uid: str, properties: Metadata, expected_version: int | None,
+                     source: str | None, confidence: float | None) -> Metadata:
+        """The properties a write sets (source and confidence included), checked; ValueError otherwise."""
         check_label(label)
         check_uid(uid)
         check_properties(properties)
@@ -649,25 +677,135 @@ class Neo4jGraphStore:
         extra = {"source": source, "confidence": confidence}
         extra = {key: value for key, value in extra.items() if value is not None}
         check_properties(extra)
-        props = {**properties, **extra}
+        return {**properties, **extra}
 
-        def work(tx: ManagedTransaction) -> tuple[Entity | None, Entity]:
-            previous, _ = self._lock(tx, label, uid, create=True)
-            self._check_version(label, uid, previous, expected_version)
-            record = tx.run(
-                f"""MATCH (n:`{label}` {{uid: $uid}})
-                OPTIONAL MATCH (t:{TOMBSTONE} {{label: $label, uid: $uid}})
-                WITH n, t, {NOW} AS now
-                SET n += $props,
-                    n.version = {next_version("n.version", "t.version")},
-                    n.updated_at = {stamp_after("coalesce(n.updated_at, t.updated_at)")}
-                DELETE t
-                RETURN properties(n) AS props""",
-                uid=uid, label=label, props=props,
-            ).single(strict=True)
-            return previous, _written(label, record["props"])
+    @classmethod
+    def _write_locked(cls, tx: ManagedTransaction, label: str, uid: str, props: Metadata,
+                      expected_version: int | None) -> tuple[Entity | None, Entity]:
+        previous, _ = cls._lock(tx, label, uid, create=True)
+        cls._check_version(label, uid, previous, expected_version)
+        record = tx.run(
+            f"""MATCH (n:`{label}` {{uid: $uid}})
+            OPTIONAL MATCH (t:{TOMBSTONE} {{label: $label, uid: $uid}})
+            WITH n, t, {NOW} AS now
+            SET n += $props,
+                n.version = {next_version("n.version", "t.version")},
+                n.updated_at = {stamp_after("coalesce(n.updated_at, t.updated_at)")}
+            DELETE t
+            RETURN properties(n) AS props""",
+            uid=uid, label=label, props=props,
+        ).single(strict=True)
+        return previous, _written(label, record["props"])
 
-        return self._write(work)
+    def write_entity(self, label: str, uid: str, properties: Metadata, *,
+                     expected_version: int | None = None, source: str | None = None,
+                     confidence: float | None = None) -> tuple[Entity | None, Entity]:
+        """Set `properties` on (label, uid) in one transaction; returns (previous state, new state).
+
+        Merge semantics: given keys are set, a key given as None is removed, other keys stay.
+        `expected_version`: None = no check, 0 = must not exist yet, N = must be at version N;
+        otherwise VersionConflict (carrying the actual version) and nothing is written.
+        """
+        props = self._write_props(label, uid, properties, expected_version, source, confidence)
+        return self._write(lambda tx: self._write_locked(tx, label, uid, props, expected_version))
+
+    @contextmanager
+    def prepared_write(self, label: str, uid: str, properties: Metadata, *,
+                       expected_version: int | None = None, source: str | None = None,
+                       confidence: float | None = None) -> Iterator[tuple[Entity | None, Entity]]:
+        """`write_entity`'s write in a transaction held open while the caller's block runs (the
+        two-phase write mode's prepare): yields (previous state, new state) with the node written
+        and locked but visible to nobody else; the write commits when the block ends normally, and
+        an exception in the block rolls it back and goes on.
+
+        Unlike `write_entity`, nothing is retried (the caller's work inside could not be): a
+        deadlock or a lost connection is a RetryableStoreError, and so is a commit whose outcome
+        is unknown (read the node back). Keep the block short: the node stays locked meanwhile.
+        """
+        props = self._write_props(label, uid, properties, expected_version, source, confidence)
+        session = self.driver.session(database=self.database)
+        tx = None
+        try:
+            with _store_errors(self.uri):
+                tx = session.begin_transaction()
+                written = self._write_locked(tx, label, uid, props, expected_version)
+        except BaseException:
+            _close_quietly(tx, session)
+            raise
+        try:
+            yield written
+        except BaseException:
+            _close_quietly(tx, session)  # closing an open transaction rolls it back
+            raise
+        try:
+            with _store_errors(self.uri):
+                tx.commit()
+        finally:
+            _close_quietly(None, session)
+
+    def write_entities(self, label: str, rows: Sequence[tuple[str, Metadata, int | None]], *,
+                       source: str | None = None,
+                       confidence: float | None = None) -> list[tuple[Entity | None, Entity] | VersionConflict]:
+        """Many `write_entity` writes of one label in one transaction: rows are (uid, properties,
+        expected_version). Each row is guarded on its own: one whose node is not at its expected
+        version is not written and comes back as its VersionConflict, while the others commit
+        together; the rest come back as (previous state, new state), in the order given.
+
+        The nodes are locked in uid order (two batches over the same nodes wait for each other
+        instead of deadlocking). A node that another writer created between our read and our
+        write fails the whole batch with its VersionConflict, nothing written: write those rows
+        one by one (`write_entity`) instead. A repeated uid is a ValueError.
+        """
+        check_label(label)
+        prepared: dict[str, tuple[Metadata, int | None]] = {}
+        for uid, properties, expected_version in rows:
+            if uid in prepared:
+                raise ValueError(f"{label}:{uid} is written twice in one batch")
+            prepared[uid] = (self._write_props(label, uid, properties, expected_version, source, confidence),
+                             expected_version)
+        if not prepared:
+            return []
+        uids = sorted(prepared)
+
+        def work(tx: ManagedTransaction) -> dict[str, tuple[Entity | None, Entity] | VersionConflict]:
+            # Lock and read what exists (a SET takes the write lock; see _lock), then create the rest.
+            current: dict[str, Entity] = {}
+            for record in tx.run(f"UNWIND $uids AS uid MATCH (n:`{label}` {{uid: uid}}) SET n.uid = n.uid "
+                                 "RETURN uid, properties(n) AS props", uids=uids):
+                if (entity := _entity(label, record["props"])) is not None:
+                    current[record["uid"]] = entity
+            results: dict[str, tuple[Entity | None, Entity] | VersionConflict] = {}
+            for uid in uids:
+                try:
+                    self._check_version(label, uid, current.get(uid), prepared[uid][1])
+                except VersionConflict as conflict:
+                    results[uid] = conflict
+            writing = [uid for uid in uids if uid not in results]
+            missing = [uid for uid in writing if uid not in current]
+            if missing:
+                for record in tx.run(f"UNWIND $uids AS uid MERGE (n:`{label}` {{uid: uid}}) SET n.uid = n.uid "
+                                     "RETURN uid, keys(n) AS keys, n.version AS version", uids=missing):
+                    if record["keys"] != ["uid"]:  # another writer created it after our read
+                        raise VersionConflict(label, record["uid"], prepared[record["uid"]][1],
+                                              record["version"] if isinstance(record["version"], int) else None)
+            if writing:
+                written = tx.run(
+                    f"""UNWIND $rows AS row
+                    MATCH (n:`{label}` {{uid: row.uid}})
+                    OPTIONAL MATCH (t:{TOMBSTONE} {{label: $label, uid: row.uid}})
+                    WITH n, row, t, {NOW} AS now
+                    SET n += row.props,
+                        n.version = {next_version("n.version", "t.version")},
+                        n.updated_at = {stamp_after("coalesce(n.updated_at, t.updated_at)")}
+                    DELETE t
+                    RETURN row.uid AS uid, properties(n) AS props""",
+                    label=label, rows=[{"uid": uid, "props": prepared[uid][0]} for uid in writing])
+                for record in written:
+                    results[record["uid"]] = (current.get(record["uid"]), _written(label, record["props"]))
+            return results
+
+        done = self._write(work)
+        return [done[uid] for uid, _, _ in rows]
 
     def restore_entity(self, previous: Entity | None, *, label: str, uid: str,
                        expected_version: int) -> Entity | None:

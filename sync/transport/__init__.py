@@ -8,6 +8,6 @@
   (`sync.transport.consumer`, `manage.py consume`) through the same apply path.
 
 May import: the leaves (`sync.models`, `sync.ids`), `sync.stores.base`, `sync.observe.counters`;
-`consumer` also the pipeline (`sync.queue`, `sync.apply`). `kafka` never imports `sync.queue`,
+`consumer` also the pipeline (`sync.queue`, `sync.apply`, `sync.embedding`). `kafka` never imports `sync.queue`,
 which imports it.
 """

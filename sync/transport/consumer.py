@@ -14,11 +14,25 @@ exactly-once). An entity still in flight under a killed consumer's claim is take
 (`claim_works(take_over=...)`): Kafka's partition assignment says who applies a key now, and the
 fence drops a stale consumer's results should it wake up.
 
+Priorities: HIGH before MEDIUM before LOW, by pausing. Before each poll a consumer looks at its
+own partitions' backlogs (high watermark - its position, from librdkafka's fetch state: no broker
+call once they are fetched): while a lane has one, the partitions of every lane below it are
+paused, so that neither the broker's fetches nor the client's prefetched queue put a LOW backlog
+in front of a KEV entry; they resume once the lanes above are empty. Without starving them: once
+a lane has been held for SYNC_STARVATION_SECONDS, every poll lets it through for STARVATION_SHARE
+of the batch until the lanes above are empty (the outbox's aged share, `queue.claim_batch`);
+messages beyond the share, and any of a paused partition that were fetched before the pause, are
+handed back by seeking the partition to the first of them (its offset is not committed: it is
+read again). Each consumer orders the partitions assigned to it: one with no HIGH partition has
+no HIGH work to wait for. A consumer loads the embedding model before it joins the group.
+
 A failed entity is retried in place with backoff (queue.fail's attempts and backoff, each wait
 capped at KAFKA_RETRY_BACKOFF_MAX; the partition waits meanwhile, which keeps per-key order); after
-SYNC_MAX_ATTEMPTS it is a dead letter: its sync event shows on the Queue page like the outbox's,
-and its last message is copied to `<prefix>.dlq` with the error and attempts in headers. A
-message that is not a change event goes there at once. A SIGTERM (`sync.shutdown`) interrupts a
+SYNC_MAX_ATTEMPTS it is a dead letter: its last message is copied to `<prefix>.dlq` with the error
+and attempts in headers, and its sync event, which shows on the Queue page like the outbox's, notes
+where (`dlq_position`: what a retry re-publishes, `queue.retry_dead`). A message that is not a
+change event goes there at once, with a dead sync event of its own. (While the consumer retries,
+its other partitions wait too, HIGH included.) A SIGTERM (`sync.shutdown`) interrupts a
 batch: its events go back uncounted and nothing is committed.
 """
 
@@ -32,9 +46,9 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from sync import queue
+from sync import embedding, queue
 from sync.apply import ApplyCounts, apply_events
-from sync.models import SyncEvent, for_entities
+from sync.models import Priority, SyncEvent, for_entities
 from sync.observe.counters import SYNC_ERRORS
 from sync.stores.base import StoreError
 from sync.transport import kafka
@@ -77,16 +91,114 @@ class ChangeConsumer:
         self.name = name or f"{CONSUMER_PREFIX}{queue.worker_name()}"
         self.batch_size = batch_size or settings.KAFKA_BATCH_SIZE
         self.batch_seconds = settings.KAFKA_BATCH_SECONDS if batch_seconds is None else batch_seconds
+        self.priority_of = {kafka.topic_for(p): Priority(p) for p in Priority}
+        self.share = max(1, int(self.batch_size * queue.STARVATION_SHARE))  # of a poll, for an aged lane
+        self.assigned: set[tuple[str, int]] = set()
+        self.held: set[tuple[str, int]] = set()  # paused: a lane above has a backlog
+        self.held_since: dict[Priority, float] = {}  # lane -> held since (monotonic), while held
+        self.starts: dict[tuple[str, int], int] = {}  # committed offsets, where nothing was consumed yet
+        self._repause = False
         kafka.ensure_topics()
         self.consumer = Consumer(consumer_config(self.name))
         self.consumer.subscribe(kafka.change_topics(), on_assign=self._assigned, on_revoke=self._revoked)
 
     def _assigned(self, consumer, partitions) -> None:
         log.info("%s assigned %s", self.name, [(p.topic, p.partition) for p in partitions])
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        self._repause = True  # a new assignment starts unpaused: apply the plan again
 
     def _revoked(self, consumer, partitions) -> None:
         # Batches are applied between polls, on this thread: none is in flight when this runs.
         log.info("%s revoked %s", self.name, [(p.topic, p.partition) for p in partitions])
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.assigned -= gone
+        self.held -= gone
+        for place in gone:
+            self.starts.pop(place, None)
+
+    def backlog(self) -> dict[Priority, int]:
+        """Messages of this consumer's partitions not consumed yet, per lane (high watermark -
+        position; a partition nothing was consumed from since its assignment counts from its
+        committed offset)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        waiting = dict.fromkeys(Priority, 0)
+        if not self.assigned:
+            return waiting
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in sorted(self.assigned)])
+        unknown = [tp for tp in positions if tp.offset < 0 and (tp.topic, tp.partition) not in self.starts]
+        if unknown:
+            try:
+                self.starts.update({(tp.topic, tp.partition): tp.offset
+                                    for tp in self.consumer.committed(unknown, timeout=5)})
+            except KafkaException as exc:
+                log.debug("%s: committed offsets unknown for now (%s)", self.name, exc)
+        for tp in positions:
+            place = (tp.topic, tp.partition)
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+            if high < 0:  # not fetched yet: ask the broker
+                try:
+                    low, high = self.consumer.get_watermark_offsets(tp, timeout=2)
+                except KafkaException:
+                    continue
+            at = tp.offset if tp.offset >= 0 else self.starts.get(place, -1)
+            waiting[self.priority_of[tp.topic]] += max(0, high - (at if at >= 0 else max(low, 0)))
+        return waiting
+
+    def prioritise(self) -> set[Priority]:
+        """Pause the lanes below one with a backlog, resume the others; returns the lanes held for
+        SYNC_STARVATION_SECONDS, which every poll lets through for a share until the lanes above
+        are empty (as the outbox's claims take a share of the events older than that)."""
+        from confluent_kafka import TopicPartition
+
+        waiting = self.backlog()
+        now = time.monotonic()
+        hold: set[Priority] = set()
+        aged: set[Priority] = set()
+        ahead = False
+        for priority in sorted(Priority):
+            if not ahead:
+                self.held_since.pop(priority, None)
+            elif now - self.held_since.setdefault(priority, now) >= settings.SYNC_STARVATION_SECONDS:
+                aged.add(priority)
+            else:
+                hold.add(priority)
+            ahead = ahead or waiting[priority] > 0
+        held = {place for place in self.assigned if self.priority_of[place[0]] in hold}
+        if held != self.held or self._repause:
+            if held:
+                self.consumer.pause([TopicPartition(t, p) for t, p in sorted(held)])
+            if self.assigned - held:
+                self.consumer.resume([TopicPartition(t, p) for t, p in sorted(self.assigned - held)])
+            if held != self.held:
+                log.debug("%s holds %s (backlog %s)", self.name, sorted(held), dict(waiting))
+            self.held, self._repause = held, False
+        return aged
+
+    def _admit(self, messages: list, aged: set[Priority]) -> list:
+        """The messages this batch applies: none of a held partition (fetched before its pause),
+        at most `share` of the aged lanes' together. A partition's messages left out go back (a
+        seek to the first of them: read again later, never committed before), so each partition's
+        taken messages are a prefix and its order is kept."""
+        from confluent_kafka import TopicPartition
+
+        taken, share = [], 0
+        back: dict[tuple[str, int], int] = {}
+        for message in messages:
+            place = (message.topic(), message.partition())
+            priority = self.priority_of.get(place[0])
+            if place in back or place in self.held:
+                back.setdefault(place, message.offset())
+                continue
+            if priority in aged:
+                if share >= self.share:
+                    back[place] = message.offset()
+                    continue
+                share += 1
+            taken.append(message)
+        for (topic, partition), offset in back.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        return taken
 
     def close(self) -> None:
         try:
@@ -94,8 +206,9 @@ class ChangeConsumer:
         except RuntimeError:
             pass
 
-    def step(self, totals: ConsumeTotals, stop=lambda: False) -> int:
-        """One poll, applied and committed; returns the messages it took."""
+    def poll(self) -> list:
+        """One batch of messages, by priority (`prioritise`, `_admit`); nothing applied yet."""
+        aged = self.prioritise()
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.batch_seconds)
         real = []
         for message in messages:
@@ -103,6 +216,11 @@ class ChangeConsumer:
                 log.warning("Kafka consumer error: %s", message.error())
                 continue
             real.append(message)
+        return self._admit(real, aged)
+
+    def step(self, totals: ConsumeTotals, stop=lambda: False) -> int:
+        """One poll, applied and committed; returns the messages it took."""
+        real = self.poll()
         if not real:
             return 0
         works: list[queue.Work] = []
@@ -122,7 +240,7 @@ class ChangeConsumer:
         for event in dead:
             message = latest.get((event.label, event.uid))
             if message is not None:
-                self._dead_letter(message, event.last_error, event.attempts)
+                self._dead_letter(message, event.last_error, event.attempts, event)
                 totals.dead_lettered += 1
         for message, error in poison:
             self._dead_letter(message, error, 0)
@@ -154,11 +272,24 @@ class ChangeConsumer:
             mine.update(event.id for event in events)
         return list(SyncEvent.objects.filter(id__in=sorted(mine), status=Status.DEAD))
 
-    def _dead_letter(self, message, error: str, attempts: int) -> None:
-        kafka.publish_dead(message.key(), message.value(), error=error or "failed", attempts=attempts,
-                           topic=message.topic(), partition=message.partition(), offset=message.offset())
+    def _dead_letter(self, message, error: str, attempts: int, event: SyncEvent | None = None) -> None:
+        """Copy the message to the dead-letter topic, and note where on its dead letter's row (a
+        message that is not a change event gets a row of its own), which the Queue page lists and
+        a retry re-publishes from (`queue.retry_dead`)."""
+        where = kafka.publish_dead(message.key(), message.value(), error=error or "failed", attempts=attempts,
+                                   topic=message.topic(), partition=message.partition(), offset=message.offset(),
+                                   event=event.id if event is not None else None)
         log.warning("dead letter %s from %s[%d]@%d: %s", message.key(), message.topic(), message.partition(),
                     message.offset(), error)
+        if event is not None:
+            SyncEvent.objects.filter(id=event.id, status=Status.DEAD).update(dlq_position=where)
+            return
+        label, uid = kafka.unreadable_key(message.key(), where)
+        now = timezone.now()
+        SyncEvent.objects.create(
+            label=label, uid=uid, status=Status.DEAD, source="kafka", attempts=attempts,
+            priority=self.priority_of.get(message.topic(), Priority.MEDIUM), created_at=now, finished_at=now,
+            failed_at=now, next_attempt_at=now, last_error=(error or "failed")[:5000], dlq_position=where)
 
     def _commit(self, messages, totals: ConsumeTotals) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -182,6 +313,9 @@ def run(*, seconds: float | None = None, idle_exit: float | None = None, stop=la
         name: str | None = None, batch_size: int | None = None, batch_seconds: float | None = None) -> ConsumeTotals:
     """Consume until `stop()`, after `seconds`, or once nothing came for `idle_exit` seconds."""
     totals = ConsumeTotals()
+    # The model is loaded before joining the group: the group hands partitions only to consumers
+    # that can apply them at once, and no HIGH event waits for the weights.
+    log.info("consumer %s: embedding model ready in %.1f s", name or "", embedding.warm_up())
     consumer = ChangeConsumer(name, batch_size=batch_size, batch_seconds=batch_seconds)
     deadline = time.monotonic() + seconds if seconds else None
     idle_since = time.monotonic()

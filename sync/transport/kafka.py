@@ -15,8 +15,11 @@ does not matter.
 Each message's value is a JSON change event shaped like Neo4j's CDC events (`id`, `txId`, `seq`,
 `metadata.txCommitTime` on Neo4j's clock, `event` with `eventType` "n", `operation` c/u/d, `labels`,
 `keys`, `state`), plus the fields our apply path reads (`event.version`, `event.priority`,
-`metadata.source`). Capture reads versions, not property diffs, so `event.changed` is empty
-(`null`) unless the producer knows the names.
+`metadata.source`). `event.changed` lists the property names the change set or removed where the
+producer knows them — the write paths (ingest API, feed imports, analysts' resolutions) compare the
+node before and after their write (`sync.writes.changed_properties`), and changes folded together
+list the union — and is `null` where it does not: change capture reads versions, not property
+diffs, so a foreign write's names are not known (the APOC trigger stamps versions only).
 
 The producer is idempotent (`enable.idempotence`, which implies `acks=all`). `publish` returns only
 once the broker has acknowledged every event, and raises `RetryableStoreError` otherwise: change
@@ -29,10 +32,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings
 
@@ -160,7 +164,7 @@ def encode(work) -> bytes:
             "keys": {work.label: [{"uid": work.uid}]},
             "version": work.version,
             "priority": Priority(work.priority).label,
-            "changed": None,
+            "changed": list(changed) if (changed := getattr(work, "changed", None)) is not None else None,
             "state": {"before": None, "after": None},
         },
     }, separators=(",", ":")).encode()
@@ -234,19 +238,146 @@ def publish(works: Iterable) -> int:
     return len(works)
 
 
+def position(topic: str, partition: int, offset: int) -> str:
+    """Where a message is, as a dead letter's row keeps it (`SyncEvent.dlq_position`)."""
+    return f"{topic}:{partition}@{offset}"
+
+
+def parse_position(text: str) -> tuple[str, int, int] | None:
+    topic, _, rest = (text or "").rpartition(":")
+    partition, _, offset = rest.partition("@")
+    if not topic or not partition.isdigit() or not offset.isdigit():
+        return None
+    return topic, int(partition), int(offset)
+
+
 def publish_dead(key: bytes | None, value: bytes | None, *, error: str, attempts: int, topic: str,
-                 partition: int, offset: int) -> None:
-    """Copy a message that failed for good to the dead-letter topic, the error and attempts in
-    headers; raises RetryableStoreError unless the broker acknowledged it."""
+                 partition: int, offset: int, event: int | None = None) -> str:
+    """Copy a message that failed for good to the dead-letter topic, the error, attempts, where it
+    came from and its dead letter's row (`event`) in headers. Returns where it landed
+    (`position`); raises RetryableStoreError unless the broker acknowledged it."""
     ensure_topics()
     sender = producer()
     errors: list = []
+    landed: list = []
     headers = [("error", error[:2000].encode()), ("attempts", str(attempts).encode()),
                ("topic", topic.encode()), ("partition", str(partition).encode()), ("offset", str(offset).encode())]
-    sender.produce(dlq_topic(), key=key, value=value, headers=headers,
-                   on_delivery=lambda err, msg: errors.append(err) if err is not None else None)
-    if sender.flush(settings.KAFKA_PUBLISH_TIMEOUT + 5) or errors:
+    if event is not None:
+        headers.append(("event", str(event).encode()))
+
+    def delivered(err, msg) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            landed.append(position(msg.topic(), msg.partition(), msg.offset()))
+
+    sender.produce(dlq_topic(), key=key, value=value, headers=headers, on_delivery=delivered)
+    if sender.flush(settings.KAFKA_PUBLISH_TIMEOUT + 5) or errors or not landed:
         raise RetryableStoreError(f"Kafka did not acknowledge a dead letter: {errors[0] if errors else 'timeout'}")
+    return landed[0]
+
+
+UNREADABLE = "(unreadable)"  # the label of a dead letter whose key names no entity
+
+
+def unreadable_key(key: bytes | None, where: str) -> tuple[str, str]:
+    """The entity a message that is not a change event names by its key (`Label:uid`), as far as
+    it does; otherwise UNREADABLE and where it lies in the dead-letter topic."""
+    text = (key or b"").decode(errors="replace")
+    try:
+        label, uid = ids.check_key(*ids.parse_entity_key(text))
+    except ValueError:
+        return UNREADABLE, (text or where)[:1024]
+    return (label, uid) if len(label) <= 64 and len(uid) <= 1024 else (UNREADABLE, where)
+
+
+@dataclass(frozen=True)
+class DeadMessage:
+    """A message of the dead-letter topic, as it was copied there."""
+
+    position: str
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+    @property
+    def origin(self) -> str:
+        """The change topic it was consumed from."""
+        return self.headers.get("topic", "")
+
+
+def read_dead(positions: Iterable[str], timeout: float | None = None) -> dict[str, DeadMessage]:
+    """The dead-letter topic's messages at these positions (those the topic still holds: retention
+    may have dropped the oldest). Reads each partition from the lowest position asked to the
+    highest, without joining a consumer group; RetryableStoreError when the broker does not answer
+    within `timeout` (default KAFKA_PUBLISH_TIMEOUT + 5 s)."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    timeout = settings.KAFKA_PUBLISH_TIMEOUT + 5 if timeout is None else timeout
+    wanted: dict[tuple[str, int], set[int]] = {}
+    for text in positions:
+        place = parse_position(text)
+        if place is not None:
+            wanted.setdefault(place[:2], set()).add(place[2])
+    if not wanted:
+        return {}
+    reader = Consumer({**client_config(), "group.id": f"{settings.KAFKA_GROUP_ID}.dlq-reader",
+                       "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 50})
+    found: dict[str, DeadMessage] = {}
+    try:
+        starts = []
+        for (topic, partition), offsets in wanted.items():
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+            offsets.intersection_update(range(low, high))
+            if offsets:
+                starts.append(TopicPartition(topic, partition, min(offsets)))
+        if not starts:
+            return {}
+        reader.assign(starts)
+        left = {(tp.topic, tp.partition): max(wanted[(tp.topic, tp.partition)]) for tp in starts}
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            for message in reader.consume(500, timeout=0.5):
+                place = (message.topic(), message.partition())
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        left.pop(place, None)
+                    continue
+                if message.offset() in wanted.get(place, ()):
+                    text = position(*place, message.offset())
+                    found[text] = DeadMessage(text, message.key(), message.value(),
+                                              {k: (v or b"").decode(errors="replace") for k, v in message.headers() or []})
+                if place in left and message.offset() >= left[place]:
+                    left.pop(place)
+    except KafkaException as exc:
+        raise RetryableStoreError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {exc}") from exc
+    finally:
+        reader.close()
+    return found
+
+
+def republish(messages: Iterable[tuple[str, bytes | None, bytes | None, list]]) -> int:
+    """Publish (topic, key, value, headers) messages as they are and wait until the broker has
+    acknowledged them all (RetryableStoreError otherwise): how a retried dead letter goes back to
+    its change topic."""
+    messages = list(messages)
+    if not messages:
+        return 0
+    ensure_topics()
+    sender = producer()
+    errors: list = []
+    for topic, key, value, headers in messages:
+        while True:
+            try:
+                sender.produce(topic, key=key, value=value, headers=headers,
+                               on_delivery=lambda err, msg: errors.append(err) if err is not None else None)
+                break
+            except BufferError:
+                sender.poll(0.2)
+    if sender.flush(settings.KAFKA_PUBLISH_TIMEOUT + 5) or errors:
+        raise RetryableStoreError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS} did not acknowledge "
+                                  f"re-published dead letters: {errors[0].str() if errors else 'timeout'}")
+    return len(messages)
 
 
 @dataclass
@@ -256,18 +387,23 @@ class PartitionLag:
     committed: int | None  # the group's committed offset (None: nothing committed yet)
     high: int  # the high watermark: the offset the next event will get
     low: int
+    # The oldest waiting event (the one at the committed offset), when asked for and there is one:
+    published_at: datetime | None = None  # when the broker took it
+    changed_at: datetime | None = None  # the change's commit time on Neo4j's clock
 
     @property
     def lag(self) -> int:
-        start = self.committed if self.committed is not None and self.committed >= 0 else self.low
+        start = max(self.committed, self.low) if self.committed is not None and self.committed >= 0 else self.low
         return max(0, self.high - start)
 
 
-def lag(timeout: float = 10.0) -> list[PartitionLag]:
-    """Consumer-group lag per change topic and partition (committed offset vs high watermark)."""
+def lag(timeout: float = 10.0, *, oldest: bool = False) -> list[PartitionLag]:
+    """Consumer-group lag per change topic and partition (committed offset vs high watermark);
+    `oldest`: with the times of each lagging partition's oldest waiting event (one fetch each)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    consumer = Consumer({**client_config(), "group.id": settings.KAFKA_GROUP_ID, "enable.auto.commit": False})
+    consumer = Consumer({**client_config(), "group.id": settings.KAFKA_GROUP_ID, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20})
     try:
         metadata = consumer.list_topics(timeout=timeout)
         partitions = [TopicPartition(name, p) for name in change_topics() if name in metadata.topics
@@ -279,8 +415,61 @@ def lag(timeout: float = 10.0) -> list[PartitionLag]:
             offset = committed.get((tp.topic, tp.partition))
             rows.append(PartitionLag(tp.topic, tp.partition, offset if offset is not None and offset >= 0 else None,
                                      high, low))
+        if oldest:
+            _read_heads(consumer, [row for row in rows if row.lag], timeout)
         return rows
     except KafkaException as exc:
         raise RetryableStoreError(f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {exc}") from exc
     finally:
         consumer.close()
+
+
+def _read_heads(consumer, rows: list[PartitionLag], timeout: float) -> None:
+    """Fill in each row's oldest waiting event's times, reading one message per partition (assigned
+    by hand: the group is not joined, nothing is committed)."""
+    from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, TopicPartition
+
+    if not rows:
+        return
+    by_place = {(row.topic, row.partition): row for row in rows}
+    consumer.assign([TopicPartition(row.topic, row.partition, max(row.committed or 0, row.low)) for row in rows])
+    deadline = time.monotonic() + timeout
+    while by_place and time.monotonic() < deadline:
+        for message in consumer.consume(len(by_place), timeout=0.2):
+            row = by_place.pop((message.topic(), message.partition()), None)
+            if row is None or message.error() is not None:
+                continue
+            kind, stamp = message.timestamp()
+            if kind != TIMESTAMP_NOT_AVAILABLE:
+                row.published_at = datetime.fromtimestamp(stamp / 1000, tz=UTC)
+            try:
+                row.changed_at = decode(message.value()).changed_at
+            except ValueError:
+                pass  # not a change event: the consumer dead-letters it
+
+
+class LagUnknown(RetryableStoreError):
+    """The broker did not answer a reading of the consumer group's lag."""
+
+
+LAG_TIMEOUT = 3.0  # a reading of the lag waits this long for the broker (every page and scrape reads it)
+LAG_FAILURE_REMEMBERED = 10.0  # seconds a failed reading is answered from memory, not tried again
+_lag_failures: dict[tuple[str, str, str], tuple[float, str]] = {}
+
+
+def lag_reading() -> list[PartitionLag]:
+    """`lag()` as the queue's depth reads it (the Queue page, the overview, alert rules, /metrics):
+    within LAG_TIMEOUT, or LagUnknown; while the broker is down each process asks it once every
+    LAG_FAILURE_REMEMBERED seconds rather than making every reading wait."""
+    key = (settings.KAFKA_BOOTSTRAP_SERVERS, settings.KAFKA_GROUP_ID, settings.KAFKA_TOPIC_PREFIX)
+    failed = _lag_failures.get(key)
+    if failed and time.monotonic() - failed[0] < LAG_FAILURE_REMEMBERED:
+        raise LagUnknown(failed[1])
+    try:
+        rows = lag(timeout=LAG_TIMEOUT, oldest=True)
+    except RetryableStoreError as exc:
+        _lag_failures[key] = (time.monotonic(), str(exc))
+        raise LagUnknown(str(exc)) from exc
+    _lag_failures.pop(key, None)
+    return rows
+

@@ -1,6 +1,9 @@
 """Fixtures of the fault suite: its own Neo4j (one per session, on a free port: the cases stop and
 kill it), a clean graph on it per case, installed as the process's graph store, and settings that
-keep retries and alert hysteresis short enough for a test."""
+keep retries and alert hysteresis short enough for a test.
+
+The suite shares no server with the rest of the tests: bin/test runs it beside the short soak
+(tests/test_soak.py), in a pytest session of its own."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import signal
 
 from django.core.management.base import BaseCommand
 
-from sync import tasks
+from sync import tasks, worker
 
 
 class Command(BaseCommand):
@@ -15,6 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: never)")
 
     def handle(self, *args, seconds, **options):
+        worker.lower_cpu_priority()  # it embeds HIGH work: a worker like the cluster's
         stopping = []
         signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
         signal.signal(signal.SIGINT, lambda *_: stopping.append(True))

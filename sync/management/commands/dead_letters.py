@@ -50,8 +50,11 @@ class Command(BaseCommand):
                 self.stdout.write(f"{g.key}  {g.count:6d}  {g.label:<14} {g.fingerprint}")
             return
         actor = acting_user(user, needs=ACT_ON_SYNC)
-        outcome = (deadletters.retry(selection, actor) if action == "retry"
-                   else deadletters.discard(selection, actor, note=note))
+        try:
+            outcome = (deadletters.retry(selection, actor) if action == "retry"
+                       else deadletters.discard(selection, actor, note=note))
+        except deadletters.NotRetried as exc:
+            raise CommandError(str(exc)) from None
         verb = "retried" if action == "retry" else "discarded"
         self.stdout.write(f"{verb} {outcome.done} of {outcome.asked} dead letters"
                           + (f" ({outcome.skipped} already handled)" if outcome.skipped else ""))

@@ -3,16 +3,30 @@
 Entries go through the sync engine's write path like any other write: the conflict rules settle
 disagreements with other sources (or hold a value back for an analyst), KEV entries are
 dual-written to the vector index (or queued for the workers with `--queue`) and Vulnerability
-nodes queued. Exit status is non-zero only when the file itself is unusable (unreadable, not JSON, no
+nodes queued — `--batch` entries at a time (one graph transaction per label, one embedding call and
+one vector write a batch), each entry committed or compensated on its own and reported. Exit status is non-zero only when the file itself is unusable (unreadable, not JSON, no
 `vulnerabilities` list) or the graph store fails; malformed entries are listed with their
 position and skipped while the rest are imported.
+
+A feed of BACKFILL_MIN_ENTITIES entries or more (the whole catalogue, not a day's delta) is a
+backfill (sync.backfill): its work waits behind the streaming changes and its progress and lag are
+shown apart from theirs.
 """
 
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sync.ingest.kev import MAX_FEED_BYTES, KevFeedError, import_kev_feed, write_through_sync
+from sync import backfill
+from sync.ingest.kev import (
+    KEV_BATCH,
+    MAX_FEED_BYTES,
+    KevFeedError,
+    import_kev_feed,
+    parse_kev_feed,
+    write_through_sync_many,
+)
+from sync.models import Backfill
 from sync.policy import synced_labels
 from sync.stores import graph_store
 from sync.stores.base import StoreError
@@ -26,6 +40,8 @@ class Command(BaseCommand):
         parser.add_argument("--queue", action="store_true",
                             help="queue KEV vectors for the workers instead of writing each in the call "
                                  "(faster for a first import of the whole catalogue)")
+        parser.add_argument("--batch", type=int, default=KEV_BATCH,
+                            help=f"entries written and embedded together (default {KEV_BATCH})")
 
     def handle(self, *args, **options):
         path = Path(options["file"])
@@ -40,12 +56,19 @@ class Command(BaseCommand):
         try:
             graph.ensure_schema(synced_labels())
             defer = options["queue"]
+            if options["batch"] < 1:
+                raise CommandError(f"--batch must be at least 1, got {options['batch']}")
 
-            def write(label, uid, properties, *, source, confidence=None):
-                return write_through_sync(label, uid, properties, source=source, confidence=confidence,
-                                          defer_vectors=defer)
+            def write_many(label, items, *, source, confidence=None):
+                return write_through_sync_many(label, items, source=source, confidence=confidence,
+                                               defer_vectors=defer)
 
-            report = import_kev_feed(data, graph=graph, write=write)
+            entries = len(parse_kev_feed(data).entries)
+            entities = entries * len({"KEV", "Vulnerability"} & set(synced_labels()))
+            with backfill.if_bulk(entries, Backfill.Kind.IMPORT, scope=f"{path.name}: {entries} entries",
+                                  reason="a CISA KEV catalogue import (manage.py import_kev)", actor="import_kev",
+                                  total=entities):
+                report = import_kev_feed(data, graph=graph, write_many=write_many, batch=options["batch"])
         except KevFeedError as exc:
             raise CommandError(f"{path}: {exc}") from exc
         except StoreError as exc:

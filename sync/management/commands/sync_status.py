@@ -1,4 +1,4 @@
-"""Print sync health: queue depth by priority, lag, dead letters, records by status."""
+"""Print sync health: queue depth by priority, lag, dead letters, records by status, backfills."""
 
 from django.core.management.base import BaseCommand
 
@@ -20,6 +20,11 @@ class Command(BaseCommand):
         out(f"oldest unsynced change: {seconds(s.oldest_unsynced)} ago")
         out(f"lag over the last hour: p50 {seconds(s.lag.p50)}, p95 {seconds(s.lag.p95)} "
             f"({s.lag.n} samples)")
+        for p in r.backfills:
+            eta = "" if p.finished or p.eta is None else f", about {p.eta / 60:.0f} min left"
+            out(f"backfill #{p.backfill.pk} {p.title.lower()} of {p.scope_words}: {p.done} of {p.total} done, "
+                f"{p.waiting} waiting, {p.failed} dead{eta}{' (stalled)' if p.stalled else ''}"
+                f"{' (finished)' if p.finished else ''}")
         out(f"dead letters: {r.dead_letters}")
         records = ", ".join(f"{k} {v}" for k, v in sorted(s.records.items())) or "none"
         out(f"sync records: {records}")

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from sync.cluster import CleanCluster
+from sync.worker import lower_cpu_priority
 
 
 class Command(BaseCommand):
@@ -15,6 +16,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018 — django-q2 signs tasks with it: fail here, not in a worker
+        lower_cpu_priority()  # every process of the cluster (and the consumer) inherits it
         # SYNC_TRANSPORT=kafka: a consumer of the group (manage.py consume) beside the cluster, whose
         # capture publishes the changes; it gets the same SIGTERM (bin/serve signals the group).
         consume = None
