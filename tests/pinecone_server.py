@@ -97,6 +97,24 @@ def running_pinecone_server(**options: Any) -> Iterator[PineconeTestServer]:
         get_budget_registry()._reset()
 
 
+@contextmanager
+def pinecone_as_vector_store(**options: Any) -> Iterator[tuple[PineconeTestServer, Any]]:
+    """A started server (options as for PineconeTestServer) installed as the process's vector
+    store, spoken to by the real SDK (1 s an HTTP attempt, 8 s a store call); uninstalled, closed
+    and stopped on exit."""
+    from sync.stores import use_vector_store
+    from sync.stores.pinecone_store import PineconeVectorStore
+
+    with running_pinecone_server(**options) as server:
+        store = PineconeVectorStore(api_key=DEFAULT_API_KEY, host=server.url, timeout=1.0, operation_timeout=8.0)
+        use_vector_store(store)
+        try:
+            yield server, store
+        finally:
+            use_vector_store(None)
+            store.close()
+
+
 class PineconeApiError(Exception):
     """An answer the server gives instead of a result: HTTP status plus Pinecone's error body."""
 

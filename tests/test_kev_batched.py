@@ -19,11 +19,10 @@ from sync.ingest.kev import import_kev_feed, write_through_sync_many
 from sync.models import Conflict, SagaLog, SyncEvent
 from sync.stores import pinecone_store, use_vector_store
 from sync.stores.base import RetryableStoreError
-from sync.stores.pinecone_store import PineconeVectorStore
 from tests.consistency import DeadLetter, FailedAttempt, SagaEnded, assert_index_matches_graph
 from tests.faults.inject import FailingWrites
 from tests.faults.work import settle
-from tests.pinecone_server import DEFAULT_API_KEY, running_pinecone_server
+from tests.pinecone_server import pinecone_as_vector_store
 from tests.test_kev_import import entry, feed
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -48,12 +47,8 @@ class Counting:
 @pytest.fixture
 def pinecone(synced_graph):
     """The wire-level Pinecone server as the process's vector store (1 s an HTTP attempt, 8 s a call)."""
-    with running_pinecone_server() as server:
-        store = PineconeVectorStore(api_key=DEFAULT_API_KEY, host=server.url, timeout=1.0, operation_timeout=8.0)
-        use_vector_store(store)
-        yield server, store
-        use_vector_store(None)
-        store.close()
+    with pinecone_as_vector_store() as installed:
+        yield installed
 
 
 def node(graph, label, uid):

@@ -21,11 +21,10 @@ from sync.policy import POLICY, LabelPolicy, Priority, VectorFailure, WriteMode
 from sync.policy import summary as policy_summary
 from sync.stores import use_vector_store
 from sync.stores.local_store import LanceVectorStore
-from sync.stores.pinecone_store import PineconeVectorStore
 from sync.writes import SyncWriteError, write_entity
 from tests.consistency import FailedAttempt, SagaEnded, assert_index_matches_graph
 from tests.faults.work import settle
-from tests.pinecone_server import DEFAULT_API_KEY, running_pinecone_server
+from tests.pinecone_server import pinecone_as_vector_store
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,12 +43,8 @@ def two_phase(monkeypatch):
 @pytest.fixture
 def pinecone(synced_graph):
     """The wire-level Pinecone server as the process's vector store (1 s an HTTP attempt, 8 s a call)."""
-    with running_pinecone_server() as server:
-        store = PineconeVectorStore(api_key=DEFAULT_API_KEY, host=server.url, timeout=1.0, operation_timeout=8.0)
-        use_vector_store(store)
-        yield server, store
-        use_vector_store(None)
-        store.close()
+    with pinecone_as_vector_store() as installed:
+        yield installed
 
 
 class Watching:

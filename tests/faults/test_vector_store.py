@@ -13,11 +13,10 @@ from sync.apply import apply_events
 from sync.ids import vector_id
 from sync.models import SyncEvent, SyncRecord
 from sync.queue import claim_batch
-from sync.stores import pinecone_store, use_vector_store
-from sync.stores.pinecone_store import PineconeVectorStore
+from sync.stores import pinecone_store
 from tests.consistency import AlertOpened, DeadLetter, FailedAttempt, assert_index_matches_graph
 from tests.faults.work import create_actors, poll, settle, tick
-from tests.pinecone_server import DEFAULT_API_KEY, running_pinecone_server
+from tests.pinecone_server import DEFAULT_API_KEY, pinecone_as_vector_store
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -28,12 +27,8 @@ ACTORS = [f"a{n}" for n in range(6)]
 def pinecone(fault_graph):
     """The wire-level Pinecone server, installed as the process's vector store (1 s an HTTP attempt,
     8 s a store call)."""
-    with running_pinecone_server() as server:
-        store = PineconeVectorStore(api_key=DEFAULT_API_KEY, host=server.url, timeout=1.0, operation_timeout=8.0)
-        use_vector_store(store)
-        yield server, store
-        use_vector_store(None)
-        store.close()
+    with pinecone_as_vector_store() as installed:
+        yield installed
 
 
 def captured(graph) -> None:
