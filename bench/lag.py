@@ -63,7 +63,8 @@ def main() -> None:
             process.wait(timeout=60)
     backlog_left = SyncEvent.objects.filter(label="Report", status__in=["queued", "in_flight"]).count()
     print(f"{n} changes at {args.rate}/s over {args.seconds:.0f}s; capture every {settings.CAPTURE_INTERVAL}s "
-          f"({settings.CAPTURE_FAST_INTERVAL}s while HIGH labels change; HIGH applied by the poller), worker "
+          f"({getattr(settings, 'CAPTURE_FAST_INTERVAL', '-')}s while HIGH labels change; HIGH applied by the poller), "
+          f"worker "
           f"flush {settings.SYNC_BATCH_SIZE} events or {settings.SYNC_FLUSH_INTERVAL}s; LOW backlog "
           f"{args.backlog} reports, {backlog_left} still queued at the end"
           + (" (the backlog ran out during the measurement)" if args.backlog and not backlog_left else ""))

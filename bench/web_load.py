@@ -5,12 +5,13 @@ and a real embedding worker (`manage.py drain`) on one machine: the demo graph i
 as the initial sync, the worker starts embedding it, then the web server starts and pages and
 searches are requested over HTTP from the moment it accepts connections. Each variant runs in a
 fresh process on a fresh database and graph; printed per variant: the first page and the first
-search after start, then page and search p50 / p95 (client-side, over HTTP) while the worker
+search after start (from the moment it accepts a connection), then page and search p50 / p95 (client-side, over HTTP) while the worker
 embeds, and how much the worker embedded meanwhile. Goals: page p95 <= 300 ms, search p95 <= 300
 ms, from the first request.
 
 Variants (default: all, side by side):
-  default    the model loaded by each web worker before it listens; workers at SYNC_WORKER_NICE=10
+  default    the model loaded by gunicorn's arbiter before it binds the port, shared by its forked
+             workers; embedding workers at SYNC_WORKER_NICE=10
   no-nice    preloaded model; workers at the web server's priority (SYNC_WORKER_NICE=0)
   lazy       neither: the first search in each web worker loads the model (the old behaviour)
 """
@@ -55,6 +56,22 @@ def get(url: str, cookie: str) -> float:
         response.read()
         assert response.status == 200, (url, response.status)
     return (time.perf_counter() - started) * 1000
+
+
+def smaps(pid: int) -> dict[str, float]:
+    """RSS, PSS and private memory of a process, in MB (/proc/<pid>/smaps_rollup)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0]) / 1024
+    return {"rss": fields["Rss"], "pss": fields["Pss"],
+            "private": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
+def web_memory(arbiter: int) -> dict:
+    """The arbiter's and each web worker's memory while they serve (workers: the arbiter's children)."""
+    children = [int(pid) for pid in Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()]
+    return {"arbiter": smaps(arbiter), "workers": [smaps(pid) for pid in children]}
 
 
 def session_cookie() -> str:
@@ -135,6 +152,7 @@ def run_variant(name: str, seconds: float) -> dict:
             for path in SEARCHES:
                 searches.append(get(base + path, cookie))
         embedding_throughout = drain.poll() is None
+        memory = web_memory(web.pid)
         done_after = SyncEvent.objects.filter(status=SyncEvent.Status.DONE).count()
     finally:
         os.killpg(web.pid, signal.SIGTERM)
@@ -146,7 +164,7 @@ def run_variant(name: str, seconds: float) -> dict:
     return {"variant": name, "accepting_s": accepting, "first_page_ms": first_page, "first_search_ms": first_search,
             "page_p50": page_p50, "page_p95": page_p95, "search_p50": search_p50, "search_p95": search_p95,
             "pages": len(pages), "searches": len(searches), "events_applied": done_after - done_before,
-            "embedding_throughout": embedding_throughout, "backlog": len(entities)}
+            "embedding_throughout": embedding_throughout, "backlog": len(entities), "memory": memory}
 
 
 def main(variants: list[str], seconds: float) -> None:
@@ -171,6 +189,13 @@ def main(variants: list[str], seconds: float) -> None:
         print(f"{r['variant']:<9} {r['accepting_s']:>8.1f}s {r['first_page_ms']:>7.0f}ms {r['first_search_ms']:>8.0f}ms "
               f"{r['page_p50']:>7.0f}ms {r['page_p95']:>7.0f}ms {r['search_p50']:>8.0f}ms {r['search_p95']:>8.0f}ms "
               f"{r['pages'] + r['searches']:>9} {r['events_applied']:>8}  {'ok' if ok else 'OVER'}{note}")
+    print("\nmemory while serving, MB (RSS / PSS / private):")
+    for r in results:
+        arbiter, workers = r["memory"]["arbiter"], r["memory"]["workers"]
+        each = ", ".join(f"{w['rss']:.0f} / {w['pss']:.0f} / {w['private']:.0f}" for w in workers)
+        total = arbiter["pss"] + sum(w["pss"] for w in workers)
+        print(f"{r['variant']:<9} arbiter {arbiter['rss']:.0f} / {arbiter['pss']:.0f} / {arbiter['private']:.0f}; "
+              f"workers {each}; PSS of all {total:.0f}")
 
 
 if __name__ == "__main__":

@@ -80,13 +80,14 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
     labels = synced_labels()
     cursor = ChangeCursor.objects.get(name=CURSOR)
     since = _since(cursor, window)
-    _forget_published(since)
+    # Published changes are remembered for as long as the whole window reaches (not a fast poll's).
+    _forget_published(_since(cursor, timedelta(seconds=settings.CAPTURE_OVERLAP_SECONDS)))
     after = None if since is None else (since, "")
     complete = False
     try:
         started = graph.server_time()
         for _ in range(max_pages):
-            changes = graph.changes_since(labels, after, size)
+            changes = graph.changes_since(labels, after, size, entities=False)
             if not changes:
                 complete = True
                 break
@@ -283,6 +284,9 @@ def purge_tombstones(retention: timedelta | None = None, page: int = 1000) -> in
             return purged  # the rest wait for their deletes to be applied
 
 
+FAST_OVERLAP_SECONDS = 1.0  # what the fast polls re-read before the cursor (see `run`)
+
+
 def run(owner: str, *, seconds: float, interval: float | None = None,
         after_poll=lambda result: None, stop=lambda: False) -> CaptureResult:
     """Poll every `interval` seconds for `seconds` (or until `stop()`), then hand the lease over.
@@ -290,7 +294,10 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
     While HIGH priority labels change (a poll found HIGH work within the last
     CAPTURE_FAST_SECONDS), polls come every CAPTURE_FAST_INTERVAL instead: the poll interval is
     most of a HIGH change's lag (half of it on average), and HIGH changes tend to come in runs (a
-    feed's delta, an analyst's edits). A quiet graph costs one poll per `interval`.
+    feed's delta, an analyst's edits). A quiet graph costs one poll per `interval`. Only one poll
+    per `interval` re-reads the whole overlap window; the fast ones between re-read the last
+    FAST_OVERLAP_SECONDS, enough for a transaction that commits a moment after its stamp, while
+    one that takes longer is still found within `interval`.
 
     A run that does not hold the lease keeps trying at every interval: scheduled runs overlap on
     purpose, so that when one ends the next takes over within an interval. `after_poll(result)`
@@ -300,12 +307,15 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
     pause = settings.CAPTURE_INTERVAL if interval is None else interval
     fast = min(pause, settings.CAPTURE_FAST_INTERVAL)
     fast_until = 0.0  # monotonic time until which polls come every `fast` seconds
+    whole_window_at = 0.0  # monotonic time from which a poll re-reads the whole overlap window
     deadline = time.monotonic() + seconds
     try:
         while not stop():
             started = time.monotonic()
+            whole = started >= whole_window_at
             try:
-                result = poll_once(owner)
+                result = poll_once(owner, overlap=None if whole else min(FAST_OVERLAP_SECONDS,
+                                                                         settings.CAPTURE_OVERLAP_SECONDS))
             except (StoreError, DatabaseError) as exc:
                 # Neo4j unreachable, SQLite busy, ...: recorded on the cursor when it can be
                 # (last_error, shown by sync_status); the next poll retries.
@@ -323,6 +333,8 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
             total.polled = total.polled or result.polled
             if result.urgent:
                 fast_until = time.monotonic() + settings.CAPTURE_FAST_SECONDS
+            if whole and result.polled:
+                whole_window_at = started + pause
             wait = max(0.0, started + (fast if time.monotonic() < fast_until else pause) - time.monotonic())
             if time.monotonic() + wait >= deadline:
                 break

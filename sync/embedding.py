@@ -63,6 +63,7 @@ DIMENSION = 384
 BUNDLED_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED_NAMES = frozenset({BUNDLED_MODEL, f"sentence-transformers/{BUNDLED_MODEL}"})
 CHUNK_OVERLAP_TOKENS = 24
+FEW_TEXTS = 4  # an `encode` of at most this many texts runs on one thread (see Embedder.encode)
 _SENTENCE_ENDS = frozenset(".!?;")
 
 
@@ -287,8 +288,12 @@ class Embedder:
         """L2-normalised float32 embeddings, shape (len(texts), 384).
 
         Texts longer than the model window are truncated by the model: `split` them first.
-        `threads`: torch's intra-op threads for this call only (a search query: one short text
-        gains nothing from more, and on a busy machine two threads made it 5-15x slower).
+        `threads`: torch's intra-op threads for this call only. By default a call of at most
+        FEW_TEXTS texts (a search query, a KEV applied at once, one entity's dual-write) runs on
+        one thread: it gains little from more on an idle machine (16 vs 23 ms for one KEV text
+        on 2 cores), and beside a busy embedding worker two threads made it 10-20x slower at the
+        95th percentile (400-860 ms against 44-49 ms, measured here), as OpenMP threads wait on
+        each other for cores the other process holds.
         """
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of texts, not a single str")
@@ -302,6 +307,8 @@ class Embedder:
         if size < 1:
             raise ValueError(f"batch_size must be at least 1, got {size}")
         model = self.model
+        if threads is None and len(texts) <= FEW_TEXTS:
+            threads = 1
         with self._encode_lock:
             # torch's thread count is process-wide; changed only under the lock every encode takes.
             before = torch_threads(threads) if threads else None

@@ -438,7 +438,7 @@ def test_it_reads_a_change_page_through_the_updated_at_indexes(store, neo4j_driv
 
     result = neo4j_driver.execute_query(
         "PROFILE " + changes_cypher(LABELS),
-        since=middle.updated_at, key=f"Actor:{middle.uid}", limit=10, labels=LABELS)
+        since=middle.updated_at, key=f"Actor:{middle.uid}", limit=10, labels=LABELS, props=True)
 
     plan = result.summary.profile
     assert len(result.records) == 10

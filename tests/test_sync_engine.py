@@ -360,11 +360,11 @@ def test_a_capture_run_outlives_a_failed_poll(synced_graph, settings):
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def changes_since(self, *args):
+        def changes_since(self, *args, **kwargs):
             if self.failures:
                 self.failures -= 1
                 raise RetryableStoreError("Neo4j at bolt://… is unreachable")
-            return real.changes_since(*args)
+            return real.changes_since(*args, **kwargs)
 
     cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt35', name: 'APT35', description: 'Charming Kitten'})")
     use_graph_store(Flaky())

@@ -721,7 +721,7 @@ def _incremental(r: Reconciler) -> None:
     keys: set[tuple[str, str]] = set()
     after = (r.run.window_start, "")
     while True:
-        changes = r.graph.changes_since(labels, after, GRAPH_PAGE)
+        changes = r.graph.changes_since(labels, after, GRAPH_PAGE, entities=False)
         keys |= {(c.label, c.uid) for c in changes}
         if len(changes) < GRAPH_PAGE:
             break
