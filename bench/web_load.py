@@ -13,7 +13,8 @@ Variants (default: all, side by side):
   default    the model loaded by gunicorn's arbiter before it binds the port, shared by its forked
              workers; embedding workers at SYNC_WORKER_NICE=10
   no-nice    preloaded model; workers at the web server's priority (SYNC_WORKER_NICE=0)
-  lazy       neither: the first search in each web worker loads the model (the old behaviour)
+  lazy       EMBEDDING_PRELOAD=false: the first search in each web worker loads the model (views and
+             templates are still prepared before the fork)
 """
 
 from __future__ import annotations

@@ -1,31 +1,40 @@
 """gunicorn settings for the dashboard (bin/serve, the Dockerfile, compose.yaml): `-c
 nightingale/gunicorn_conf.py`.
 
-The embedding model is ready before the server accepts its first connection, so that no page or
-search waits for the weights (a first request used to wait 17 s while the workers loaded them).
-The arbiter loads the application (`preload_app`) and then, in `on_starting` — before it binds
-its sockets — loads the model and embeds one query on a single thread. Every worker forked from it
-inherits the loaded weights, shared copy-on-write (docs/deploy.md gives the memory measured), and
-a worker that replaces a dead one is ready at once.
+The server is ready before it accepts its first connection, so that no page or search waits for
+imports, templates or the model's weights (a first request used to wait 2-17 s while the workers
+embedded a backfill). The arbiter loads the application (`preload_app`) and then, in
+`on_starting` — before it binds its sockets — runs `dashboard.warmup.before_fork`: every view
+imported, the stores' client libraries imported, every template compiled, and the embedding model
+loaded with one query embedded on a single thread. Every worker forked from it inherits all of it,
+the weights shared copy-on-write (docs/deploy.md gives the memory measured), and a worker that
+replaces a dead one is ready at once.
 
 Single-threaded is the rule in the arbiter: a process forked after torch ran a multi-threaded
 operation hangs at its own first one (GNU OpenMP's thread pool does not survive a fork; tried
 here: both children hung). One thread never starts the pool. Each worker then embeds one query in
 `post_worker_init`, which touches the shared pages before the worker takes a request.
 
-`EMBEDDING_PRELOAD=false` skips both (the first search in each worker then loads the model).
+`EMBEDDING_PRELOAD=false` leaves the model out of both (the first search in each worker then
+loads it); the imports and templates are prepared either way.
 """
 
 import logging
 import os
+import warnings
 
 logger = logging.getLogger("nightingale.web")
 
-# The application (Django and the model) is loaded once, in the arbiter, before the fork.
+# The application (Django, its views and templates, the model) is loaded once, in the arbiter.
 preload_app = True
 
+# LanceDB warns in every forked child that its fork support is "experimental": its runtime is
+# restarted in the child, and the risk it names (an operation mid-flight at the fork) cannot
+# arise, since the arbiter never uses the store (dashboard.warmup imports it, nothing more).
+warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
 
-def _preload_enabled() -> bool:
+
+def _model() -> bool:
     from django.conf import settings
 
     return settings.EMBEDDING_PRELOAD
@@ -33,25 +42,24 @@ def _preload_enabled() -> bool:
 
 def on_starting(server):
     """In the arbiter, after the application is loaded and before the sockets are bound."""
-    if not _preload_enabled():
-        return
-    from sync.embedding import warm_up
+    from dashboard.warmup import before_fork
 
     try:
-        seconds = warm_up()
+        seconds = before_fork(model=_model())
     except Exception:  # noqa: BLE001 — search then answers with the model's error; pages still work
-        logger.exception("the embedding model could not be loaded; searches will report it")
+        logger.exception("preparing the web server failed; the first requests will do it")
         return
-    server.log.info("embedding model loaded in %.1fs, before accepting connections", seconds)
+    server.log.info("views, templates%s ready in %.1fs, before accepting connections",
+                    " and the embedding model" if _model() else "", seconds)
 
 
 def post_worker_init(worker):
-    if not _preload_enabled():
+    if not _model():
         return
-    from sync.embedding import warm_up
+    from dashboard.warmup import after_fork
 
     try:
-        seconds = warm_up()
+        seconds = after_fork()
     except Exception:  # noqa: BLE001 — as in on_starting
         logger.exception("web worker %s: the embedding model could not be loaded", os.getpid())
         return

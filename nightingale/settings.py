@@ -297,7 +297,7 @@ EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=40
 # CPU threads torch may use in one process (0: torch's default, every core). With several drain
 # workers on one host, give each its share of the cores (docs/deploy.md, bench/scaleout.py).
 EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0, minimum=0, maximum=256)
-# Each web worker loads the model before its first request (nightingale/gunicorn_conf.py).
+# gunicorn loads the model before it opens its port, and its workers share it (nightingale/gunicorn_conf.py).
 EMBEDDING_PRELOAD = env_bool("EMBEDDING_PRELOAD", True)
 # The embedding workers (manage.py workers, drain, consume) lower their CPU priority by this much
 # (os.nice), so that on a machine they share with the web server, pages and searches answer first

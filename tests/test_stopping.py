@@ -255,8 +255,8 @@ def test_bin_serve_stops_web_and_workers_on_sigterm_to_its_group(synced_graph, v
                 return False
 
         wait_until(answers, "the web server", proc=serve)
-        # Each web worker loaded the model before it accepted a request (nightingale/gunicorn_conf.py).
-        wait_until(lambda: output(serve).count("embedding model ready") == 2, "both web workers' model",
+        # Each web worker has the model before it accepts a request (nightingale/gunicorn_conf.py).
+        wait_until(lambda: output(serve).count(": embedding model ready") == 2, "both web workers' model",
                    proc=serve)
         async_task("sync.tasks.drain_queue", 95, group="sync-drain")
         wait_until(claimed_batch_in_flight, "a batch in flight", proc=serve)

@@ -61,6 +61,19 @@ def build_vector_store() -> VectorStore:
     return LanceVectorStore(settings.LANCEDB_DIR, table=settings.VECTOR_INDEX, dimension=DIMENSION)
 
 
+def import_clients() -> None:
+    """Import the configured stores' client libraries without connecting: what a web server's
+    arbiter does before it forks (dashboard.warmup). LanceDB's import starts an event-loop thread,
+    which LanceDB itself restarts in a forked child (`os.register_at_fork`); nothing runs on it
+    before the fork, so nothing is mid-operation when it happens."""
+    import sync.stores.neo4j_graph  # noqa: F401
+
+    if settings.VECTOR_STORE == "pinecone":
+        import sync.stores.pinecone_store  # noqa: F401
+    else:
+        import sync.stores.local_store  # noqa: F401
+
+
 def use_vector_store(store: VectorStore | None) -> None:
     """Swap the process's vector store (tests, fault injection)."""
     global _vector
