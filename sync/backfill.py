@@ -25,6 +25,7 @@ unchanged entries need no work). A backfill finishes when it is loaded and nothi
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +37,8 @@ from django.utils import timezone
 from sync import queue
 from sync.models import Backfill, SyncEvent, SyncRecord
 from sync.stores import graph_store
+
+log = logging.getLogger(__name__)
 
 Kind = Backfill.Kind
 Status = SyncEvent.Status
@@ -210,6 +213,27 @@ def settle(now: datetime | None = None) -> int:
             at = max(t for t in (shown.last_progress_at, backfill.loaded_at) if t is not None)
             settled += Backfill.objects.filter(pk=backfill.pk, finished_at__isnull=True).update(finished_at=at)
     return settled
+
+
+def end_abandoned(now: datetime | None = None) -> int:
+    """Mark loaded the backfills whose producer stopped handing work over without saying so (a
+    process killed mid-load: `tracking` never ran its end). Such a backfill would wait for ever,
+    stalled; after BACKFILL_STALL_MINUTES with nothing handed over (its newest event, else its
+    start) it covers what was handed over, and finishes once that is done. The upkeep task calls
+    this. Returns how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(minutes=settings.BACKFILL_STALL_MINUTES)
+    ended = 0
+    for backfill in Backfill.objects.filter(loaded_at__isnull=True, started_at__lt=cutoff):
+        newest = SyncEvent.objects.filter(backfill=backfill).aggregate(at=Max("created_at"))["at"]
+        if newest is not None and newest >= cutoff:
+            continue
+        loaded(backfill, total=0)
+        log.warning("backfill %s (%s) has handed nothing over for %.0f minutes: its producer stopped; it "
+                    "covers the %d entities handed over", backfill.pk, backfill.get_kind_display(),
+                    settings.BACKFILL_STALL_MINUTES, backfill.enqueued)
+        ended += 1
+    return ended
 
 
 def adopt(backfill: Backfill, events) -> int:

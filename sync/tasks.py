@@ -33,7 +33,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connections
 
-from sync import capture, queue, shutdown, worker, writes
+from sync import backfill, capture, queue, shutdown, worker, writes
 from sync.apply import ApplyCounts
 from sync.models import AuditEntry, ReconcileRun, WorkerLease
 from sync.observe import observer
@@ -195,9 +195,10 @@ def reconcile_incremental() -> dict:
 
 def upkeep() -> dict:
     """End what a killed process left open: sagas still `started`, reconciliations still `running`
-    (or queued but never started); and report an observer that has stopped beating."""
+    (or queued but never started), backfills whose producer stopped handing work over; and report
+    an observer that has stopped beating."""
     return {"sagas_ended": writes.fail_abandoned_sagas(), "reconciliations_failed": reconcile.fail_abandoned(),
-            "observer": observer.report_if_stopped()}
+            "backfills_ended": backfill.end_abandoned(), "observer": observer.report_if_stopped()}
 
 
 @stoppable

@@ -14,7 +14,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from sync import backfill, capture, queue, resync
+from sync import backfill, capture, queue, resync, tasks
 from sync.demo.graph import DEMO_LABELS
 from sync.models import Backfill, Priority, SyncEvent
 from sync.observe import alerting, backfills, metrics, readings
@@ -189,6 +189,33 @@ def test_a_backfill_that_stops_progressing_alerts_and_resolves_once_it_moves(set
     apply(1, lag=5.0, ago=0)
     assert [a.rule for a in judge(rules=only("backfill_stalled")).resolved] == ["backfill_stalled"]
     assert alerting.promql(alerting.BY_KEY["backfill_stalled"]) == "max(sync_backfill_idle_seconds) > 600"
+
+
+def test_a_backfill_whose_producer_died_mid_load_covers_what_it_handed_over_and_finishes(settings):
+    """A producer SIGKILLed mid-load never marks its backfill loaded; upkeep does, once nothing has
+    been handed over for BACKFILL_STALL_MINUTES, so the backfill finishes instead of staying stalled."""
+    settings.BACKFILL_STALL_MINUTES = 10
+    dead = backfill.start(Kind.RESYNC, scope="ThreatActor", reason="a test", actor="tester", total=500)
+    with queue.backfill_scope(dead.pk):  # handed 3 of 500 over, then killed: `tracking` never ended
+        queue.enqueue_many([queue.Work("ThreatActor", f"a-{k}", version=1, priority=Priority.LOW, source="resync")
+                            for k in range(3)])
+    busy = backfill.start(Kind.RESYNC, scope="Malware", reason="a test", actor="tester", total=500)
+    with queue.backfill_scope(busy.pk):  # its producer still hands work over
+        queue.enqueue_many([queue.Work("Malware", "m-0", version=1, priority=Priority.LOW, source="resync")])
+    quiet = timezone.now() - timedelta(minutes=11)
+    Backfill.objects.update(started_at=quiet)
+    SyncEvent.objects.filter(backfill=dead).update(created_at=quiet)
+    assert tasks.upkeep()["backfills_ended"] == 1
+    dead.refresh_from_db()
+    busy.refresh_from_db()
+    assert dead.loaded_at is not None and busy.loaded_at is None
+    assert backfill.progress_of(dead).total == 3  # what was handed over, not the 500 announced
+    batch = queue.claim_batch("test-worker", 10, starvation_seconds=FAR)
+    queue.ack([e for e in batch if e.backfill_id == dead.pk], "upserted", {})
+    assert backfill.settle() == 1
+    dead.refresh_from_db()
+    assert dead.finished_at is not None
+    assert tasks.upkeep()["backfills_ended"] == 0  # nothing more to end
 
 
 # --- what starts one -----------------------------------------------------------------------
