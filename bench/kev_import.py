@@ -1,6 +1,6 @@
 """A whole-catalogue CISA KEV import against raw `model.encode` of its own texts, in one run.
 
-    .venv/bin/python bench/kev_import.py [--entries 1400] [--batch 100] [--per-entry 0]
+    .venv/bin/python bench/kev_import.py [--entries 1400] [--batch 500] [--per-entry 0]
 
 Generates a catalogue of the real feed's shape: CISA's entries from the demo's sample
 (sync/demo/data/kev_sample.json) as templates, each given a generated id (CVE-<year>-9xxxxx, which

@@ -290,7 +290,33 @@ def _contact_spans(value: str) -> list[tuple[int, int, str]]:
 def _redact_text(value: str) -> str:
     if len(value) <= _CACHED_REDACT_CHARS:
         return _redact_short(value, phone_regions())
-    return _redact(value)
+    key = (value, phone_regions())
+    found = _long_redacted.get(key)
+    if found is None:
+        found = _redact(value)
+        _remember_long(key, found)
+    return found
+
+
+# Long values (descriptions, report bodies, the texts built from them) recur too: a metadata-only
+# update, a resync or a reconciliation builds an unchanged entity's text again, and redacting it
+# was over a third of building its document. Kept up to _LONG_CACHE_CHARS characters (values and
+# results together), then forgotten all at once.
+_LONG_CACHE_CHARS = 8_000_000
+_long_redacted: dict[tuple[str, tuple[str, ...]], str] = {}
+_long_cached_chars = 0
+
+
+def _remember_long(key: tuple[str, tuple[str, ...]], redacted: str) -> None:
+    global _long_cached_chars
+    size = len(key[0]) + len(redacted)
+    if size > _LONG_CACHE_CHARS // 8:
+        return  # a huge value would crowd out the rest
+    if _long_cached_chars + size > _LONG_CACHE_CHARS:
+        _long_redacted.clear()
+        _long_cached_chars = 0
+    _long_redacted[key] = redacted
+    _long_cached_chars += size
 
 
 @functools.lru_cache(maxsize=16384)
