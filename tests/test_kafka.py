@@ -111,6 +111,28 @@ def consume_until_idle(**kwargs):
     return consumer.run(idle_exit=3.0, batch_seconds=0.5, name="kafka-test", **kwargs)
 
 
+def test_a_high_event_does_not_wait_for_its_batch_to_fill(on_kafka):
+    """A poll fills its batch for up to batch_seconds, unless a HIGH event is in hand: then the
+    batch is what has arrived (with 100 events or 5 s, a KEV waited up to 5 s behind its commit)."""
+    sender = kafka.producer()
+    kafka.ensure_topics()
+    for priority, n in ((Priority.LOW, 3), (Priority.HIGH, 1)):
+        for i in range(n):
+            sender.produce(kafka.topic_for(priority), key=f"Label:u{i}".encode(), value=b"-")
+    assert sender.flush(10) == 0
+    taker = consumer.ChangeConsumer("kafka-urgent", batch_size=100, batch_seconds=60)
+    try:
+        started = time.monotonic()
+        batch = []
+        while not any(m.topic() == kafka.topic_for(Priority.HIGH) for m in batch):
+            assert time.monotonic() - started < 60
+            batch += taker.poll()
+        waited = time.monotonic() - started
+    finally:
+        taker.close()
+    assert waited < 30, f"the HIGH event waited {waited:.1f}s for a batch of 100"
+
+
 def test_changes_are_keyed_in_order_and_a_foreign_write_reaches_the_index(synced_graph, vectors, on_kafka):
     cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt29', name: 'APT29', description: 'Russian SVR actor'})")
     cypher(synced_graph, "CREATE (:Vulnerability {uid: 'CVE-2024-0001', name: 'CVE-2024-0001', "

@@ -356,6 +356,12 @@ def test_it_deletes_with_a_tombstone_that_capture_reads_and_purges(store, foreig
         ("Actor", "a", False, 1, False), ("Dossier", "b", True, 2, True)]
     assert changes[1].updated_at > b.updated_at
 
+    # Change capture reads keys only: the same changes, at the same times, with no entity.
+    keys = store.changes_since(LABELS, None, 10, entities=False)
+    assert [(c.label, c.uid, c.deleted, c.version, c.updated_at) for c in keys] == [
+        (c.label, c.uid, c.deleted, c.version, c.updated_at) for c in changes]
+    assert all(c.entity is None for c in keys)
+
     assert store.purge_tombstones(changes) == 1
     assert [c.uid for c in walk(store, LABELS, 10)] == ["a"]
     assert store.purge_tombstones(changes) == 0
