@@ -74,6 +74,7 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
     if not take_lease(owner, lease_seconds):
         return result
     result.polled = True
+    renewed = time.monotonic()  # when the lease was last renewed
     size = page_size or settings.CAPTURE_PAGE_SIZE
     window = timedelta(seconds=settings.CAPTURE_OVERLAP_SECONDS if overlap is None else overlap)
     graph = graph_store()
@@ -99,15 +100,21 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
             result.urgent += urgent
             last = changes[-1]
             after = (last.updated_at, f"{last.label}:{last.uid}")
-            with transaction.atomic():
-                moved = ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(
-                    updated_at=_later(cursor.updated_at, last.updated_at),
-                    polled_at=timezone.now(), lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds),
-                    last_error="",
-                )
-            if not moved:
-                log.warning("change capture lost its lease mid-poll; stopping")
-                break
+            # A page re-read in the overlap window moves nothing: the cursor row is written only
+            # when a page moves it, or to renew a lease half spent (a write waits for SQLite's lock
+            # while a worker commits a batch, and re-reading a bulk write took four such waits).
+            moves = cursor.updated_at is None or last.updated_at > cursor.updated_at
+            if moves or time.monotonic() - renewed > lease_seconds / 2:
+                with transaction.atomic():
+                    moved = ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(
+                        updated_at=_later(cursor.updated_at, last.updated_at),
+                        polled_at=timezone.now(), lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds),
+                        last_error="",
+                    )
+                if not moved:
+                    log.warning("change capture lost its lease mid-poll; stopping")
+                    break
+                renewed = time.monotonic()
             cursor.updated_at = _later(cursor.updated_at, last.updated_at)
             if len(changes) < size:
                 complete = True

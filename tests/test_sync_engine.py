@@ -147,6 +147,30 @@ def test_a_batch_embeds_at_most_its_limit_and_hands_the_rest_back(synced_graph, 
     assert counts.upserted == 3 and vectors.stats().total == 5
 
 
+def test_a_batch_applies_its_high_streaming_work_before_the_rest_is_embedded(synced_graph, vectors, graph,
+                                                                             monkeypatch):
+    """A worker claims HIGH first and fills the batch with lower work: the KEV is applied (vector
+    written, event acked) before the batch's LOW embedding starts, not after it."""
+    from sync import apply
+
+    graph.write_entity("KEV", "CVE-2026-0042", {"cve_id": "CVE-2026-0042", "vulnerability_name": "RCE"}, source="t")
+    for n in range(3):
+        graph.write_entity("Report", f"low-{n}", {"title": f"Report {n}", "summary": "Long campaign."}, source="t")
+    queue.enqueue_many([queue.Work("Report", f"low-{n}", priority=queue.Priority.LOW) for n in range(3)]
+                       + [queue.Work("KEV", "CVE-2026-0042", priority=queue.Priority.HIGH)])
+    real_run, seen = apply._run, []
+
+    def run(plans, *args, **kwargs):
+        seen.append((sorted(label for label, _ in plans),
+                     SyncEvent.objects.get(label="KEV").status, stored(vectors, "KEV", "CVE-2026-0042") is not None))
+        return real_run(plans, *args, **kwargs)
+
+    monkeypatch.setattr(apply, "_run", run)
+    counts = apply_events(queue.claim_batch("w", 10))
+    assert counts.upserted == 4
+    assert seen == [(["KEV"], "in_flight", False), (["Report", "Report", "Report"], "done", True)]
+
+
 def test_a_failed_batch_hands_back_what_it_never_tried(synced_graph, vectors, graph):
     from sync.stores import use_vector_store
     from tests.faults.inject import FailingWrites
