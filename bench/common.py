@@ -6,9 +6,12 @@ Benchmarks never touch the graphs `bin/run` and `bin/test` use: they run a third
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,6 +150,35 @@ def foreign_write(graph, n: int, prefix: str = "") -> None:
             "CREATE (:ThreatActor {uid: $uid, name: $name, description: $d})",
             uid=f"bench-actor-{prefix}{n}", name=f"Actor {n}", d=f"Bench actor {n} targeting finance.",
             database_=graph.database)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def capture_and(applier: list[str], graph, *, warm_timeout: float):
+    """`manage.py capture` and an applier (`manage.py` arguments: drain, consume ...) as separate
+    processes, as the workers run them, warmed up (four foreign writes synced: both have loaded
+    the model and opened their stores); yields the warm-up's keys, to leave out of the figures.
+    Both get SIGTERM when the body ends."""
+    from sync.models import SyncRecord
+
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    workers = [subprocess.Popen([*manage, "capture"], cwd=ROOT, env=os.environ),
+               subprocess.Popen([*manage, *applier], cwd=ROOT, env=os.environ)]
+    try:
+        for n in range(4):
+            foreign_write(graph, n, prefix="warm-")
+        wait_synced(4, warm_timeout)
+        yield {(r.label, r.uid) for r in SyncRecord.objects.filter(uid__contains="warm-")}
+    finally:
+        for process in workers:
+            process.send_signal(signal.SIGTERM)
+        for process in workers:
+            process.wait(timeout=60)
 
 
 def wait_synced(count: int, timeout: float) -> None:

@@ -16,13 +16,9 @@ draining a LOW backlog throughout the measurement: HIGH lag must hold while it d
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import sys
 import time
 
-from common import ROOT, foreign_write, lag_graph, setup, sync_lags, wait_synced, write_at_rate
+from common import capture_and, lag_graph, setup, sync_lags, wait_synced, write_at_rate
 
 
 def main() -> None:
@@ -34,18 +30,11 @@ def main() -> None:
     setup()
     from django.conf import settings
 
-    from sync.models import SyncEvent, SyncRecord
+    from sync.models import SyncEvent
     from sync.observe.readings import percentiles
 
     graph = lag_graph()
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    workers = [subprocess.Popen([*manage, "capture"], cwd=ROOT, env=os.environ),
-               subprocess.Popen([*manage, "drain"], cwd=ROOT, env=os.environ)]
-    try:
-        for n in range(4):  # warm-up: both processes load the model and open their stores
-            foreign_write(graph, n, prefix="warm-")
-        wait_synced(4, 120)
-        warm = {(r.label, r.uid) for r in SyncRecord.objects.filter(uid__contains="warm-")}
+    with capture_and(["drain"], graph, warm_timeout=120) as warm:
         if args.backlog:
             graph.driver.execute_query(
                 "UNWIND range(1, $n) AS i CREATE (:Report {uid: 'backlog-' + i, title: 'Backlog report ' + i, "
@@ -56,11 +45,6 @@ def main() -> None:
                 time.sleep(0.2)
         n = write_at_rate(graph, args.rate, args.seconds)
         wait_synced(len(warm) + n, 60)
-    finally:
-        for process in workers:
-            process.send_signal(signal.SIGTERM)
-        for process in workers:
-            process.wait(timeout=60)
     backlog_left = SyncEvent.objects.filter(label="Report", status__in=["queued", "in_flight"]).count()
     print(f"{n} changes at {args.rate}/s over {args.seconds:.0f}s; capture every {settings.CAPTURE_INTERVAL}s "
           f"({getattr(settings, 'CAPTURE_FAST_INTERVAL', '-')}s while HIGH labels change; HIGH applied by the poller), "

@@ -30,8 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,8 +41,9 @@ from common import (
     ROOT,
     Timer,
     bump_metadata,
+    capture_and,
     demo_sample,
-    foreign_write,
+    free_port,
     lag_graph,
     raw_encode_rate,
     setup,
@@ -59,12 +58,6 @@ KAFKA_DIR = ROOT / "var" / "bench-kafka"
 TRANSPORTS = ("outbox", "kafka")
 E2E_GOAL = 0.95
 HIGH_P95_GOAL = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def kafkactl(command: str, env: dict) -> None:
@@ -192,23 +185,12 @@ def measure(args) -> dict:
     SyncEvent.objects.all().delete()
     SyncRecord.objects.all().delete()
     graph = lag_graph()
-    manage = [sys.executable, str(ROOT / "manage.py")]
     applier = ["consume", "--name", "kafka-bench-lag"] if kafka else ["drain"]
-    workers = [subprocess.Popen([*manage, "capture"], cwd=ROOT, env=os.environ),
-               subprocess.Popen([*manage, *applier], cwd=ROOT, env=os.environ)]
-    try:
-        for n in range(4):  # warm-up: both processes load the model, open their stores, join the group
-            foreign_write(graph, n, prefix="warm-")
-        wait_synced(4, 180)
-        warm = {(r.label, r.uid) for r in SyncRecord.objects.filter(uid__contains="warm-")}
+    # The warm-up also lets the consumer join its group.
+    with capture_and(applier, graph, warm_timeout=180) as warm:
         assert len(warm) == 4, f"warm-up: {len(warm)} of 4 synced"
         n = write_at_rate(graph, args.rate, args.seconds)
         wait_synced(len(warm) + n, 60)
-    finally:
-        for process in workers:
-            process.send_signal(signal.SIGTERM)
-        for process in workers:
-            process.wait(timeout=60)
     lags = {}
     for label, priority in (("KEV", "HIGH"), ("ThreatActor", "MEDIUM")):
         found = sync_lags(label, warm)

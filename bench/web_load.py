@@ -44,12 +44,6 @@ SEARCHES = ("/search/?q=Russian+espionage+against+energy+firms&k=10",
 GOAL_MS = 300.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str, cookie: str) -> float:
     request = urllib.request.Request(url, headers={"Cookie": cookie, "Host": "127.0.0.1"})
     started = time.perf_counter()
@@ -97,7 +91,7 @@ def session_cookie() -> str:
 def run_variant(name: str, seconds: float) -> dict:
     """One variant, in this (fresh) process."""
     os.environ.update(VARIANTS[name])
-    from bench.common import setup, wipe_graph
+    from bench.common import free_port, setup, wipe_graph
 
     setup()
     from django.core.management import call_command
