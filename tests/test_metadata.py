@@ -12,6 +12,8 @@ from decimal import Decimal
 import neo4j.time
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sync.stores.base import VectorRecord
 from sync.stores.metadata import (
@@ -231,6 +233,35 @@ def test_the_size_limit_is_inclusive():
 def test_text_no_store_can_encode_is_refused():
     with pytest.raises(ValueError, match="encoded"):
         metadata_size({"a": "\ud800"})
+    with pytest.raises(ValueError, match="encoded"):
+        metadata_size({"a": ["x", "\udfff"]})
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_numbers_json_cannot_hold_are_refused_not_written_as_null(value):
+    with pytest.raises(ValueError, match="not.*finite"):
+        check_metadata_size({"a": value})
+    with pytest.raises(ValueError, match="not finite"):
+        check_metadata_size({"a": ["x", value]})
+
+
+_text = st.text(st.characters(exclude_categories=["Cs"]))
+_keys = _text.filter(bool)
+_exact_values = st.one_of(_text, st.booleans(), st.integers(-(2**53), 2**53), st.lists(_text, max_size=5))
+
+
+@given(st.dictionaries(_keys, _exact_values, max_size=8))
+def test_metadata_is_encoded_exactly_as_json_dumps_writes_it(metadata):
+    # The local store's prefilter looks for json.dumps' tokens in this text (sql_prefilter).
+    expected = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    assert check_metadata_size(metadata) == expected
+    assert metadata_size(metadata) == len(expected.encode("utf-8"))
+
+
+@given(st.dictionaries(_keys, st.floats(allow_nan=False, allow_infinity=False), max_size=8))
+def test_floats_read_back_as_written(metadata):
+    # Only the exponent may be spelled differently from json.dumps ("1e-8", not "1e-08").
+    assert json.loads(check_metadata_size(metadata)) == metadata
 
 
 # -- whole records ----------------------------------------------------------------------------------

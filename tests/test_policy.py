@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import neo4j.time
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sync import models
 from sync.embedding import content_hash, model_id
@@ -23,10 +25,14 @@ from sync.policy import (
     VectorFailure,
     WriteMode,
     build_document,
+    build_text,
+    document,
     is_sensitive_key,
     policy_for,
     synced_labels,
+    text_and_hash,
 )
+from sync.policy.memo import TextMemo
 from sync.stores.base import Entity
 
 NOW = dt.datetime(2025, 3, 4, 5, 6, 7, tzinfo=dt.UTC)
@@ -323,6 +329,43 @@ def test_it_changes_the_hash_only_when_the_text_changes():
     changed = build_document(entity("Malware", "m", version=4, name="Emotet", description="Loader."))
     assert first.content_hash == spaced.content_hash == metadata_only.content_hash
     assert changed.content_hash != first.content_hash
+
+
+_field_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False, width=16),
+    st.sampled_from(["", "1", "True", "yes", "a", "a, b", "<b>a</b>", "ring 555-123-4567"]),
+    st.lists(st.sampled_from(["a", "b", "a, b", "1"]), max_size=3))
+
+
+@given(st.lists(st.tuples(_field_values, _field_values), min_size=1, max_size=12))
+def test_the_remembered_text_is_always_the_text_built_now(rounds):
+    """text_and_hash remembers texts by the text fields' values: whatever came before, it answers
+    what build_text and content_hash answer now (1, True and "1" are different texts; so are a
+    list and its items joined; -0.0 and 0.0)."""
+    policy = policy_for("ThreatActor")
+    document._texts.clear()
+    for name, aliases in rounds:
+        properties = {"name": name, "aliases": aliases, "description": "Targets banks."}
+        text = build_text(policy, properties)
+        assert text_and_hash(policy, properties) == (text, content_hash(text))
+
+
+def test_the_remembered_text_follows_the_phone_regions(settings):
+    policy = policy_for("ThreatActor")
+    french = {"name": "Actor", "description": "Appelez le 01 42 68 53 00 avant midi."}
+    assert "01 42 68 53 00" in text_and_hash(policy, french)[0]
+    settings.CONTACT_PHONE_REGIONS = ["US", "GB", "FR"]
+    assert "01 42 68 53 00" not in text_and_hash(policy, french)[0]
+
+
+def test_the_text_memory_is_bounded():
+    memo = TextMemo(max_chars=800)
+    for n in range(100):
+        memo.put(n, "x" * 50, 50)
+        assert memo._chars <= 800
+    assert memo.get(99) == "x" * 50 and len(memo) <= 16
+    memo.put("huge", "x" * 101, 101)  # over an eighth: never kept
+    assert memo.get("huge") is None
 
 
 def test_it_gives_an_entity_without_text_no_chunks():

@@ -21,9 +21,8 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from sync.conflicts.records import STORE_KINDS, ConflictError
-from sync.embedding import content_hash
 from sync.models import Conflict
-from sync.policy import WITHHELD, build_text, may_show, policy_for, shown_properties, shown_value
+from sync.policy import WITHHELD, may_show, policy_for, shown_properties, shown_value, text_and_hash
 from sync.stores import graph_store
 
 Status = Conflict.Status
@@ -343,7 +342,7 @@ def _preview(result: Review, properties: dict[str, Any], policy) -> None:
         result.effect = "Nothing changes in the graph: the node keeps its version."
     elif not policy.synced:
         result.effect = f"{policy.label} is never synced: only the graph changes."
-    elif content_hash(build_text(policy, after)) != content_hash(build_text(policy, properties)):
+    elif text_and_hash(policy, after)[1] != text_and_hash(policy, properties)[1]:
         result.reembeds = True
         result.effect = "The embedded text changes: the node will be re-embedded."
     else:

@@ -14,19 +14,18 @@ from typing import Any
 from django.db.models import Q
 
 from sync import ids
-from sync.embedding import content_hash
 from sync.models import Priority, SyncRecord
 from sync.policy import (
     ENGINE_KEYS,
     WITHHELD,
     LabelPolicy,
     allowed_metadata,
-    build_text,
     may_show,
     policy_for,
     shown_properties,
     shown_value,
     synced_labels,
+    text_and_hash,
 )
 from sync.stores import graph_store, vector_store
 from sync.stores.base import Entity, Metadata, StoreError
@@ -314,7 +313,7 @@ def entity_view(label: str, uid: str, *, neighbours: int = NEIGHBOURS) -> Entity
         view.graph_error = f"Neo4j did not answer: {exc}"
     expected: Metadata = {}
     if view.entity is not None and policy.synced:
-        view.expected_hash = content_hash(build_text(policy, view.entity.properties))
+        view.expected_hash = text_and_hash(policy, view.entity.properties)[1]
         expected = allowed_metadata(policy, view.entity.properties)
     try:
         found = read_vectors(label, uid, view.record)

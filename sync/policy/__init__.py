@@ -32,6 +32,7 @@ from sync.policy.document import (
     allowed_metadata,
     build_document,
     build_text,
+    text_and_hash,
     uid_withheld,
 )
 from sync.policy.labels import (
@@ -61,6 +62,6 @@ __all__ = [
     "SENSITIVE_KEY_TERMS", "SNIPPET_MAX_CHARS", "Chunk", "Document", "LabelPolicy", "Priority",
     "VectorFailure", "WriteMode", "allowed_metadata", "build_document", "build_text", "clean_text",
     "has_contact_details", "html_to_text", "is_sensitive_key", "phone_regions", "policy_for",
-    "redact_contacts", "synced_labels", "truncate", "uid_withheld", "WITHHELD", "is_withheld", "may_show",
+    "redact_contacts", "synced_labels", "text_and_hash", "truncate", "uid_withheld", "WITHHELD", "is_withheld", "may_show",
     "shown_properties", "shown_value",
 ]

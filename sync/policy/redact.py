@@ -40,6 +40,8 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from sync.policy.memo import TextMemo
+
 # --- contact details -------------------------------------------------------------------------
 # E-mail addresses and phone numbers never reach the vector index, whatever the label: they are
 # replaced in every text and metadata value before anything leaves the graph, and
@@ -294,29 +296,14 @@ def _redact_text(value: str) -> str:
     found = _long_redacted.get(key)
     if found is None:
         found = _redact(value)
-        _remember_long(key, found)
+        _long_redacted.put(key, found, len(value) + len(found))
     return found
 
 
-# Long values (descriptions, report bodies, the texts built from them) recur too: a metadata-only
-# update, a resync or a reconciliation builds an unchanged entity's text again, and redacting it
-# was over a third of building its document. Kept up to _LONG_CACHE_CHARS characters (values and
-# results together), then forgotten all at once.
-_LONG_CACHE_CHARS = 8_000_000
-_long_redacted: dict[tuple[str, tuple[str, ...]], str] = {}
-_long_cached_chars = 0
-
-
-def _remember_long(key: tuple[str, tuple[str, ...]], redacted: str) -> None:
-    global _long_cached_chars
-    size = len(key[0]) + len(redacted)
-    if size > _LONG_CACHE_CHARS // 8:
-        return  # a huge value would crowd out the rest
-    if _long_cached_chars + size > _LONG_CACHE_CHARS:
-        _long_redacted.clear()
-        _long_cached_chars = 0
-    _long_redacted[key] = redacted
-    _long_cached_chars += size
+# Long values (descriptions, report bodies) recur too: a metadata-only update, a resync or a
+# reconciliation builds an unchanged entity's metadata again, and redacting its long values was
+# over a third of building its document.
+_long_redacted: TextMemo[str] = TextMemo(max_chars=8_000_000)
 
 
 @functools.lru_cache(maxsize=16384)

@@ -69,17 +69,17 @@ from django.utils import timezone
 
 from sync import backfill, capture, ids, queue, shutdown
 from sync.conflicts import records as conflicts
-from sync.embedding import content_hash, model_id
+from sync.embedding import model_id
 from sync.models import Backfill, Conflict, ReconcileRun, SyncEvent, SyncRecord, for_entities
 from sync.observe.counters import CONSISTENCY_VIOLATIONS, DRIFT_KINDS
 from sync.policy import (
     ENGINE_KEYS,
     SNIPPET_MAX_CHARS,
     allowed_metadata,
-    build_text,
     has_contact_details,
     policy_for,
     synced_labels,
+    text_and_hash,
     uid_withheld,
 )
 from sync.stores import graph_store, vector_store
@@ -161,13 +161,13 @@ class Expected:
 
     @classmethod
     def of(cls, policy, entity: Entity) -> Expected:
-        text = build_text(policy, entity.properties)
+        text, digest = text_and_hash(policy, entity.properties)
         try:
             metadata, error = allowed_metadata(policy, entity.properties), ""
         except ValueError as exc:
             metadata, error = {}, str(exc)
         snippet = text if len(text) <= SNIPPET_MAX_CHARS else None  # longer: its chunks' snippets are searched
-        return cls(text, content_hash(text), metadata, error, snippet)
+        return cls(text, digest, metadata, error, snippet)
 
 
 _ABSENT = object()
