@@ -177,7 +177,12 @@ class Progress:
 
 
 def progress_of(backfill: Backfill, now: datetime | None = None) -> Progress:
-    """One aggregate over the backfill's own events (the sync_event_backfill index)."""
+    """One aggregate over the backfill's own events (the sync_event_backfill index).
+
+    SYNC_TRANSPORT=kafka: work waiting in the topics is no row yet (a consumer makes its event when
+    it claims it), so what was handed over and no event of the backfill names yet also waits. Every
+    entity handed over gets one: applied, dead, or `superseded` when a streaming change took it
+    over (`queue.claim_works`)."""
     now = now or timezone.now()
     rows = (SyncEvent.objects.filter(backfill=backfill).values("status")
             .annotate(n=Count("id"), lately=Count("id", filter=Q(finished_at__gt=now - RATE_WINDOW)),
@@ -185,9 +190,13 @@ def progress_of(backfill: Backfill, now: datetime | None = None) -> Progress:
     by_status = {row["status"]: row for row in rows}
     finished = [by_status[s] for s in (Status.DONE, Status.DEAD) if s in by_status]
     lasts = [row["last"] for row in finished if row["last"] is not None]
+    waiting = sum(by_status[s]["n"] for s in (Status.QUEUED, Status.IN_FLIGHT) if s in by_status)
+    if settings.SYNC_TRANSPORT == "kafka":
+        named = SyncEvent.objects.filter(backfill=backfill).values("label", "uid").distinct().count()
+        waiting += max(backfill.enqueued - named, 0)
     return Progress(
         backfill, now,
-        waiting=sum(by_status[s]["n"] for s in (Status.QUEUED, Status.IN_FLIGHT) if s in by_status),
+        waiting=waiting,
         failed=by_status[Status.DEAD]["n"] if Status.DEAD in by_status else 0,
         finished_lately=sum(row["lately"] for row in finished),
         last_progress_at=max(lasts) if lasts else None,

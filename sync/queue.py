@@ -143,6 +143,15 @@ def _fold(current: Work, newer: Work) -> Work:
     )
 
 
+def _fold_noting(current: Work, newer: Work, left: dict[tuple[str, str, int], str]) -> Work:
+    """`_fold`, noting in `left` the backfill work the fold took out of its backfill (its source)."""
+    merged = _fold(current, newer)
+    for work in (current, newer):
+        if work.backfill is not None and work.backfill != merged.backfill:
+            left[(*work.key, work.backfill)] = work.source
+    return merged
+
+
 @contextlib.contextmanager
 def backfill_scope(backfill_id: int):
     """Work stored in the body (enqueued, or claimed by a dual-write) that names no backfill
@@ -206,9 +215,16 @@ def enqueue_many(items: Iterable[Work]) -> EnqueueResult:
 def _publish(folded: dict[tuple[str, str], Work], arrivals: int) -> EnqueueResult:
     """SYNC_TRANSPORT=kafka: the work goes to Kafka (acknowledged by the broker when this returns,
     else RetryableStoreError) and a consumer group applies it (sync.transport.consumer); records
-    say `pending` until then, as with the outbox."""
+    say `pending` until then, as with the outbox. Work handed to a backfill is counted as handed
+    over once the broker has it (the consumer, which claims it, does not count it again)."""
     kafka_transport.publish(folded.values())
-    _mark_pending(list(folded))
+    handed: dict[int, int] = {}
+    for work in folded.values():
+        if work.backfill is not None:
+            handed[work.backfill] = handed.get(work.backfill, 0) + 1
+    with transaction.atomic():
+        _handed_over(handed)
+        _mark_pending(list(folded))
     return EnqueueResult(created=len(folded), coalesced=arrivals - len(folded))
 
 
@@ -379,8 +395,8 @@ def claim_entity(work: Work, worker: str, *, wait: float = 10.0, poll: float = 0
         time.sleep(poll)
 
 
-def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", wait: float = 10.0,
-                poll: float = 0.05) -> list[SyncEvent]:
+def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", handing_over: bool = True,
+                wait: float = 10.0, poll: float = 0.05) -> list[SyncEvent]:
     """Events for these entities (one per entity, the works folded), created in flight and leased
     to `worker` at once: how the Kafka consumer claims a polled batch (sync.transport.consumer).
 
@@ -389,11 +405,17 @@ def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", wait
     partition assignment, not the lease, says who applies an entity now, so it is retired too and
     its holder's fence (`hold`, `held`) drops its results. An entity held by anyone else (a
     dual-write) is waited for, up to `wait` seconds, then EntityBusy.
+
+    Work of a backfill is handed over to it here (`Backfill.enqueued`), unless `handing_over` is
+    False: the consumer's was when it was published (`_publish`). A backfill's work that a
+    streaming change of the same batch takes over leaves its backfill as a finished
+    `superseded` event of it: on Kafka that is how its backfill learns the entity's work is done.
     """
     folded: dict[tuple[str, str], Work] = {}
+    left: dict[tuple[str, str, int], str] = {}  # (label, uid, backfill) a streaming change took over
     for work in works:
         work = _scoped(work)
-        folded[work.key] = _fold(folded[work.key], work) if work.key in folded else work
+        folded[work.key] = _fold_noting(folded[work.key], work, left) if work.key in folded else work
     if not folded:
         return []
     token = f"{worker[:40]}:{uuid.uuid4().hex[:16]}"
@@ -410,13 +432,14 @@ def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", wait
                 owned = {(e.label, e.uid, e.backfill_id) for e in active}
                 handed: dict[int, int] = {}
                 for (label, uid), work in folded.items():
-                    if work.backfill is not None and (label, uid, work.backfill) not in owned:
+                    if handing_over and work.backfill is not None and (label, uid, work.backfill) not in owned:
                         handed[work.backfill] = handed.get(work.backfill, 0) + 1
+                claimed = dict(folded)
                 for event in active:
                     key = (event.label, event.uid)
-                    folded[key] = _fold(Work(event.label, event.uid, event.operation, event.version,
-                                             event.priority, event.changed_at, event.source, event.backfill_id),
-                                        folded[key])
+                    claimed[key] = _fold_noting(Work(event.label, event.uid, event.operation, event.version,
+                                                     event.priority, event.changed_at, event.source,
+                                                     event.backfill_id), claimed[key], left)
                 if active:
                     with_ids(SyncEvent.objects.filter(status__in=[Status.QUEUED, Status.IN_FLIGHT]),
                              [e.id for e in active]).update(status=Status.DONE, outcome="superseded",
@@ -427,7 +450,13 @@ def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", wait
                     status=Status.IN_FLIGHT, source=w.source, attempts=1, claim_token=token,
                     changed_at=w.changed_at, created_at=now, next_attempt_at=now, lease_expires_at=expires,
                     backfill_id=w.backfill,
-                ) for w in folded.values()], batch_size=500)
+                ) for w in claimed.values()], batch_size=500)
+                # (An active event keeps its own backfill: it is retired above as that one's.)
+                SyncEvent.objects.bulk_create([SyncEvent(
+                    label=label, uid=uid, status=Status.DONE, outcome="superseded", source=source,
+                    created_at=now, next_attempt_at=now, finished_at=now, backfill_id=backfill,
+                ) for (label, uid, backfill), source in sorted(left.items()) if (label, uid, backfill) not in owned],
+                    batch_size=500)
                 _handed_over(handed)
                 break
         if time.monotonic() >= deadline:

@@ -6,6 +6,7 @@ dead-letter topic and back, and the queue's depth read from the group's lag ever
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,9 +22,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from sync import capture, deadletters, queue, writes
+from sync import backfill, capture, deadletters, queue, writes
 from sync.ids import vector_id
-from sync.models import AuditEntry, ChangeCursor, Priority, SyncEvent, SyncRecord
+from sync.models import AuditEntry, Backfill, ChangeCursor, Priority, SyncEvent, SyncRecord
 from sync.observe import alerting, readings
 from sync.stores import use_vector_store
 from sync.stores.base import RetryableStoreError
@@ -209,6 +210,62 @@ def test_a_broker_outage_during_capture_loses_nothing(synced_graph, vectors, on_
     # Duplicates in effect: none (one upsert per entity; a0's two versions met in one batch).
     upserts = SyncEvent.objects.filter(outcome="upserted").values_list("label", "uid")
     assert len(upserts) == len(set(upserts)) == 25
+
+
+def test_a_change_event_carries_the_backfill_its_work_was_handed_to():
+    work = queue.Work("KEV", "CVE-2024-0001", version=3, priority=Priority.HIGH, source="import", backfill=7)
+    assert kafka.decode(kafka.encode(work)).backfill == 7
+    assert kafka.decode(kafka.encode(dataclasses.replace(work, backfill=None))).backfill is None
+    for wrong in (True, 0, -1, "7", 1.5):
+        event = json.loads(kafka.encode(work))
+        event["metadata"]["backfill"] = wrong
+        with pytest.raises(ValueError, match="backfill"):
+            kafka.decode(json.dumps(event).encode())
+
+
+def test_a_backfill_on_kafka_keeps_its_work_apart_and_finishes(synced_graph, vectors, on_kafka):
+    """Its events carry it (so streaming lag is not the bulk load's), it waits while its work is in
+    the topics, and it finishes: also for an entity a streaming change took over in the same
+    batch, and for work naming a backfill this database does not hold (applied as streaming)."""
+    synced_graph.import_entities("ThreatActor", [{"uid": f"a{n}", "name": f"Actor {n}"} for n in range(6)],
+                                 source="test")
+    load = backfill.start(Backfill.Kind.RESYNC, scope="ThreatActor", total=6)
+    with backfill.tracking(load):
+        queue.enqueue_many([queue.Work("ThreatActor", f"a{n}", version=1, source="resync") for n in range(6)])
+    load.refresh_from_db()
+    assert load.enqueued == 6 and load.loaded_at is not None
+    queued = backfill.progress_of(load)
+    assert queued.waiting == 6 and queued.done == 0 and not queued.finished  # all still in the topics
+    cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'a0'}) SET a.description = 'changed', a.version = 2")
+    queue.enqueue_many([queue.Work("ThreatActor", "a0", version=2, source="capture")])  # streaming
+    queue.enqueue_many([queue.Work("ThreatActor", "a5", version=1, source="resync", backfill=load.pk + 99)])
+
+    # Idle for longer than the others wait: the first test of a session joins the group on topics
+    # made a moment ago, which can take a few seconds.
+    consumer.run(idle_exit=10.0, batch_seconds=0.5, batch_size=100, name="kafka-test")
+    assert_exact(vectors, synced_graph, 6)
+    shown = backfill.progress_of(load)
+    assert shown.finished and shown.done == 6 and shown.failed == 0
+    assert backfill.settle() == 1
+    applied = SyncEvent.objects.filter(outcome__in=["upserted", "unchanged"])
+    assert {e.uid for e in applied if e.backfill_id == load.pk} >= {f"a{n}" for n in range(1, 5)}
+    assert SyncEvent.objects.filter(uid="a0", backfill=load, status="done").exists()
+    assert not SyncEvent.objects.filter(backfill_id=load.pk + 99).exists()
+    assert Backfill.objects.get(pk=load.pk).enqueued == 6  # the consumer handed nothing over again
+
+
+def test_backfill_work_a_streaming_change_takes_over_in_a_claim_is_finished_for_its_backfill():
+    load = backfill.start(Backfill.Kind.RESYNC, total=2)
+    works = [queue.Work("ThreatActor", "a0", version=1, source="resync", backfill=load.pk),
+             queue.Work("ThreatActor", "a0", version=2, source="kafka"),
+             queue.Work("ThreatActor", "a1", version=1, source="resync", backfill=load.pk)]
+    claimed = {e.uid: e for e in queue.claim_works(works, "kafka-test", handing_over=False)}
+    assert claimed["a0"].backfill_id is None and claimed["a0"].version == 2  # a streaming change now
+    assert claimed["a1"].backfill_id == load.pk
+    left = SyncEvent.objects.get(backfill=load, uid="a0")
+    assert (left.status, left.outcome, left.source) == ("done", "superseded", "resync")
+    load.refresh_from_db()
+    assert load.enqueued == 0  # handing_over=False: counted where it was published
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -48,7 +48,7 @@ from django.utils import timezone
 
 from sync import embedding, queue
 from sync.apply import ApplyCounts, apply_events
-from sync.models import Priority, SyncEvent, for_entities
+from sync.models import Backfill, Priority, SyncEvent, for_entities
 from sync.observe.counters import SYNC_ERRORS
 from sync.stores.base import StoreError
 from sync.transport import kafka
@@ -248,9 +248,9 @@ class ChangeConsumer:
                 continue
             works.append(queue.Work(label=change.label, uid=change.uid, operation=change.operation,
                                     version=change.version, priority=change.priority,
-                                    changed_at=change.changed_at, source="kafka"))
+                                    changed_at=change.changed_at, source="kafka", backfill=change.backfill))
             latest[(change.label, change.uid)] = message
-        dead = self._apply(works, totals, stop) if works else []
+        dead = self._apply(_known_backfills(works), totals, stop) if works else []
         for event in dead:
             message = latest.get((event.label, event.uid))
             if message is not None:
@@ -268,7 +268,8 @@ class ChangeConsumer:
     def _apply(self, works: list[queue.Work], totals: ConsumeTotals, stop) -> list[SyncEvent]:
         """Apply the batch's works, retrying failures in place; returns the events that went dead."""
         keys = {work.key for work in works}
-        events = queue.claim_works(works, self.name, take_over=CONSUMER_PREFIX)
+        # A backfill's work was handed over to it when it was published (queue._publish).
+        events = queue.claim_works(works, self.name, take_over=CONSUMER_PREFIX, handing_over=False)
         mine = {event.id for event in events}
         while events:
             totals.counts.add(apply_events(events, embed_limit=self.batch_size))
@@ -351,3 +352,14 @@ def run(*, seconds: float | None = None, idle_exit: float | None = None, stop=la
     finally:
         consumer.close()
     return totals
+
+
+def _known_backfills(works: list[queue.Work]) -> list[queue.Work]:
+    """The works, those naming a backfill this database does not hold (deleted since, or another
+    deployment's) as streaming changes: their events could not refer to it."""
+    named = {work.backfill for work in works if work.backfill is not None}
+    if not named:
+        return works
+    known = set(Backfill.objects.filter(pk__in=named).values_list("pk", flat=True))
+    return [work if work.backfill is None or work.backfill in known else replace(work, backfill=None)
+            for work in works]

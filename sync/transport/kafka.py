@@ -15,7 +15,9 @@ does not matter.
 Each message's value is a JSON change event shaped like Neo4j's CDC events (`id`, `txId`, `seq`,
 `metadata.txCommitTime` on Neo4j's clock, `event` with `eventType` "n", `operation` c/u/d, `labels`,
 `keys`, `state`), plus the fields our apply path reads (`event.version`, `event.priority`,
-`metadata.source`). `event.changed` lists the property names the change set or removed where the
+`metadata.source`, and `metadata.backfill`: the bulk load the work was handed to, null for a
+streaming change, so that a backfill's progress and the streaming lag are told apart as with the
+outbox, `sync.backfill`). `event.changed` lists the property names the change set or removed where the
 producer knows them — the write paths (ingest API, feed imports, analysts' resolutions) compare the
 node before and after their write (`sync.writes.changed_properties`), and changes folded together
 list the union — and is `null` where it does not: change capture reads versions, not property
@@ -155,7 +157,8 @@ def encode(work) -> bytes:
         "id": uuid.uuid4().hex,
         "txId": None,
         "seq": 0,
-        "metadata": {"txCommitTime": _iso(work.changed_at), "source": work.source, "executingUser": None},
+        "metadata": {"txCommitTime": _iso(work.changed_at), "source": work.source, "executingUser": None,
+                     "backfill": work.backfill},
         "event": {
             "elementId": None,  # Neo4j's element ids change after a restore: the key is label + uid
             "eventType": "n",
@@ -179,6 +182,7 @@ class Decoded:
     priority: int
     changed_at: datetime | None
     source: str
+    backfill: int | None = None  # the bulk load it was handed to (sync.backfill); None: a streaming change
 
 
 def decode(value: bytes | None) -> Decoded:
@@ -192,12 +196,16 @@ def decode(value: bytes | None) -> Decoded:
         version = event.get("version")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise ValueError(f"version must be a whole number, not {version!r}")
-        changed = (data.get("metadata") or {}).get("txCommitTime")
+        metadata = data.get("metadata") or {}
+        changed = metadata.get("txCommitTime")
+        backfill = metadata.get("backfill")
+        if backfill is not None and (isinstance(backfill, bool) or not isinstance(backfill, int) or backfill < 1):
+            raise ValueError(f"backfill must be a positive whole number, not {backfill!r}")
         return Decoded(
             label=label, uid=uid, operation="delete" if event["operation"] == "d" else "upsert",
             version=version, priority=Priority.from_label(event.get("priority") or "medium"),
             changed_at=datetime.fromisoformat(changed) if changed else None,
-            source=str((data.get("metadata") or {}).get("source") or "kafka")[:32],
+            source=str(metadata.get("source") or "kafka")[:32], backfill=backfill,
         )
     except (KeyError, IndexError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a change event: {type(exc).__name__}: {exc}") from None
