@@ -365,7 +365,7 @@ def _two_phase(label, uid, properties, *, source, confidence, expected_version, 
     except BaseException as exc:
         # The graph write stands: the vector goes to the retry queue, never a compensation.
         saga.step("vector_write", False, f"{type(exc).__name__}: {exc}")
-        SYNC_ERRORS.labels("dual_write").inc()
+        SYNC_ERRORS.labels("two_phase").inc()
         _defer(saga, entity, exc)
         if not isinstance(exc, Exception):
             raise

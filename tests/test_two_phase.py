@@ -17,6 +17,7 @@ from sync import capture
 from sync.embedding import get_embedder
 from sync.ids import vector_id
 from sync.models import SagaLog, SyncEvent
+from sync.observe.counters import SYNC_ERRORS
 from sync.policy import POLICY, LabelPolicy, Priority, VectorFailure, WriteMode
 from sync.policy import summary as policy_summary
 from sync.stores import use_vector_store
@@ -165,9 +166,13 @@ def test_a_store_failing_after_the_commit_keeps_the_graph_and_retries_the_vector
     else:
         server.stop()
 
+    errors = {kind: SYNC_ERRORS.labels(kind)._value.get() for kind in ("two_phase", "dual_write")}
     outcome = write_entity("ThreatActor", "apt41", CHANGED, source="analyst")  # does not raise
 
     assert (outcome.vector_outcome, outcome.saga.status) == ("queued", SagaLog.Status.DEFERRED)
+    # Counted as what it was, not as a dual-write saga's failure.
+    assert SYNC_ERRORS.labels("two_phase")._value.get() == errors["two_phase"] + 1
+    assert SYNC_ERRORS.labels("dual_write")._value.get() == errors["dual_write"]
     assert steps(outcome.saga) == [("prepare_graph", True), ("prepare_vector", True), ("commit_graph", True),
                                    ("vector_write", False), ("enqueue", True)]
     assert node(synced_graph).version == 2  # the graph write stands: nothing compensated

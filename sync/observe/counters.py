@@ -65,6 +65,7 @@ ERROR_KINDS = (
     "bug",  # a batch failed on something else: the model, a bug (sync.apply)
     "retryable", "permanent",  # an entity's own write failed, to be retried or dead-lettered (sync.apply)
     "dual_write",  # the vector write of a dual-write saga failed (sync.writes)
+    "two_phase",  # the vector write after a two-phase commit failed; queued for retry (sync.writes)
     "capture",  # a change-capture poll failed (sync.capture)
     "database",  # the database failed a batch or a worker's claim; the worker went on (sync.apply, sync.worker)
     "observe",  # an observer check failed (sync.observe.observer)
