@@ -420,6 +420,9 @@ class ReconcileRun(models.Model):
     records_checked = models.PositiveIntegerField(default=0)
     drift = models.JSONField(default=dict)  # kind -> count found
     repaired = models.JSONField(default=dict)  # kind -> count repaired
+    # kind -> findings a change on its way explains (queued, in flight, or not queued by change
+    # capture yet): not drift, and not repaired
+    in_flight = models.JSONField(default=dict)
     conflicts_opened = models.PositiveIntegerField(default=0)
     samples = models.JSONField(default=list)  # a few findings per kind, for the UI
     # Live progress, saved every few seconds while the run goes: entities and vectors looked at,

@@ -184,13 +184,15 @@ def purge_finished_events(days: int = 7) -> int:
 def run_reconciliation(run_id: int) -> dict:
     """A run queued by `sync.reconcile.reconciler.start` (the dashboard, the API)."""
     run = reconcile.execute(ReconcileRun.objects.get(pk=run_id))
-    return {"run": run.pk, "status": run.status, "drift": run.drift, "repaired": run.repaired}
+    return {"run": run.pk, "status": run.status, "drift": run.drift, "repaired": run.repaired,
+            "in_flight": run.in_flight}
 
 
 @stoppable
 def reconcile_incremental() -> dict:
     run = reconcile.incremental(trigger=ReconcileRun.Trigger.SCHEDULE)
-    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired,
+            "in_flight": run.in_flight}
 
 
 def upkeep() -> dict:
@@ -204,7 +206,8 @@ def upkeep() -> dict:
 @stoppable
 def reconcile_full() -> dict:
     run = reconcile.full(trigger=ReconcileRun.Trigger.SCHEDULE)
-    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired}
+    return {"run": run.pk, "drift": run.drift, "repaired": run.repaired,
+            "in_flight": run.in_flight}
 
 
 def resync_labels(labels: list[str], priority: int, audit_id: int, backfill_id: int | None = None) -> dict:

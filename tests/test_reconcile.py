@@ -138,6 +138,8 @@ def test_a_change_capture_has_not_queued_yet_is_in_flight_not_drift(synced_world
     dry = reconcile.full(dry_run=True)
     assert dry.drift == {"missing_vector": 1}
     assert [(s["kind"], s["uid"]) for s in dry.samples] == [("missing_vector", "ta-1")]
+    # Counted apart, and shown with the run: the edit, the new node and the delete.
+    assert dry.in_flight == {"missing_vector": 1, "orphan_vector": 1, "stale_vector": 1}
     run = reconcile.incremental()
     assert run.drift == {"missing_vector": 1} and run.repaired == {"missing_vector": 1}
     assert list(SyncEvent.objects.filter(status="queued").values_list("uid", "source")) == [("ta-1", "reconcile")]

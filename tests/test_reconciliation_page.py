@@ -46,6 +46,15 @@ def test_a_run_shows_findings_per_kind_and_resyncs_them(client, analyst_user, gr
     assert "Nothing queued: orphan_vector findings cannot be resynced" in response.content.decode()
 
 
+def test_a_run_says_what_it_left_to_changes_on_their_way(client, viewer):
+    quiet = finished_run()
+    busy = finished_run(in_flight={"stale_vector": 4, "missing_vector": 2})
+    client.force_login(viewer)
+    assert 'id="in-flight"' not in client.get(f"/reconciliation/{quiet.pk}/").content.decode()
+    html = client.get(f"/reconciliation/{busy.pk}/").content.decode()
+    assert "Not counted as drift: 2 missing_vector, 4 stale_vector" in html
+
+
 def test_an_analyst_starts_a_dry_run_once_at_a_time_and_not_too_often(client, analyst_user, settings):
     settings.RECONCILE_START_INTERVAL = 60
     client.force_login(analyst_user)

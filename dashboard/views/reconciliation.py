@@ -62,6 +62,7 @@ def _detail(run: ReconcileRun) -> dict:
     return {"run": run, "progress": runs.progress(run), "samples": runs.samples_by_kind(run),
             "kind_rows": [(kind, run.drift.get(kind, 0), run.repaired.get(kind, 0), reconcile.REPAIR[kind])
                           for kind in reconcile.KINDS],
+            "in_flight": [(kind, run.in_flight[kind]) for kind in reconcile.KINDS if run.in_flight.get(kind)],
             "label_rows": [(label, c.get("checked", 0), c.get("drift", 0), scores[label])
                            for label, c in sorted(run.labels.items())],
             "resyncable": runs.RESYNCABLE, "version": _version(run)}

@@ -41,7 +41,7 @@ an orphan. Entities with queued or in-flight events are work in progress, not dr
 change capture has not queued yet (a write after its cursor, or a late commit in its overlap
 window: `sync.capture.unread`). A missing, stale or orphan vector is confirmed against the graph,
 our events and capture's cursor as they are when it is acted upon; what a change on its way
-explains is counted apart (`in_flight`, logged), neither drift nor repaired.
+explains is counted apart (`ReconcileRun.in_flight`, shown with the run), neither drift nor repaired.
 
 A run ends `succeeded` or `failed` — also when it is interrupted (django-q2's timeout, SIGTERM);
 a run whose process was killed outright is marked failed by `fail_abandoned`.
@@ -462,6 +462,7 @@ class Reconciler:
         self.run.embedding_models = dict(self.models)
         self.run.labels = {label: {"checked": c["checked"], "drift": c["drift"]}
                            for label, c in sorted(self.labels.items())}
+        self.run.in_flight = {k: self.in_flight[k] for k in KINDS if self.in_flight[k]}
         if self.in_flight:
             log.info("%s reconciliation: %s not counted as drift: changes on their way (pending events, "
                      "or not queued by change capture yet)", self.run.mode,

@@ -45,6 +45,9 @@ class Command(BaseCommand):
             f"{' (dry run)' if run.dry_run else ''}: checked {run.entities_checked} entities, "
             f"{run.vectors_checked} vectors, {run.records_checked} records")
         self.stdout.write(f"drift: {found}")
+        if run.in_flight:
+            on_the_way = ", ".join(f"{k} {v}" for k, v in sorted(run.in_flight.items()))
+            self.stdout.write(f"not drift, changes on their way: {on_the_way}")
         self.stdout.write(f"repaired: {repaired}; conflicts opened: {run.conflicts_opened}")
 
     def _queue(self, mode: str, dry_run: bool, username: str) -> None:
