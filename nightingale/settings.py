@@ -396,8 +396,9 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- the transport of changes (sync.transport; docs/deploy.md "Kafka") -----------------------
 # outbox: sync events are rows of the database, drained by the django-q2 workers (the default).
-# kafka: every change is published to Apache Kafka (topics KAFKA_TOPIC_PREFIX.high/.medium/.low,
-# keyed Label:uid) and applied by a consumer group (`manage.py consume`, run by `manage.py workers`).
+# kafka: every change is published to Apache Kafka (topics KAFKA_TOPIC_PREFIX.high/.medium/.low, and
+# .backfill for bulk loads; keyed Label:uid) and applied by a consumer group (`manage.py consume`,
+# run by `manage.py workers`).
 SYNC_TRANSPORT = env_choice("SYNC_TRANSPORT", "outbox", ("outbox", "kafka"))
 KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d{1,5}(,[A-Za-z0-9.\-\[\]:]+:\d{1,5})*", KAFKA_BOOTSTRAP_SERVERS):

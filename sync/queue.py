@@ -793,6 +793,7 @@ class Lane:
     # (kafka.PartitionLag), or why the broker could not tell (then only in-flight work is counted).
     partitions: list = field(default_factory=list)
     lag_error: str = ""
+    backfill_partitions: list = field(default_factory=list)  # the backfill topic's (the LOW lane holds them)
 
     @property
     def depth(self) -> int:
@@ -843,7 +844,16 @@ def _read_lag(by_priority: dict[str, Lane]) -> None:
             lane.lag_error = str(exc)
         return
     topics = {kafka_transport.topic_for(p): p.label for p in Priority}
+    # The backfill topic holds every priority's backfill work, behind all of them: its lag is
+    # counted apart from the streaming depth. Of it, what consumers hold (in flight, or retried in
+    # place) is counted in its priority's lane already; the rest in the lowest lane.
+    held = sum(lane.backfill for lane in by_priority.values())
+    waiting = sum(p.lag for p in partitions if p.topic not in topics)
+    by_priority[Priority.LOW.label].backfill += max(waiting - held, 0)
     for partition in partitions:
+        if partition.topic not in topics:
+            by_priority[Priority.LOW.label].backfill_partitions.append(partition)
+            continue
         lane = by_priority[topics[partition.topic]]
         lane.partitions.append(partition)
         lane.oldest_created = _earliest(lane.oldest_created, partition.published_at)

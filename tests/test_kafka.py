@@ -236,6 +236,10 @@ def test_a_backfill_on_kafka_keeps_its_work_apart_and_finishes(synced_graph, vec
     assert load.enqueued == 6 and load.loaded_at is not None
     queued = backfill.progress_of(load)
     assert queued.waiting == 6 and queued.done == 0 and not queued.finished  # all still in the topics
+    # In the backfill topic, behind the streaming changes: counted apart from the streaming depth.
+    assert len(read_topics([kafka.backfill_topic()], 6)) == 6
+    lanes = queue.lanes()
+    assert sum(lane.depth for lane in lanes.values()) == 0 and sum(lane.backfill for lane in lanes.values()) == 6
     cypher(synced_graph, "MATCH (a:ThreatActor {uid: 'a0'}) SET a.description = 'changed', a.version = 2")
     queue.enqueue_many([queue.Work("ThreatActor", "a0", version=2, source="capture")])  # streaming
     queue.enqueue_many([queue.Work("ThreatActor", "a5", version=1, source="resync", backfill=load.pk + 99)])
@@ -475,6 +479,34 @@ def test_a_consumer_holds_low_while_high_waits_and_gives_an_aged_low_its_share(o
         taker.close()
     for offsets in seen.values():
         assert offsets == list(range(len(offsets))), offsets  # each once, in order, none skipped
+
+
+def test_a_consumer_holds_the_backfill_topic_while_a_streaming_lane_has_a_backlog(on_kafka, settings):
+    """The backfill topic is the lane behind LOW: a bulk load's work never sits in front of a
+    streaming change (as the outbox claims it with what is left of a batch), and still moves on
+    in the aged share."""
+    sender = kafka.producer()
+    kafka.ensure_topics()
+    for topic, n in ((kafka.backfill_topic(), 200), (kafka.topic_for(Priority.MEDIUM), 200)):
+        for i in range(n):
+            sender.produce(topic, key=f"Label:u{i}".encode(), value=b"-")
+    assert sender.flush(10) == 0
+    settings.SYNC_STARVATION_SECONDS = 3600
+    taker = consumer.ChangeConsumer("kafka-backfill-lane", batch_size=100, batch_seconds=0.5)
+    counts = {kafka.backfill_topic(): 0, kafka.topic_for(Priority.MEDIUM): 0}
+    try:
+        deadline = time.monotonic() + 60
+        while counts[kafka.topic_for(Priority.MEDIUM)] < 200:
+            assert time.monotonic() < deadline, counts
+            for message in taker.poll():
+                counts[message.topic()] += 1
+        assert counts[kafka.backfill_topic()] == 0  # held while MEDIUM had a backlog
+        while counts[kafka.backfill_topic()] < 200:  # then it moves
+            assert time.monotonic() < deadline, counts
+            for message in taker.poll():
+                counts[message.topic()] += 1
+    finally:
+        taker.close()
 
 
 class Refusing:

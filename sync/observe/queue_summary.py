@@ -57,8 +57,10 @@ class QueueSummary:
 
     @property
     def partitions(self) -> list:
-        """SYNC_TRANSPORT=kafka: the consumer group's lag per topic and partition, HIGH first."""
-        return [p for lane in self.lanes for p in lane.partitions]
+        """SYNC_TRANSPORT=kafka: the consumer group's lag per topic and partition, HIGH first, the
+        backfill topic's last."""
+        return [p for lane in self.lanes for p in lane.partitions] + \
+            [p for lane in self.lanes for p in lane.backfill_partitions]
 
     @property
     def lag_error(self) -> str:

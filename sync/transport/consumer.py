@@ -14,7 +14,7 @@ exactly-once). An entity still in flight under a killed consumer's claim is take
 (`claim_works(take_over=...)`): Kafka's partition assignment says who applies a key now, and the
 fence drops a stale consumer's results should it wake up.
 
-Priorities: HIGH before MEDIUM before LOW, by pausing. Before each poll a consumer looks at its
+Priorities: HIGH before MEDIUM before LOW before the backfill topic (`LANES`), by pausing. Before each poll a consumer looks at its
 own partitions' backlogs (high watermark - its position, from librdkafka's fetch state: no broker
 call once they are fetched): while a lane has one, the partitions of every lane below it are
 paused, so that neither the broker's fetches nor the client's prefetched queue put a LOW backlog
@@ -84,6 +84,9 @@ def consumer_config(name: str) -> dict:
 
 
 WAIT_SLICE = 0.1  # seconds: how often a filling batch looks for a HIGH message among its arrivals
+# The lanes a consumer orders its partitions by: the priorities' topics, then the backfill topic.
+BACKFILL_LANE = max(Priority) + 1
+LANES = (*sorted(Priority), BACKFILL_LANE)
 
 
 class ChangeConsumer:
@@ -94,11 +97,11 @@ class ChangeConsumer:
         self.name = name or f"{CONSUMER_PREFIX}{queue.worker_name()}"
         self.batch_size = batch_size or settings.KAFKA_BATCH_SIZE
         self.batch_seconds = settings.KAFKA_BATCH_SECONDS if batch_seconds is None else batch_seconds
-        self.priority_of = {kafka.topic_for(p): Priority(p) for p in Priority}
+        self.lane_of = {**{kafka.topic_for(p): Priority(p) for p in Priority}, kafka.backfill_topic(): BACKFILL_LANE}
         self.share = max(1, int(self.batch_size * queue.STARVATION_SHARE))  # of a poll, for an aged lane
         self.assigned: set[tuple[str, int]] = set()
         self.held: set[tuple[str, int]] = set()  # paused: a lane above has a backlog
-        self.held_since: dict[Priority, float] = {}  # lane -> held since (monotonic), while held
+        self.held_since: dict[int, float] = {}  # lane -> held since (monotonic), while held
         self.starts: dict[tuple[str, int], int] = {}  # committed offsets, where nothing was consumed yet
         self._repause = False
         kafka.ensure_topics()
@@ -119,13 +122,13 @@ class ChangeConsumer:
         for place in gone:
             self.starts.pop(place, None)
 
-    def backlog(self) -> dict[Priority, int]:
+    def backlog(self) -> dict[int, int]:
         """Messages of this consumer's partitions not consumed yet, per lane (high watermark -
         position; a partition nothing was consumed from since its assignment counts from its
         committed offset)."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        waiting = dict.fromkeys(Priority, 0)
+        waiting = dict.fromkeys(LANES, 0)
         if not self.assigned:
             return waiting
         positions = self.consumer.position([TopicPartition(t, p) for t, p in sorted(self.assigned)])
@@ -145,10 +148,10 @@ class ChangeConsumer:
                 except KafkaException:
                     continue
             at = tp.offset if tp.offset >= 0 else self.starts.get(place, -1)
-            waiting[self.priority_of[tp.topic]] += max(0, high - (at if at >= 0 else max(low, 0)))
+            waiting[self.lane_of[tp.topic]] += max(0, high - (at if at >= 0 else max(low, 0)))
         return waiting
 
-    def prioritise(self) -> set[Priority]:
+    def prioritise(self) -> set[int]:
         """Pause the lanes below one with a backlog, resume the others; returns the lanes held for
         SYNC_STARVATION_SECONDS, which every poll lets through for a share until the lanes above
         are empty (as the outbox's claims take a share of the events older than that)."""
@@ -156,10 +159,10 @@ class ChangeConsumer:
 
         waiting = self.backlog()
         now = time.monotonic()
-        hold: set[Priority] = set()
-        aged: set[Priority] = set()
+        hold: set[int] = set()
+        aged: set[int] = set()
         ahead = False
-        for priority in sorted(Priority):
+        for priority in LANES:
             if not ahead:
                 self.held_since.pop(priority, None)
             elif now - self.held_since.setdefault(priority, now) >= settings.SYNC_STARVATION_SECONDS:
@@ -167,7 +170,7 @@ class ChangeConsumer:
             else:
                 hold.add(priority)
             ahead = ahead or waiting[priority] > 0
-        held = {place for place in self.assigned if self.priority_of[place[0]] in hold}
+        held = {place for place in self.assigned if self.lane_of[place[0]] in hold}
         if held != self.held or self._repause:
             if held:
                 self.consumer.pause([TopicPartition(t, p) for t, p in sorted(held)])
@@ -178,7 +181,7 @@ class ChangeConsumer:
             self.held, self._repause = held, False
         return aged
 
-    def _admit(self, messages: list, aged: set[Priority]) -> list:
+    def _admit(self, messages: list, aged: set[int]) -> list:
         """The messages this batch applies: none of a held partition (fetched before its pause),
         at most `share` of the aged lanes' together. A partition's messages left out go back (a
         seek to the first of them: read again later, never committed before), so each partition's
@@ -189,7 +192,7 @@ class ChangeConsumer:
         back: dict[tuple[str, int], int] = {}
         for message in messages:
             place = (message.topic(), message.partition())
-            priority = self.priority_of.get(place[0])
+            priority = self.lane_of.get(place[0])
             if place in back or place in self.held:
                 back.setdefault(place, message.offset())
                 continue
@@ -228,7 +231,7 @@ class ChangeConsumer:
                     log.warning("Kafka consumer error: %s", message.error())
                     continue
                 real.append(message)
-            if any(self.priority_of.get(message.topic()) == Priority.HIGH for message in real):
+            if any(self.lane_of.get(message.topic()) == Priority.HIGH for message in real):
                 break
         return self._admit(real, aged)
 
@@ -303,7 +306,7 @@ class ChangeConsumer:
         now = timezone.now()
         SyncEvent.objects.create(
             label=label, uid=uid, status=Status.DEAD, source="kafka", attempts=attempts,
-            priority=self.priority_of.get(message.topic(), Priority.MEDIUM), created_at=now, finished_at=now,
+            priority=_priority_of_topic(self.lane_of.get(message.topic())), created_at=now, finished_at=now,
             failed_at=now, next_attempt_at=now, last_error=(error or "failed")[:5000], dlq_position=where)
 
     def _commit(self, messages, totals: ConsumeTotals) -> None:
@@ -363,3 +366,11 @@ def _known_backfills(works: list[queue.Work]) -> list[queue.Work]:
     known = set(Backfill.objects.filter(pk__in=named).values_list("pk", flat=True))
     return [work if work.backfill is None or work.backfill in known else replace(work, backfill=None)
             for work in works]
+
+
+def _priority_of_topic(lane: int | None) -> Priority:
+    """A dead letter's priority from the topic its message came from: a priority's own, LOW for
+    the backfill topic's (behind every streaming change, as the lane was), MEDIUM for another."""
+    if lane == BACKFILL_LANE:
+        return Priority.LOW
+    return Priority(lane) if lane is not None else Priority.MEDIUM

@@ -1,16 +1,19 @@
 """Apache Kafka as the transport of changes (SYNC_TRANSPORT=kafka): topics, events, the producer.
 
 Topics: one per priority, `<KAFKA_TOPIC_PREFIX>.high`, `.medium` and `.low` (default prefix
-`neo4j-changes`), plus `<prefix>.dlq` for the dead letters. A topic per priority rather than one
+`neo4j-changes`), `<prefix>.backfill` for backfills' work of every priority (the lane behind the
+streaming changes, as the outbox claims a backfill's work with what is left of a batch: a bulk
+load in a priority's own topic would hold that priority's changes behind it), plus `<prefix>.dlq`
+for the dead letters. A topic per priority rather than one
 topic with the priority in a header, because a consumer can then pause the lower topics' partitions
 while HIGH has lag (a header is only seen after a message is fetched: a backlog of LOW would sit in
 front of a KEV entry in its partition), and lag is read per priority from the broker alone. A
 label's priority is fixed by the sync policy, so every change of one entity lands in the same
 topic and, keyed by `Label:uid` (`sync.ids.entity_key`: the business key, which survives a
 restore where Neo4j's element ids do not), in the same partition: per-key order is kept. Work
-queued at a raised priority (a resync, a search repair) may take another topic; applying always
-reads the graph's current state and the version guard refuses older-over-newer, so that order
-does not matter.
+queued at a raised priority (a resync, a search repair) or for a backfill may take another topic;
+applying always reads the graph's current state and the version guard refuses older-over-newer,
+so that order does not matter.
 
 Each message's value is a JSON change event shaped like Neo4j's CDC events (`id`, `txId`, `seq`,
 `metadata.txCommitTime` on Neo4j's clock, `event` with `eventType` "n", `operation` c/u/d, `labels`,
@@ -83,9 +86,19 @@ def topic_for(priority: int) -> str:
     return f"{settings.KAFKA_TOPIC_PREFIX}.{Priority(priority).label}"
 
 
+def backfill_topic() -> str:
+    """Backfills' work, of every priority: the lane behind the streaming changes' topics."""
+    return f"{settings.KAFKA_TOPIC_PREFIX}.backfill"
+
+
+def topic_of(work) -> str:
+    """Where a work (a `sync.queue.Work`) is published: its priority's topic, or a backfill's."""
+    return backfill_topic() if work.backfill is not None else topic_for(work.priority)
+
+
 def change_topics() -> list[str]:
-    """The change topics, HIGH first."""
-    return [topic_for(p) for p in sorted(Priority)]
+    """The change topics, HIGH first, the backfill topic last."""
+    return [*(topic_for(p) for p in sorted(Priority)), backfill_topic()]
 
 
 def dlq_topic() -> str:
@@ -231,7 +244,7 @@ def publish(works: Iterable) -> int:
     for work in works:
         while True:
             try:
-                sender.produce(topic_for(work.priority), key=ids.entity_key(work.label, work.uid).encode(),
+                sender.produce(topic_of(work), key=ids.entity_key(work.label, work.uid).encode(),
                                value=encode(work), on_delivery=delivered)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
