@@ -29,6 +29,7 @@ import random
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -218,12 +219,8 @@ def _publish(folded: dict[tuple[str, str], Work], arrivals: int) -> EnqueueResul
     say `pending` until then, as with the outbox. Work handed to a backfill is counted as handed
     over once the broker has it (the consumer, which claims it, does not count it again)."""
     kafka_transport.publish(folded.values())
-    handed: dict[int, int] = {}
-    for work in folded.values():
-        if work.backfill is not None:
-            handed[work.backfill] = handed.get(work.backfill, 0) + 1
     with transaction.atomic():
-        _handed_over(handed)
+        _handed_over(Counter(work.backfill for work in folded.values() if work.backfill is not None))
         _mark_pending(list(folded))
     return EnqueueResult(created=len(folded), coalesced=arrivals - len(folded))
 
@@ -844,20 +841,20 @@ def _read_lag(by_priority: dict[str, Lane]) -> None:
             lane.lag_error = str(exc)
         return
     topics = {kafka_transport.topic_for(p): p.label for p in Priority}
+    lowest = by_priority[Priority.LOW.label]
     # The backfill topic holds every priority's backfill work, behind all of them: its lag is
     # counted apart from the streaming depth. Of it, what consumers hold (in flight, or retried in
     # place) is counted in its priority's lane already; the rest in the lowest lane.
     held = sum(lane.backfill for lane in by_priority.values())
-    waiting = sum(p.lag for p in partitions if p.topic not in topics)
-    by_priority[Priority.LOW.label].backfill += max(waiting - held, 0)
     for partition in partitions:
         if partition.topic not in topics:
-            by_priority[Priority.LOW.label].backfill_partitions.append(partition)
+            lowest.backfill_partitions.append(partition)
             continue
         lane = by_priority[topics[partition.topic]]
         lane.partitions.append(partition)
         lane.oldest_created = _earliest(lane.oldest_created, partition.published_at)
         lane.oldest_change = _earliest(lane.oldest_change, partition.changed_at or partition.published_at)
+    lowest.backfill += max(sum(p.lag for p in lowest.backfill_partitions) - held, 0)
     for lane in by_priority.values():
         # Events a consumer retries in place are queued rows, and their messages uncommitted: of the lag.
         lane.queued = max(lane.lag - lane.in_flight, 0)

@@ -1,11 +1,11 @@
 """The Kafka consumer group (SYNC_TRANSPORT=kafka): poll a batch, apply it, then commit its offsets.
 
-Each poll takes up to KAFKA_BATCH_SIZE events or what KAFKA_BATCH_SECONDS brought (the design's
-100 events / 5 s); a HIGH event does not wait for the batch to fill (`ChangeConsumer.poll`). The batch goes through the outbox's apply path unchanged: its works are folded
-per key and claimed as in-flight sync events (`queue.claim_works`), then `apply.apply_events`
-reads each entity's current graph state, guards versions, embeds, writes the vectors, the sync
-records and the events' outcomes (so the dashboard's history, lag and dead letters are the same
-for both transports).
+Each poll takes up to KAFKA_BATCH_SIZE events or what KAFKA_BATCH_SECONDS brought (the design's 100
+events / 5 s); a HIGH event does not wait for the batch to fill (`ChangeConsumer.poll`). The batch
+goes through the outbox's apply path unchanged: its works are folded per key and claimed as
+in-flight sync events (`queue.claim_works`), then `apply.apply_events` reads each entity's current
+graph state, guards versions, embeds, writes the vectors, the sync records and the events' outcomes
+(so the dashboard's history, lag and dead letters are the same for both transports).
 
 Offsets are committed only after that (at-least-once delivery: a consumer killed mid-batch leaves
 its offsets where they were, and the group hands the partition's events to another consumer,
@@ -14,17 +14,18 @@ exactly-once). An entity still in flight under a killed consumer's claim is take
 (`claim_works(take_over=...)`): Kafka's partition assignment says who applies a key now, and the
 fence drops a stale consumer's results should it wake up.
 
-Priorities: HIGH before MEDIUM before LOW before the backfill topic (`LANES`), by pausing. Before each poll a consumer looks at its
-own partitions' backlogs (high watermark - its position, from librdkafka's fetch state: no broker
-call once they are fetched): while a lane has one, the partitions of every lane below it are
-paused, so that neither the broker's fetches nor the client's prefetched queue put a LOW backlog
-in front of a KEV entry; they resume once the lanes above are empty. Without starving them: once
-a lane has been held for SYNC_STARVATION_SECONDS, every poll lets it through for STARVATION_SHARE
-of the batch until the lanes above are empty (the outbox's aged share, `queue.claim_batch`);
-messages beyond the share, and any of a paused partition that were fetched before the pause, are
-handed back by seeking the partition to the first of them (its offset is not committed: it is
-read again). Each consumer orders the partitions assigned to it: one with no HIGH partition has
-no HIGH work to wait for. A consumer loads the embedding model before it joins the group.
+Priorities: HIGH before MEDIUM before LOW before the backfill topic (`LANES`), by pausing. Before
+each poll a consumer looks at its own partitions' backlogs (high watermark - its position, from
+librdkafka's fetch state: no broker call once they are fetched): while a lane has one, the
+partitions of every lane below it are paused, so that neither the broker's fetches nor the client's
+prefetched queue put a LOW backlog in front of a KEV entry; they resume once the lanes above are
+empty. Without starving them: once a lane has been held for SYNC_STARVATION_SECONDS, every poll lets
+it through for STARVATION_SHARE of the batch until the lanes above are empty (the outbox's aged
+share, `queue.claim_batch`); messages beyond the share, and any of a paused partition that were
+fetched before the pause, are handed back by seeking the partition to the first of them (its offset
+is not committed: it is read again). Each consumer orders the partitions assigned to it: one with no
+HIGH partition has no HIGH work to wait for. A consumer loads the embedding model before it joins
+the group.
 
 A failed entity is retried in place with backoff (queue.fail's attempts and backoff, each wait
 capped at KAFKA_RETRY_BACKOFF_MAX; the partition waits meanwhile, which keeps per-key order); after

@@ -2,29 +2,28 @@
 
 Topics: one per priority, `<KAFKA_TOPIC_PREFIX>.high`, `.medium` and `.low` (default prefix
 `neo4j-changes`), `<prefix>.backfill` for backfills' work of every priority (the lane behind the
-streaming changes, as the outbox claims a backfill's work with what is left of a batch: a bulk
-load in a priority's own topic would hold that priority's changes behind it), plus `<prefix>.dlq`
-for the dead letters. A topic per priority rather than one
-topic with the priority in a header, because a consumer can then pause the lower topics' partitions
-while HIGH has lag (a header is only seen after a message is fetched: a backlog of LOW would sit in
-front of a KEV entry in its partition), and lag is read per priority from the broker alone. A
-label's priority is fixed by the sync policy, so every change of one entity lands in the same
-topic and, keyed by `Label:uid` (`sync.ids.entity_key`: the business key, which survives a
-restore where Neo4j's element ids do not), in the same partition: per-key order is kept. Work
-queued at a raised priority (a resync, a search repair) or for a backfill may take another topic;
-applying always reads the graph's current state and the version guard refuses older-over-newer,
-so that order does not matter.
+streaming changes, as the outbox claims a backfill's work with what is left of a batch: a bulk load
+in a priority's own topic would hold that priority's changes behind it), plus `<prefix>.dlq` for the
+dead letters. A topic per priority rather than one topic with the priority in a header, because a
+consumer can then pause the lower topics' partitions while HIGH has lag (a header is only seen after
+a message is fetched: a backlog of LOW would sit in front of a KEV entry in its partition), and lag
+is read per priority from the broker alone. A label's priority is fixed by the sync policy, so every
+change of one entity lands in the same topic and, keyed by `Label:uid` (`sync.ids.entity_key`: the
+business key, which survives a restore where Neo4j's element ids do not), in the same partition:
+per-key order is kept. Work queued at a raised priority (a resync, a search repair) or for a
+backfill may take another topic; applying always reads the graph's current state and the version
+guard refuses older-over-newer, so that order does not matter.
 
 Each message's value is a JSON change event shaped like Neo4j's CDC events (`id`, `txId`, `seq`,
 `metadata.txCommitTime` on Neo4j's clock, `event` with `eventType` "n", `operation` c/u/d, `labels`,
 `keys`, `state`), plus the fields our apply path reads (`event.version`, `event.priority`,
 `metadata.source`, and `metadata.backfill`: the bulk load the work was handed to, null for a
 streaming change, so that a backfill's progress and the streaming lag are told apart as with the
-outbox, `sync.backfill`). `event.changed` lists the property names the change set or removed where the
-producer knows them — the write paths (ingest API, feed imports, analysts' resolutions) compare the
-node before and after their write (`sync.writes.changed_properties`), and changes folded together
-list the union — and is `null` where it does not: change capture reads versions, not property
-diffs, so a foreign write's names are not known (the APOC trigger stamps versions only).
+outbox, `sync.backfill`). `event.changed` lists the property names the change set or removed where
+the producer knows them — the write paths (ingest API, feed imports, analysts' resolutions) compare
+the node before and after their write (`sync.writes.changed_properties`), and changes folded
+together list the union — and is `null` where it does not: change capture reads versions, not
+property diffs, so a foreign write's names are not known (the APOC trigger stamps versions only).
 
 The producer is idempotent (`enable.idempotence`, which implies `acks=all`). `publish` returns only
 once the broker has acknowledged every event, and raises `RetryableStoreError` otherwise: change
