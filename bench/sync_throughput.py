@@ -40,6 +40,9 @@ def main() -> None:
 
     embedder = get_embedder()
     embedder.encode(texts[:256])  # warm-up
+    # Opened before anything is timed, as a worker has it (manage.py workers imports the stores'
+    # clients before it forks): LanceDB's import alone is 1.5-2 s, once per process.
+    vector_store().ping()
 
     raw_before = raw_encode_rate(embedder, texts, encode_batch)
     queue.enqueue_many(works_for(entities))

@@ -51,6 +51,7 @@ from sync import embedding, queue
 from sync.apply import ApplyCounts, apply_events
 from sync.models import Backfill, Priority, SyncEvent, for_entities
 from sync.observe.counters import SYNC_ERRORS
+from sync.stores import import_clients
 from sync.stores.base import StoreError
 from sync.transport import kafka
 
@@ -332,8 +333,10 @@ def run(*, seconds: float | None = None, idle_exit: float | None = None, stop=la
         name: str | None = None, batch_size: int | None = None, batch_seconds: float | None = None) -> ConsumeTotals:
     """Consume until `stop()`, after `seconds`, or once nothing came for `idle_exit` seconds."""
     totals = ConsumeTotals()
-    # The model is loaded before joining the group: the group hands partitions only to consumers
-    # that can apply them at once, and no HIGH event waits for the weights.
+    # The model is loaded (and the stores' client libraries imported: LanceDB's import takes
+    # 1.5-2 s) before joining the group: the group hands partitions only to consumers that can
+    # apply them at once, and no HIGH event waits for the weights.
+    import_clients()
     log.info("consumer %s: embedding model ready in %.1f s", name or "", embedding.warm_up())
     consumer = ChangeConsumer(name, batch_size=batch_size, batch_seconds=batch_seconds)
     deadline = time.monotonic() + seconds if seconds else None

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from sync.cluster import CleanCluster
+from sync.stores import import_clients
 from sync.worker import lower_cpu_priority
 
 
@@ -17,6 +18,10 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018 — django-q2 signs tasks with it: fail here, not in a worker
         lower_cpu_priority()  # every process of the cluster (and the consumer) inherits it
+        # The cluster's processes are forked from this one and inherit the stores' client
+        # libraries: LanceDB's import alone takes 1.5-2 s, which the first batch of every worker
+        # (a KEV applied at once after a restart among them) would otherwise wait for.
+        import_clients()
         # SYNC_TRANSPORT=kafka: a consumer of the group (manage.py consume) beside the cluster, whose
         # capture publishes the changes; it gets the same SIGTERM (bin/serve signals the group).
         consume = None
