@@ -1,5 +1,7 @@
 from django.db import models
 
+from nightingale.tokens import BearerToken
+
 
 class Access(models.Model):
     """No table: the holder of the dashboard's own permissions, which the role groups are given
@@ -19,27 +21,12 @@ class Access(models.Model):
         return "dashboard access"
 
 
-class ApiToken(models.Model):
+class ApiToken(BearerToken):
     """A bearer token for the JSON API, acting as its user with that user's role at the time of
     each request (dashboard.tokens). Only a SHA-256 digest of the token is stored: the token
     itself is shown once, when it is made (`manage.py api_token create`)."""
 
     user = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="api_tokens")
-    name = models.CharField(max_length=100)  # what it is for: "nightly retry job"
-    prefix = models.CharField(max_length=12)  # the token's first characters, to tell tokens apart
-    digest = models.CharField(max_length=64, unique=True)  # sha256 hex of the whole token
-    created_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.CharField(max_length=150, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        default_permissions = ("view",)
 
     def __str__(self) -> str:
         return f"{self.prefix}… {self.name} ({self.user.get_username()})"
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None

@@ -6,16 +6,14 @@ Making and revoking a token is audited; so is every action taken with one, as it
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.utils import timezone
 
 from dashboard.models import ApiToken
+from nightingale import tokens
 from nightingale.http import new_token, token_digest
 from sync.models import AuditEntry
 
 PREFIX = "ngs_"  # so a leaked token is recognisable (secret scanners, logs)
-LAST_USED_EVERY = timedelta(seconds=60)  # last-used time is written at most this often per token
 
 
 class TokenError(ValueError):
@@ -50,25 +48,15 @@ def revoke(row: ApiToken, *, by: str = "command") -> bool:
 
 def find(selector: str) -> ApiToken:
     """A token by its number or its prefix (as `api_token list` shows them)."""
-    rows = ApiToken.objects.select_related("user")
-    found = list(rows.filter(pk=int(selector))) if selector.isdigit() else list(rows.filter(prefix=selector))
-    if not found:
-        raise TokenError(f"there is no API token {selector!r} (see: manage.py api_token list)")
-    if len(found) > 1:
-        raise TokenError(f"{len(found)} tokens start with {selector!r}: give the token's number instead")
-    return found[0]
+    return tokens.find(ApiToken.objects.select_related("user"), selector, "API token",
+                       "manage.py api_token list", TokenError)
 
 
 def authenticate(token: str) -> ApiToken | None:
     """The active token row for a presented token (with its user), or None. Records when it was
     last used (at most once a minute, so reads do not become writes)."""
-    if not token.startswith(PREFIX):
-        return None
-    row = ApiToken.objects.select_related("user").filter(digest=digest(token), revoked_at=None).first()
+    row = tokens.presented(ApiToken.objects.select_related("user"), token, PREFIX)
     if row is None or not row.user.is_active:
         return None
-    now = timezone.now()
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
-        ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
-        row.last_used_at = now
+    tokens.mark_used(row)
     return row

@@ -16,6 +16,8 @@ from django.db.models import Q
 from django.db.models.functions import Substr
 from django.utils import timezone
 
+from nightingale.tokens import BearerToken
+
 
 def _in_list(queryset, field: str, values: Sequence):
     """`queryset` restricted to `field IN values`, the list written into the SQL directly: Django
@@ -507,29 +509,14 @@ class Conflict(models.Model):
         return sorted(set(self.graph_side) | set(self.other_side))
 
 
-class IngestToken(models.Model):
+class IngestToken(BearerToken):
     """A bearer token for the ingest API (`POST /api/v1/entities`), bound to the `source` values
     it may claim and the labels it may write (sync.ingest.tokens): the conflict rules trust a
     write's source, so it is the token's, never the caller's word. Only a SHA-256 digest of the
     token is stored: the token itself is shown once, when it is made (`manage.py ingest_token create`)."""
 
-    name = models.CharField(max_length=100)  # which feed it is for: "misp-sync"
-    prefix = models.CharField(max_length=12)  # the token's first characters, to tell tokens apart
-    digest = models.CharField(max_length=64, unique=True)  # sha256 hex of the whole token
     sources = models.JSONField(default=list)  # the exact `source` values it may send
     labels = models.JSONField(default=list)  # the labels it may write
-    created_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.CharField(max_length=150, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        default_permissions = ("view",)
 
     def __str__(self) -> str:
         return f"{self.prefix}… {self.name}"
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None

@@ -12,10 +12,10 @@ and revoking a token is audited (`ingest_token.create`, `ingest_token.revoke`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
 
 from django.utils import timezone
 
+from nightingale import tokens
 from nightingale.http import new_token, token_digest
 from sync.conflicts.rules import AUTHORITATIVE_SOURCES
 from sync.ids import is_label
@@ -24,7 +24,6 @@ from sync.models import AuditEntry, IngestToken
 from sync.policy import POLICY
 
 PREFIX = "ngi_"  # so a leaked token is recognisable, and never mistaken for a dashboard token (ngs_)
-LAST_USED_EVERY = timedelta(seconds=60)  # last-used time is written at most this often per token
 
 
 class TokenError(ValueError):
@@ -66,27 +65,15 @@ def revoke(row: IngestToken, *, by="command") -> bool:
 
 def find(selector: str) -> IngestToken:
     """A token by its number or its prefix (as `ingest_token list` shows them)."""
-    found = (list(IngestToken.objects.filter(pk=int(selector))) if selector.isdigit()
-             else list(IngestToken.objects.filter(prefix=selector)))
-    if not found:
-        raise TokenError(f"there is no ingest token {selector!r} (see: manage.py ingest_token list)")
-    if len(found) > 1:
-        raise TokenError(f"{len(found)} tokens start with {selector!r}: give the token's number instead")
-    return found[0]
+    return tokens.find(IngestToken.objects.all(), selector, "ingest token", "manage.py ingest_token list", TokenError)
 
 
 def authenticate(token: str) -> IngestToken | None:
     """The active token row for a presented token, or None. Records when it was last used (at
     most once a minute, so that ingest does not write a row per request)."""
-    if not token.startswith(PREFIX):
-        return None
-    row = IngestToken.objects.filter(digest=digest(token), revoked_at=None).first()
-    if row is None:
-        return None
-    now = timezone.now()
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
-        IngestToken.objects.filter(pk=row.pk).update(last_used_at=now)
-        row.last_used_at = now
+    row = tokens.presented(IngestToken.objects.all(), token, PREFIX)
+    if row is not None:
+        tokens.mark_used(row)
     return row
 
 
