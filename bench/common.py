@@ -78,6 +78,47 @@ class Timer:
         self.seconds = time.perf_counter() - self.started
 
 
+class CpuTimer(Timer):
+    """Wall time, and the CPU time spent meanwhile: by this process (every thread, LanceDB's
+    included), by its main thread alone (the Python work, which holds the GIL), and by the bench
+    Neo4j (None when its pid cannot be read)."""
+
+    def __enter__(self):
+        self._neo4j_pid = _neo4j_pid()
+        self._process, self._main, self._neo4j = _process_cpu(), time.thread_time(), _cpu_of(self._neo4j_pid)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        self.process = _process_cpu() - self._process
+        self.main_thread = time.thread_time() - self._main
+        after = _cpu_of(self._neo4j_pid)
+        self.neo4j = after - self._neo4j if after is not None and self._neo4j is not None else None
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _neo4j_pid() -> int | None:
+    try:
+        return int((Path(os.environ["NEO4J_LOCAL_DIR"]) / "run" / "neo4j.pid").read_text().strip())
+    except (KeyError, OSError, ValueError):
+        return None
+
+
+def _cpu_of(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def demo_sample(limit: int):
     """Load the demo graph into the (wiped) bench Neo4j; returns the graph store, an evenly spread
     sample of `limit` synced entities (0: all) and their chunk texts, as the engine will embed them."""
