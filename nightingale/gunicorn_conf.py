@@ -21,17 +21,12 @@ loads it); the imports and templates are prepared either way.
 
 import logging
 import os
-import warnings
 
 logger = logging.getLogger("nightingale.web")
 
 # The application (Django, its views and templates, the model) is loaded once, in the arbiter.
 preload_app = True
 
-# LanceDB warns in every forked child that its fork support is "experimental": its runtime is
-# restarted in the child, and the risk it names (an operation mid-flight at the fork) cannot
-# arise, since the arbiter never uses the store (dashboard.warmup imports it, nothing more).
-warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
 
 
 def _model() -> bool:

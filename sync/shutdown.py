@@ -109,5 +109,40 @@ def _redeliver(signum: int) -> None:
 
 
 def install() -> None:
-    """Handle SIGTERM in this process from now on (main thread only, as Python requires)."""
+    """Handle SIGTERM in this process from now on (main thread only, as Python requires), and
+    keep django-q2's task timeout from being lost in a finalizer (`keep_timeouts`)."""
     signal.signal(signal.SIGTERM, handle_sigterm)
+    keep_timeouts()
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name in SWALLOWING:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def keep_timeouts() -> None:
+    """django-q2 ends a task that runs past its timeout by raising TimeoutException from its
+    SIGALRM handler, wherever the task is. Raised inside a finalizer (the Neo4j driver's, run by
+    the garbage collector in the middle of a batch or a reconciliation), it is swallowed ("Exception
+    ignored in ...") and the task runs on, past its timeout, until the sentinel kills the worker
+    three seconds later, without the hand-back of its batch (which then costs an attempt). From
+    here on such an alarm comes again REDELIVER_SECONDS later, once the finalizer has returned."""
+    from django_q.timeout import TimeoutHandler
+
+    raise_timeout = TimeoutHandler.raise_timeout_exception
+    if getattr(raise_timeout, "keeps_timeouts", False):
+        return
+
+    def raise_timeout_exception(self, signum: int, frame: FrameType | None) -> None:
+        if _in_finalizer(frame):
+            # alarm() and ITIMER_REAL are one timer: TimeoutHandler's exit (alarm(0)) cancels this
+            # too, should the task end meanwhile.
+            signal.setitimer(signal.ITIMER_REAL, REDELIVER_SECONDS)
+            return
+        raise_timeout(self, signum, frame)
+
+    raise_timeout_exception.keeps_timeouts = True
+    TimeoutHandler.raise_timeout_exception = raise_timeout_exception

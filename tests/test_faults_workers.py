@@ -237,6 +237,50 @@ def test_a_sigterm_landing_in_a_finalizer_still_hands_the_batch_back(synced_grap
     assert_index_matches_graph(synced_graph, vectors)
 
 
+class AlarmedOnCollection:
+    """Sends SIGALRM (django-q2's task timeout) from its finalizer: the alarm lands while `__del__` runs."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGALRM)
+        for _ in range(1000):  # the handler runs here, inside __del__
+            pass
+
+
+def test_a_timeout_landing_in_a_finalizer_still_hands_the_batch_back(synced_graph, vectors):
+    """Expected: django-q2's TimeoutException is not swallowed by the finalizer ("Exception ignored
+    in __del__", the batch running on past its timeout until the sentinel kills the worker) but
+    raised once it returns: the batch goes back to the queue uncounted, as for any timeout."""
+    from django_q.exceptions import TimeoutException
+    from django_q.timeout import TimeoutHandler
+
+    from sync import shutdown
+
+    shutdown.keep_timeouts()  # what the cluster's sentinel does before it forks its workers
+    count = 5
+    actors(synced_graph, count)
+    enqueued(count)
+    model = embedding.get_embedder()
+    model.encode(["loaded before the batch"])
+    real_encode = model.encode
+
+    def encode(texts, *args, **kwargs):
+        AlarmedOnCollection()  # collected at once, inside the batch
+        time.sleep(0.2)  # where the alarm comes again
+        return real_encode(texts, *args, **kwargs)
+
+    model.encode = encode
+    try:
+        with pytest.raises(TimeoutException), TimeoutHandler(600):
+            apply_events(queue.claim_batch("timed-out-worker", count))
+    finally:
+        model.encode = real_encode
+    queued = SyncEvent.objects.filter(status="queued")
+    assert queued.count() == count and set(queued.values_list("attempts", flat=True)) == {0}
+    assert not queued.exclude(last_error="").exists()
+    worker.drain(idle_exit=0)
+    assert_index_matches_graph(synced_graph, vectors)
+
+
 # --- any process of the cluster SIGKILLed -------------------------------------------------------
 
 def children(pid: int) -> list[int]:

@@ -53,10 +53,11 @@ def data_dir() -> Path:
     return path if path.is_absolute() else PROJECT / path
 
 
-def java_binary(layout: ServerLayout, *, home_variable: str, accept: Callable[[int], bool],
+def java_binary(layout: ServerLayout, *, java_home: str | None, accept: Callable[[int], bool],
                 requirement: str) -> str:
-    """A Java whose major version `accept`s: $<home_variable>, $JAVA_HOME, Debian's 17, then PATH's."""
-    java_home = os.environ.get(home_variable) or os.environ.get("JAVA_HOME")
+    """A Java whose major version `accept`s: under `java_home` (the tool's own variable), $JAVA_HOME,
+    Debian's 17, then PATH's."""
+    java_home = java_home or os.environ.get("JAVA_HOME")
     candidates = [Path(java_home) / "bin" / "java"] if java_home else []
     candidates.append(Path("/usr/lib/jvm/java-17-openjdk-amd64/bin/java"))
     found = shutil.which("java")

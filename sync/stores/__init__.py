@@ -14,6 +14,7 @@ May import: `sync.embedding` (the dimension) and settings; nothing else of the e
 from __future__ import annotations
 
 import threading
+import warnings
 
 from django.conf import settings
 
@@ -63,9 +64,12 @@ def build_vector_store() -> VectorStore:
 
 def import_clients() -> None:
     """Import the configured stores' client libraries without connecting: what a web server's
-    arbiter does before it forks (dashboard.warmup). LanceDB's import starts an event-loop thread,
-    which LanceDB itself restarts in a forked child (`os.register_at_fork`); nothing runs on it
-    before the fork, so nothing is mid-operation when it happens."""
+    arbiter (dashboard.warmup) and the workers' cluster (manage.py workers) do before they fork.
+    LanceDB's import starts an event-loop thread, which LanceDB itself restarts in a forked child
+    (`os.register_at_fork`); nothing runs on it before the fork, so nothing is mid-operation when
+    it happens, and the warning LanceDB gives in every forked child (its fork support is
+    "experimental": the risk it names is an operation mid-flight at the fork) is silenced."""
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
     import sync.stores.neo4j_graph  # noqa: F401
 
     if settings.VECTOR_STORE == "pinecone":

@@ -171,7 +171,7 @@ def start(layout: Layout) -> None:
     ready = lambda timeout: answers(layout, timeout)  # noqa: E731
     if javaserver.running_already(layout, ready):
         return
-    java = javaserver.java_binary(layout, home_variable="KAFKA_JAVA_HOME", accept=lambda major: major >= 17,
+    java = javaserver.java_binary(layout, java_home=os.environ.get("KAFKA_JAVA_HOME"), accept=lambda major: major >= 17,
                                   requirement=f"Java 17 or later is required: install openjdk-17-jre-headless, or {ELSEWHERE}")
     fetch(layout)
     write_config(layout)

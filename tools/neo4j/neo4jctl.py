@@ -156,7 +156,7 @@ def start(layout: Layout) -> None:
     answers = lambda timeout: connectivity(layout, timeout)  # noqa: E731
     if javaserver.running_already(layout, answers):
         return
-    java = javaserver.java_binary(layout, home_variable="NEO4J_JAVA_HOME", accept=lambda major: major in (17, 21),
+    java = javaserver.java_binary(layout, java_home=os.environ.get("NEO4J_JAVA_HOME"), accept=lambda major: major in (17, 21),
                                   requirement=f"Java 17 (or 21) is required: install openjdk-17-jre-headless, or {ELSEWHERE}")
     fetch(layout)
     write_config(layout)
