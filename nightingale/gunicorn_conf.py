@@ -28,7 +28,6 @@ logger = logging.getLogger("nightingale.web")
 preload_app = True
 
 
-
 def _model() -> bool:
     from django.conf import settings
 
