@@ -427,10 +427,9 @@ def claim_works(works: Iterable[Work], worker: str, *, take_over: str = "", hand
                     and e.lease_expires_at >= now and not (take_over and e.claim_token.startswith(take_over))]
             if not busy:
                 owned = {(e.label, e.uid, e.backfill_id) for e in active}
-                handed: dict[int, int] = {}
-                for (label, uid), work in folded.items():
-                    if handing_over and work.backfill is not None and (label, uid, work.backfill) not in owned:
-                        handed[work.backfill] = handed.get(work.backfill, 0) + 1
+                handed = Counter(work.backfill for (label, uid), work in folded.items()
+                                 if handing_over and work.backfill is not None
+                                 and (label, uid, work.backfill) not in owned)
                 claimed = dict(folded)
                 for event in active:
                     key = (event.label, event.uid)
