@@ -348,6 +348,11 @@ class _LeaseKeeper:
                 if renewed < len(self.events):
                     log.warning("%d of %d events of this batch are no longer ours (lease expired); "
                                 "their results will be dropped", len(self.events) - renewed, len(self.events))
+                if not renewed:
+                    # Nothing left to keep: every lease expired, or the batch was handed back by
+                    # an interruption that landed where `__exit__` could not run (at its very
+                    # start). Either way a keeper renewing nothing would live as long as its process.
+                    return
         finally:
             connections.close_all()  # this thread's own connection
 

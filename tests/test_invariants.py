@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -319,6 +320,26 @@ def test_a_stop_landing_on_any_line_leaves_nothing_running_or_in_flight(synced_g
     shutdown._requested.clear()
     shutdown._interrupted.clear()
     assert line > 5  # the sweep reached well into the call
+
+
+def test_a_lease_keeper_whose_batch_was_handed_back_ends_even_if_never_exited(db, settings):
+    """A stop can land at the very start of the keeper's `__exit__`, before it tells the thread to
+    end (the sweep above left one behind, warning every renewal for the rest of the process). The
+    batch is handed back by the interruption; the keeper then has nothing to renew and ends."""
+    from sync.apply import _LeaseKeeper
+
+    settings.SYNC_VISIBILITY_TIMEOUT = 0.9  # a renewal every 0.3 s
+    queue.enqueue_many([queue.Work("ThreatActor", f"keeper-{n}") for n in range(3)])
+    events = _claim_as("keeper-test", visibility=60)
+    keeper = _LeaseKeeper(events).__enter__()  # and no __exit__, as when the stop landed there
+    try:
+        time.sleep(0.7)
+        assert keeper._thread.is_alive()  # still ours: kept
+        assert queue.release(events) == len(events)
+        keeper._thread.join(timeout=5)
+        assert not keeper._thread.is_alive()
+    finally:
+        keeper.__exit__(None, None, None)
 
 
 def test_a_reconciliation_whose_process_died_is_marked_failed(db):
