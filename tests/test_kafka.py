@@ -31,7 +31,15 @@ from sync.stores.base import RetryableStoreError
 from sync.transport import consumer, kafka
 from tests.test_observe_metrics import scrape, value
 from tests.test_settings import run_check
-from tests.test_worker_processes import actors, assert_exact, current_database_url, manage, worker_env
+from tests.test_worker_processes import (
+    actors,
+    assert_exact,
+    current_database_url,
+    manage,
+    outputs,
+    tail,
+    worker_env,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKACTL = ROOT / "tools" / "kafka" / "kafkactl.py"
@@ -289,7 +297,7 @@ def test_a_consumer_killed_mid_batch_is_redelivered_to_another(synced_graph, vec
             flying = SyncEvent.objects.filter(status="in_flight", claim_token__startswith="kafka-victim").count()
             if done >= 25 and flying:
                 break
-            assert victim.poll() is None, victim.communicate()
+            assert victim.poll() is None, outputs(victim)
             time.sleep(0.05)
         else:
             pytest.fail("the consumer never had a batch in flight after committing one")
@@ -379,17 +387,18 @@ def test_high_stays_fresh_while_two_consumers_drain_a_low_backlog(synced_graph, 
     try:
         deadline = time.monotonic() + 400
         while group_members() < 2:  # both started and share the partitions: their start is not measured
-            assert time.monotonic() < deadline, "the consumers never joined the group"
+            assert time.monotonic() < deadline, f"the consumers never joined the group: {[tail(p) for p in consumers]}"
             for process in consumers:
-                assert process.poll() is None, process.communicate()
+                assert process.poll() is None, outputs(process)
             time.sleep(0.5)
         assert capture.poll_once("test", overlap=0).enqueued == backlog + kevs
         started = time.monotonic()
         n = 0
         while reports.count() < backlog:
-            assert time.monotonic() < deadline, f"{reports.count()} of {backlog} LOW events applied"
+            assert time.monotonic() < deadline, (f"{reports.count()} of {backlog} LOW events applied; the "
+                                                 f"consumers' logs end: {[tail(p) for p in consumers]}")
             for process in consumers:
-                assert process.poll() is None, process.communicate()
+                assert process.poll() is None, outputs(process)
             time.sleep(0.5)
             waiting = backlog - reports.count()
             uid = f"CVE-2099-{n % kevs:04d}"
@@ -399,7 +408,7 @@ def test_high_stays_fresh_while_two_consumers_drain_a_low_backlog(synced_graph, 
             n += 1
         drained = time.monotonic() - started
         while sum(p.lag for p in kafka.lag()):
-            assert time.monotonic() < deadline, "the last KEV changes were never applied"
+            assert time.monotonic() < deadline, f"the last KEV changes were never applied: {[tail(p) for p in consumers]}"
             time.sleep(0.2)
     finally:
         for process in consumers:

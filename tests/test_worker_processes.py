@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,9 +45,33 @@ def current_database_url() -> str:
     return f"postgres://{auth}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
 
 
-def manage(*args, env, **kwargs):
-    return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def manage(*args, env):
+    """A manage.py process, its stdout and stderr in files: a long-running one that logs more
+    than a pipe holds (64 KiB) while nobody reads it would block on its next line."""
+    out, err = (tempfile.TemporaryFile("w+") for _ in range(2))  # noqa: SIM115 — closed by outputs()
+    proc = subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=env, stdout=out, stderr=err,
+                            text=True)
+    proc.files = (out, err)
+    return proc
+
+
+def outputs(proc: subprocess.Popen, timeout: float | None = None) -> tuple[str, str]:
+    """Wait for a `manage` process (up to `timeout` seconds) and return its stdout and stderr."""
+    proc.wait(timeout)
+    texts = []
+    for file in proc.files:
+        file.seek(0)
+        texts.append(file.read())
+        file.close()
+    return texts[0], texts[1]
+
+
+def tail(proc: subprocess.Popen, size: int = 4000) -> str:
+    """The end of a `manage` process's stderr so far (it may still run), for an assertion message.
+    Read with pread: the process writes through the same file offset, which a seek would move."""
+    fd = proc.files[1].fileno()
+    end = os.fstat(fd).st_size
+    return os.pread(fd, size, max(end - size, 0)).decode(errors="replace")
 
 
 def actors(graph, count):
@@ -78,7 +103,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(synced_graph, vectors, tmp_path
         flying = SyncEvent.objects.filter(status="in_flight").count()
         if done >= 50 and flying:
             break
-        assert victim.poll() is None, victim.communicate()
+        assert victim.poll() is None, outputs(victim)
         time.sleep(0.05)
     else:
         pytest.fail("the worker never had a batch in flight after its first one")
@@ -89,7 +114,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(synced_graph, vectors, tmp_path
 
     time.sleep(4.5)  # the visibility timeout: the dead worker's lease runs out
     survivor = manage("drain", "--until-empty", "--batch-size", "50", env=env)
-    out, err = survivor.communicate(timeout=300)
+    out, err = outputs(survivor, timeout=300)
     assert survivor.returncode == 0, err
     assert SyncEvent.objects.exclude(status="done").count() == 0
     redelivered = SyncEvent.objects.filter(attempts=2).count()
@@ -105,19 +130,19 @@ def test_two_workers_on_postgresql_never_apply_an_event_twice(synced_graph, vect
     env = worker_env(tmp_path, url)
     for args in (("migrate", "--noinput"), ("flush", "--noinput")):
         proc = manage(*args, env=env)
-        _, err = proc.communicate(timeout=300)
+        _, err = outputs(proc, timeout=300)
         assert proc.returncode == 0, err
     count = 300
     actors(synced_graph, count)
     proc = manage("resync", "--label", "ThreatActor", env=env)
-    out, err = proc.communicate(timeout=120)
+    out, err = outputs(proc, timeout=120)
     assert proc.returncode == 0 and f"queued {count} ThreatActor" in out, err
 
     workers = [manage("drain", "--until-empty", "--batch-size", "10", env=env) for _ in range(2)]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for w, (_, err) in zip(workers, outputs, strict=True):
+    results = [outputs(w, timeout=600) for w in workers]
+    for w, (_, err) in zip(workers, results, strict=True):
         assert w.returncode == 0, err
-    applied = [int(out.split("events: ")[1].split()[0]) for out, _ in outputs]
+    applied = [int(out.split("events: ")[1].split()[0]) for out, _ in results]
     assert sum(applied) == count and all(n > 0 for n in applied), applied  # both worked, no overlap
 
     with psycopg.connect(url.replace("postgres://", "postgresql://")) as db:
