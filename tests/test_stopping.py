@@ -29,8 +29,10 @@ STOP_WITHIN_SECONDS = 30  # the promise: systemd's SIGKILL never has to come
 
 
 def start(args: list[str], env: dict, tmp_path: Path) -> subprocess.Popen:
-    """A process in a process group of its own, its output in a file (a full pipe would block it)."""
-    log = open(tmp_path / f"{Path(args[0]).name}-{len(list(tmp_path.glob('*.log')))}.log", "w+")  # noqa: SIM115
+    """A process in a process group of its own, its output in a file (a full pipe would block it).
+    Opened to append: the process writes through the file offset it shares with us, which `output`
+    moves while it runs; O_APPEND makes every write land at the end however it was moved."""
+    log = open(tmp_path / f"{Path(args[0]).name}-{len(list(tmp_path.glob('*.log')))}.log", "a+")  # noqa: SIM115
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     proc.log = log
