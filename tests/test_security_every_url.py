@@ -8,8 +8,9 @@ value (the real conflict's version, a dead letter's number, a time now) or a hos
 get past the first check into the engine.
 
 The properties: never a 500 (the test client re-raises a view's exception, so one shows here
-with its traceback), and a request answered 4xx writes nothing: no audit entry, sync event,
-conflict, reconciliation run or acknowledgement, and no new graph version.
+with its traceback), and a request answered 4xx writes nothing: no audit entry (but the record of
+its own refusal, e.g. `ingest_token.denied`), sync event, conflict, reconciliation run or
+acknowledgement, and no new graph version.
 
 Examples per URL and method: the loaded Hypothesis profile's max_examples / 20 (3 under "ci",
 100 under HYPOTHESIS_PROFILE=long).
@@ -238,10 +239,16 @@ def fill(text: str, world: dict, conflict: Conflict, *, json_body: bool = False)
     return text
 
 
+# What a refusal itself records, by design: the audit trail keeps who tried what and was refused
+# (an ingest token claiming a label or source it is not bound to, a role short of an action).
+REFUSALS = ("ingest_token.denied", "access.denied")
+
+
 def state(graph) -> tuple:
-    """Everything a request could write: rows of the engine's tables and the nodes' versions."""
+    """Everything a request could write: rows of the engine's tables and the nodes' versions (the
+    audit entries of refusals apart: recording its own refusal is what a refusal should write)."""
     nodes = graph.get_entities(NODES)
-    return (list(AuditEntry.objects.values_list("id", flat=True)),
+    return (list(AuditEntry.objects.exclude(action__in=REFUSALS).values_list("id", flat=True)),
             list(SyncEvent.objects.order_by("id").values_list("id", "status", "attempts")),
             list(Conflict.objects.order_by("id").values_list("id", "status", "resolution")),
             list(ReconcileRun.objects.order_by("id").values_list("id", "status")),
@@ -292,3 +299,12 @@ def test_a_hostile_body_is_never_a_500_and_a_refusal_writes_nothing(world, name,
     else:
         check(world, name, "POST", path, body=fill(data.draw(query_strings(name), label="form"), world,
                                                    conflict).encode())
+
+
+def test_a_refused_ingest_claim_records_its_refusal_and_nothing_else(world):
+    """What Hypothesis once drew: a label the ingest token is not bound to. The refusal (403) is
+    audited, as designed, and that is all it writes."""
+    before = AuditEntry.objects.filter(action="ingest_token.denied").count()
+    check(world, "api-entities", "POST", "/api/v1/entities",
+          body=b'{"label": "Deal", "uid": "null", "source": "fuzz-feed", "properties": {}}')
+    assert AuditEntry.objects.filter(action="ingest_token.denied").count() == before + 1
