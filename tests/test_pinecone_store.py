@@ -352,6 +352,20 @@ def test_an_unreachable_host_is_retryable(pinecone_server):
         store.close()
 
 
+def test_an_unreachable_host_is_named_even_when_the_sdks_retries_outlast_the_deadline(pinecone_server):
+    """The SDK retries a refused connection with jittered backoff (at least 0.75 s for its three
+    retries, up to about 10 s): past the store's deadline the error still says what failed."""
+    store = make_store(pinecone_server, timeout=0.2, operation_timeout=0.3)
+    pinecone_server.stop()
+    try:
+        with pytest.raises(RetryableStoreError, match=r"cannot reach Pinecone .* ran past the 0.3 s operation "
+                                                      r"deadline") as raised:
+            store.stats()
+    finally:
+        store.close()
+    assert "ConnectionRefusedError" in str(raised.value)
+
+
 # -- credentials -------------------------------------------------------------------------------------
 
 def test_a_rejected_key_is_permanent_and_never_shown(pinecone_server):

@@ -7,7 +7,8 @@ Time is bounded twice. `timeout` bounds one HTTP attempt; the SDK then retries 4
 connection errors by itself (4 attempts, jittered backoff, Retry-After honoured up to 60 s, none
 of it configurable for the REST data plane). `operation_timeout` bounds a whole store call: SDK
 calls run on a small thread pool and are abandoned when the deadline passes, so a worker is never
-held longer than that. An abandoned call may still finish in the background; for writes that is
+held longer than that (and a second at most for a TCP connect to the host, which tells an
+unreachable host from a slow one in the error). An abandoned call may still finish in the background; for writes that is
 harmless because upserts are idempotent by id, and the engine's version guard and reconciliation
 judge what is stored.
 
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 from pinecone import Index
@@ -254,10 +256,28 @@ class PineconeVectorStore:
             raise self._store_error(exc, action) from exc
         except TimeoutError:
             future.cancel()
+            # The SDK retries a refused connection with jittered backoff that can itself run past
+            # the deadline (up to 0.75 + 2.25 + 6.75 s): say which failure it was, if it was that.
+            unreachable = self._unreachable()
+            if unreachable:
+                raise RetryableStoreError(
+                    f"cannot reach Pinecone at {self.host} for {action}: {unreachable} (the SDK's "
+                    f"retries ran past the {self.operation_timeout:g} s operation deadline)") from None
             raise RetryableStoreError(
                 f"Pinecone {action} at {self.host} did not finish within the "
                 f"{self.operation_timeout:g} s operation deadline ({self.timeout:g} s per attempt, "
                 "with the SDK's retries)") from None
+
+    def _unreachable(self) -> str | None:
+        """Why a TCP connection to the index host fails (refused, no such host, no answer within
+        a second), or None when it opens: the host is there and the call was only slow."""
+        address = urlsplit(self.host if "://" in self.host else f"https://{self.host}")
+        try:
+            port = address.port or (80 if address.scheme == "http" else 443)
+            with socket.create_connection((address.hostname or "", port), timeout=min(self.timeout, 1.0)):
+                return None
+        except (OSError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
 
     def _store_error(self, exc: PineconeError, action: str) -> StoreError:
         if isinstance(exc, (UnauthorizedError, ForbiddenError)):
