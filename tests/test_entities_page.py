@@ -3,6 +3,8 @@ store that does not answer shown as such (never a 500)."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 from django.utils import timezone
 
@@ -123,6 +125,10 @@ def test_an_entity_in_sync_shows_both_sides_agreeing(client, viewer, synced_grap
     assert "ops@example.org" not in page and "withheld by policy" in page
     assert "Russian SVR intrusion set" in page  # the chunk's snippet
     assert "Priority MEDIUM, Async write-through." in page  # the policy's lane in words, not its stored 1
+    # The node's updated_at as the dashboard writes every moment: a <time> with the absolute UTC
+    # second in its title, never Python's str() with microseconds.
+    stamp = roles["updated_at"].graph.astimezone(UTC)
+    assert f'title="{stamp:%Y-%m-%d %H:%M:%S} UTC"' in page and f"{stamp:%H:%M:%S}.{stamp:%f}" not in page
 
 
 def test_a_graph_ahead_of_its_vector_is_shown_as_stale_with_the_differences(client, viewer, synced_graph, vectors):

@@ -182,5 +182,7 @@ def test_a_vector_holding_a_national_phone_number_is_removed_and_rebuilt_clean(s
 
     worker.drain(idle_exit=0)
     rebuilt = vectors.fetch([vid])[vid].metadata
-    assert rebuilt[field] == leaked.metadata[field] and "4567" not in str(rebuilt)
+    # The numbers whole: a fragment such as "4567" turns up in a content hash one time in a thousand.
+    assert rebuilt[field] == leaked.metadata[field] and "123-4567" not in str(rebuilt)
+    assert "7946 0958" not in str(rebuilt)
     assert reconcile.full().drift == {}

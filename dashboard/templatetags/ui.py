@@ -72,6 +72,13 @@ def reltime(value: datetime | None, now: datetime | None = None):
 
 
 @register.filter
+def is_moment(value) -> bool:
+    """True for a point in time (a graph node's `updated_at`): shown by `reltime`, never as
+    Python's str() with its microseconds."""
+    return isinstance(value, datetime)
+
+
+@register.filter
 def seconds(value) -> str:
     """A duration in seconds, in the unit a reader wants: 850 ms, 12.4 s, 7 min, 3.2 h, 2.0 d."""
     if value is None or value == "":
