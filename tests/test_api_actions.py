@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from django.core.management import call_command
@@ -392,7 +393,7 @@ def test_the_commands_the_pages_show_do_what_the_page_does(objects, analyst_user
         call_command("reconcile", "--user", analyst_user.username)
     listing = io.StringIO()
     call_command("alerts", "list", stdout=listing)
-    assert f"#{objects['alert'].pk}" in listing.getvalue()
+    assert re.search(rf"#{objects['alert'].pk}\b", listing.getvalue())
     call_command("alerts", "acknowledge", str(objects["alert"].pk), "--user", analyst_user.username,
                  "--note", "seen", stdout=io.StringIO())
     entry = AuditEntry.objects.get(action="alert.acknowledge")

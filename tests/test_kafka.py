@@ -557,7 +557,7 @@ def test_a_poison_event_goes_to_the_dlq_and_a_retry_from_the_queue_page_republis
     letters = {m.key(): m for m in read_topics([kafka.dlq_topic()], 2)}
     assert set(letters) == {b"ThreatActor:poison", b"ThreatActor:garbled"}
     headers = dict(letters[b"ThreatActor:poison"].headers())
-    assert headers["attempts"] == b"3" and b"503" in headers["error"] and headers["event"] == str(poison.id).encode()
+    assert headers["attempts"] == b"3" and b"503 Service Unavailable" in headers["error"] and headers["event"] == str(poison.id).encode()
     assert headers["topic"] == kafka.topic_for(Priority.MEDIUM).encode()
     for event, message in ((poison, letters[b"ThreatActor:poison"]), (garbled, letters[b"ThreatActor:garbled"])):
         assert event.dlq_position == kafka.position(message.topic(), message.partition(), message.offset())

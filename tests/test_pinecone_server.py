@@ -44,7 +44,7 @@ def test_it_refuses_more_than_1000_vectors_per_upsert(index, pinecone_server):
         index.upsert(vectors=[(f"v{i}", unit(i)) for i in range(1001)])
 
     assert raised.value.status_code == 400
-    assert "1000" in raised.value.message
+    assert "1000 vectors per upsert" in raised.value.message
     assert pinecone_server.vector_ids() == []
 
 

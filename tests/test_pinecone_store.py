@@ -266,7 +266,7 @@ def test_a_longer_rate_limit_is_retryable_with_retry_after_then_succeeds(store, 
         store.upsert(records(10))
 
     assert raised.value.retry_after == pytest.approx(0.05)
-    assert "429" in str(raised.value)
+    assert "HTTP 429" in str(raised.value)
     assert pinecone_server.vector_ids(NAMESPACE) == []
     assert store.upsert(records(10)).written == 10  # the limit has lifted
 
