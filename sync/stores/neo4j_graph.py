@@ -446,10 +446,13 @@ class Neo4jGraphStore:
             found: dict[tuple[str, str], Entity] = {}
             for label, uids in by_label.items():
                 for chunk in _chunks(sorted(uids)):
-                    result = tx.run(f"UNWIND $uids AS uid MATCH (n:`{label}` {{uid: uid}}) "
-                                    f"RETURN {ENTITY_COLUMNS}", uids=list(chunk))
-                    for record in result:
-                        if entity := _entity(label, record["props"], record["stamp"]):
+                    # One record holding the chunk's rows, as in scan_label: the driver's cost is
+                    # per record, and a worker reads every entity of its batch here.
+                    rows = tx.run(f"UNWIND $uids AS uid MATCH (n:`{label}` {{uid: uid}}) "
+                                  f"WITH {ENTITY_COLUMNS} RETURN collect([props, stamp]) AS rows",
+                                  uids=list(chunk)).single(strict=True)["rows"]
+                    for props, stamp in rows:
+                        if entity := _entity(label, props, stamp):
                             found[entity.key] = entity
             return found
 
