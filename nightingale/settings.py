@@ -292,8 +292,10 @@ else:
 # local directory holding a sentence-transformers model (never fetched from a hub).
 EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "all-MiniLM-L6-v2")
 EMBEDDING_DEVICE = env_str("EMBEDDING_DEVICE", "")
-# 32 measured fastest on 2 CPU cores (bench/embed.py: 19.9 texts/s vs 17.7 at 64, 13.3 at 128).
-EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 32, minimum=1, maximum=4096)
+# 8 measured fastest on 2 CPU cores (bench/embed.py, two runs: 47.9 and 44.1 texts/s at 8; 43.0 and
+# 37.7 at 16; 39.7 and 35.7 at 32; 43.9 at 4): a sorted batch of 8 pads its texts less, and the
+# engine's calls of ~160 texts lost ~10% to padding at 32 but nothing at 8. A GPU wants 128-512.
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 8, minimum=1, maximum=4096)
 # CPU threads torch may use in one process (0: torch's default, every core). With several drain
 # workers on one host, give each its share of the cores (docs/deploy.md, bench/scaleout.py).
 EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 0, minimum=0, maximum=256)
