@@ -131,6 +131,16 @@ def test_an_entity_in_sync_shows_both_sides_agreeing(client, viewer, synced_grap
     assert f'title="{stamp:%Y-%m-%d %H:%M:%S} UTC"' in page and f"{stamp:%H:%M:%S}.{stamp:%f}" not in page
 
 
+def test_a_local_datetime_property_is_shown_as_written_not_a_500(client, viewer, synced_graph, vectors):
+    # A foreign tool's LocalDateTime has no zone: no relative time can be made of it.
+    synced_actor(synced_graph)
+    with synced_graph.driver.session(database=synced_graph.database) as session:
+        session.run("MATCH (n:ThreatActor {uid: 'apt29'}) SET n.first_seen = localdatetime('2024-03-09T10:11:12')").consume()
+    client.force_login(viewer)
+    response = client.get("/entities/ThreatActor/apt29")
+    assert response.status_code == 200 and "2024-03-09 10:11:12" in response.content.decode()
+
+
 def test_a_graph_ahead_of_its_vector_is_shown_as_stale_with_the_differences(client, viewer, synced_graph, vectors):
     synced_actor(synced_graph)
     synced_graph.write_entity("ThreatActor", "apt29", {"country": "Russia"}, source="test")  # not synced yet

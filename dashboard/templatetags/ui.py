@@ -74,8 +74,9 @@ def reltime(value: datetime | None, now: datetime | None = None):
 @register.filter
 def is_moment(value) -> bool:
     """True for a point in time (a graph node's `updated_at`): shown by `reltime`, never as
-    Python's str() with its microseconds."""
-    return isinstance(value, datetime)
+    Python's str() with its microseconds. Only a zoned one: a LocalDateTime property has no zone
+    to place it in, and is shown as it is."""
+    return isinstance(value, datetime) and timezone.is_aware(value)
 
 
 @register.filter
