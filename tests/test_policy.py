@@ -405,7 +405,7 @@ def test_contact_details_in_prospect_text_are_redacted_before_they_leave_the_gra
         "uid": "acme", "name": "Acme", "sector": "energy",
         "description": "Reach Jane at jane.doe@acme.example or +44 20 7946 0958 for the pilot."})
     document = build_document(entity)
-    assert "jane.doe@acme.example" not in document.text and "7946 0958" not in document.text
+    assert "jane.doe@acme.example" not in document.text and "7946" not in document.text
     assert "[e-mail redacted]" in document.text and "[phone redacted]" in document.text
     assert all("@acme.example" not in str(chunk.metadata) for chunk in document.chunks)
 

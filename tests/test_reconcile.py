@@ -14,6 +14,7 @@ from sync.ids import vector_id
 from sync.models import ChangeCursor, Conflict, ReconcileRun, SyncEvent
 from sync.reconcile import reconciler as reconcile
 from sync.stores.base import VectorRecord
+from tests.leaks import shown
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -182,7 +183,7 @@ def test_a_vector_holding_a_national_phone_number_is_removed_and_rebuilt_clean(s
 
     worker.drain(idle_exit=0)
     rebuilt = vectors.fetch([vid])[vid].metadata
-    # The numbers whole: a fragment such as "4567" turns up in a content hash one time in a thousand.
-    assert rebuilt[field] == leaked.metadata[field] and "123-4567" not in str(rebuilt)
-    assert "7946 0958" not in str(rebuilt)
+    # Fragments as whole tokens: "4567" also turns up inside a content hash one time in a thousand.
+    assert rebuilt[field] == leaked.metadata[field]
+    assert shown(str(rebuilt), ["123-4567", "4567", "7946 0958", "7946", "0958"]) == []
     assert reconcile.full().drift == {}
