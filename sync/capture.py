@@ -68,8 +68,12 @@ def release_lease(owner: str) -> None:
 
 
 def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None = None,
-              max_pages: int = 1000, lease_seconds: float = 60) -> CaptureResult:
-    """Read every change since the cursor (minus the overlap) and enqueue it."""
+              max_pages: int = 1000, lease_seconds: float = 60,
+              between_pages=lambda after: None) -> CaptureResult:
+    """Read every change since the cursor (minus the overlap) and enqueue it.
+
+    `between_pages(after)` runs after each full page while more are to be read, with the position
+    read up to (`run` looks ahead for HIGH priority changes there: see `look_ahead`)."""
     result = CaptureResult()
     if not take_lease(owner, lease_seconds):
         return result
@@ -119,12 +123,32 @@ def poll_once(owner: str, *, page_size: int | None = None, overlap: float | None
             if len(changes) < size:
                 complete = True
                 break
+            between_pages(after)
         done = {"read_through": started, "last_error": ""} if complete else {}
         ChangeCursor.objects.filter(name=CURSOR, lease_owner=owner).update(
             polled_at=timezone.now(), changes_seen=F("changes_seen") + result.enqueued, **done)
     except Exception as exc:
         ChangeCursor.objects.filter(name=CURSOR).update(last_error=f"{type(exc).__name__}: {exc}"[:5000])
         raise
+    return result
+
+
+def look_ahead(after: tuple, *, page_size: int | None = None) -> CaptureResult:
+    """Enqueue the HIGH priority changes stamped after `after`, ahead of the poll in progress.
+
+    A poll reads changes in stamp order, so a KEV changed just after a bulk write (a feed import,
+    a backfill's 2,000 reports) waited until the poll had read and queued the whole bulk: seconds
+    on a busy machine, seen by bench/lag.py as HIGH lag of 3-11 s right after its backlog was
+    written. Reading the HIGH labels alone from where the poll has got to takes one small indexed
+    query; the poll re-reads these changes when it gets there and skips them (pending or synced).
+    The cursor does not move here."""
+    result = CaptureResult(polled=True)
+    labels = [label for label in synced_labels() if queue.priority_of(label) == Priority.HIGH]
+    if not labels:
+        return result
+    changes = graph_store().changes_since(labels, after, page_size or settings.CAPTURE_PAGE_SIZE, entities=False)
+    result.changes = len(changes)
+    result.enqueued, result.skipped, result.urgent = _enqueue(changes)
     return result
 
 
@@ -294,6 +318,14 @@ def purge_tombstones(retention: timedelta | None = None, page: int = 1000) -> in
 FAST_OVERLAP_SECONDS = 1.0  # what the fast polls re-read before the cursor (see `run`)
 
 
+def _after(after_poll, result: CaptureResult) -> None:
+    try:
+        after_poll(result)
+    except Exception:  # noqa: BLE001 — polling must go on; what failed is logged and counted
+        SYNC_ERRORS.labels("capture").inc()
+        log.exception("change capture: the work after a poll failed; polling goes on")
+
+
 def run(owner: str, *, seconds: float, interval: float | None = None,
         after_poll=lambda result: None, stop=lambda: False) -> CaptureResult:
     """Poll every `interval` seconds for `seconds` (or until `stop()`), then hand the lease over.
@@ -308,13 +340,35 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
 
     A run that does not hold the lease keeps trying at every interval: scheduled runs overlap on
     purpose, so that when one ends the next takes over within an interval. `after_poll(result)`
-    runs after each poll this run made (it holds the lease then).
+    runs after each poll this run made (it holds the lease then), and in the middle of a long poll
+    once `look_ahead` has queued HIGH work.
     """
     total = CaptureResult()
     pause = settings.CAPTURE_INTERVAL if interval is None else interval
     fast = min(pause, settings.CAPTURE_FAST_INTERVAL)
+    looked_at = time.monotonic()  # when HIGH work was last looked for (a poll, or a look ahead)
+
     fast_until = 0.0  # monotonic time until which polls come every `fast` seconds
     whole_window_at = 0.0  # monotonic time from which a poll re-reads the whole overlap window
+
+    def between_pages(after) -> None:
+        """A long poll (a bulk write to read) looks ahead for HIGH work every `fast` seconds and
+        hands what it queued to `after_poll` at once, instead of when the whole bulk is queued."""
+        nonlocal looked_at, fast_until
+        if time.monotonic() - looked_at < fast:
+            return
+        looked_at = time.monotonic()
+        try:
+            ahead = look_ahead(after)
+        except (StoreError, DatabaseError) as exc:  # the poll goes on; it reads these changes anyway
+            SYNC_ERRORS.labels("capture").inc()
+            log.warning("change capture could not look ahead for HIGH priority changes: %s", exc)
+            return
+        total.enqueued += ahead.enqueued
+        if ahead.urgent:
+            total.urgent += ahead.urgent
+            fast_until = time.monotonic() + settings.CAPTURE_FAST_SECONDS
+            _after(after_poll, ahead)
     deadline = time.monotonic() + seconds
     try:
         while not stop():
@@ -322,7 +376,9 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
             whole = started >= whole_window_at
             try:
                 result = poll_once(owner, overlap=None if whole else min(FAST_OVERLAP_SECONDS,
-                                                                         settings.CAPTURE_OVERLAP_SECONDS))
+                                                                         settings.CAPTURE_OVERLAP_SECONDS),
+                                   between_pages=between_pages)
+                looked_at = time.monotonic()
             except (StoreError, DatabaseError) as exc:
                 # Neo4j unreachable, SQLite busy, ...: recorded on the cursor when it can be
                 # (last_error, shown by sync_status); the next poll retries.
@@ -330,11 +386,7 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
                 log.warning("change capture poll failed, retrying in %.1fs: %s", pause, exc)
                 result = CaptureResult()
             if result.polled:
-                try:
-                    after_poll(result)
-                except Exception:  # noqa: BLE001 — polling must go on; what failed is logged and counted
-                    SYNC_ERRORS.labels("capture").inc()
-                    log.exception("change capture: the work after a poll failed; polling goes on")
+                _after(after_poll, result)
             for name in ("changes", "enqueued", "skipped", "pages", "urgent"):
                 setattr(total, name, getattr(total, name) + getattr(result, name))
             total.polled = total.polled or result.polled

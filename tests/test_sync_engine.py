@@ -11,7 +11,7 @@ from sync import capture, queue, worker
 from sync.apply import apply_events, apply_now
 from sync.ids import vector_id
 from sync.models import SyncEvent, SyncRecord
-from sync.stores.base import Entity
+from sync.stores.base import Entity, RetryableStoreError
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -355,6 +355,43 @@ def test_capture_polls_faster_while_high_priority_labels_change(synced_graph, se
     settings.CAPTURE_FAST_SECONDS = 0  # ... and back to the interval once HIGH labels are quiet
     cypher(synced_graph, "CREATE (:KEV {uid: 'CVE-2026-0002', cve_id: 'CVE-2026-0002', vulnerability_name: 'SQLi'})")
     assert capture.run("p", seconds=3, interval=10.0, after_poll=count).urgent == 1 and len(polls) == 1
+
+
+def test_a_long_poll_looks_ahead_for_high_priority_changes_behind_a_bulk_write(synced_graph, settings):
+    # A poll reads in stamp order: without a look ahead, a KEV changed just after a bulk write
+    # waited until the poll had queued the whole bulk (seconds on a busy machine, bench/lag.py).
+    settings.SYNC_KICK_DRAIN = False
+    settings.CAPTURE_PAGE_SIZE, settings.CAPTURE_FAST_INTERVAL = 5, 0
+    cypher(synced_graph, "UNWIND range(1, 40) AS i CREATE (:ThreatActor {uid: 'bulk-' + i, name: 'Actor ' + i})")
+    cypher(synced_graph, "CREATE (:KEV {uid: 'CVE-2026-0001', cve_id: 'CVE-2026-0001', vulnerability_name: 'RCE'})")
+    seen = []
+
+    def record(result):  # what was queued when HIGH work was handed over
+        seen.append((result.urgent, SyncEvent.objects.filter(label="ThreatActor").count()))
+
+    result = capture.run("p", seconds=0.5, interval=10.0, after_poll=record)
+
+    urgent_at = [actors for urgent, actors in seen if urgent]
+    assert urgent_at and urgent_at[0] <= 5, f"HIGH work handed over after {urgent_at} of 40 bulk changes were queued"
+    assert SyncEvent.objects.filter(label="ThreatActor").count() == 40  # the poll went on through the bulk
+    assert SyncEvent.objects.filter(label="KEV").count() == 1  # read twice, queued once
+    assert result.enqueued == 41 and result.urgent == 1
+
+
+def test_a_look_ahead_that_fails_leaves_the_poll_to_read_the_change(synced_graph, settings, monkeypatch):
+    settings.SYNC_KICK_DRAIN = False
+    settings.CAPTURE_PAGE_SIZE, settings.CAPTURE_FAST_INTERVAL = 5, 0
+    cypher(synced_graph, "UNWIND range(1, 12) AS i CREATE (:ThreatActor {uid: 'bulk-' + i, name: 'Actor ' + i})")
+    cypher(synced_graph, "CREATE (:KEV {uid: 'CVE-2026-0002', cve_id: 'CVE-2026-0002', vulnerability_name: 'SQLi'})")
+
+    def unreachable(after, **kwargs):
+        raise RetryableStoreError("Neo4j unreachable")
+
+    monkeypatch.setattr(capture, "look_ahead", unreachable)
+    result = capture.run("p", seconds=0.5, interval=10.0)
+
+    assert result.enqueued == 13 and result.urgent == 1
+    assert SyncEvent.objects.filter(label="KEV").count() == 1
 
 
 def test_a_capture_run_hands_the_lease_over_when_it_ends(synced_graph, settings):
