@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
@@ -33,7 +34,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connections
 
-from sync import backfill, capture, queue, shutdown, worker, writes
+from sync import backfill, capture, embedding, queue, shutdown, worker, writes
 from sync.apply import ApplyCounts
 from sync.models import AuditEntry, ReconcileRun, WorkerLease
 from sync.observe import observer
@@ -151,6 +152,7 @@ def drain_queue(seconds: float = RUN_SECONDS) -> dict:
 def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:
     """Poll Neo4j for changes every CAPTURE_INTERVAL seconds; apply HIGH priority work at once."""
     name = queue.worker_name()
+    ready_for_urgent_work()
     urgent = ApplyCounts()
 
     def after_poll(result: capture.CaptureResult) -> None:
@@ -162,6 +164,26 @@ def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:
     with observer.beside(name, stop=stopping):
         result = capture.run(name, seconds=seconds, after_poll=after_poll, stop=stopping)
     return {**asdict(result), "urgent": asdict(urgent)}
+
+
+def ready_for_urgent_work() -> float:
+    """Load the embedding model and open the vector store before polling; returns the seconds it
+    took. The poller applies HIGH priority work itself, and in a cold process its first KEV waited
+    for the weights: 8-10 s beside a busy drain worker (bench/lag.py, where it made HIGH lag p95
+    10.7-13.9 s in the runs whose warm-up writes the drain worker happened to apply). Scheduled
+    capture runs overlap, so the run before this one keeps polling meanwhile; in a process that
+    is warm already this is one short encode. Neither failing stops capture: the applies retry,
+    and changes must be queued whatever the model or the store does. On Kafka the consumers
+    apply the HIGH work (each warms up before it joins the group): nothing to do here."""
+    started = time.monotonic()
+    if settings.SYNC_TRANSPORT == "kafka":
+        return 0.0
+    try:
+        embedding.warm_up()
+        vector_store().ping()
+    except Exception as exc:  # noqa: BLE001 — capture goes on; HIGH work is retried like any other
+        log.warning("change capture starts without a warm model or vector store: %s", exc)
+    return time.monotonic() - started
 
 
 def compact_vectors() -> dict:

@@ -332,6 +332,35 @@ def test_the_poller_applies_high_priority_changes_itself(synced_graph, vectors, 
     assert SyncEvent.objects.get(status="queued").uid == "apt34"
 
 
+def test_the_poller_loads_the_model_before_its_first_poll(synced_graph, settings, monkeypatch):
+    # A cold poller's first KEV waited 8-10 s for the weights beside a busy drain worker.
+    from sync import embedding, tasks
+
+    settings.SYNC_KICK_DRAIN = False
+    steps = []
+    monkeypatch.setattr(embedding, "warm_up", lambda: steps.append("warm up") or 0.0)
+    real_poll = capture.poll_once
+    monkeypatch.setattr(capture, "poll_once", lambda *a, **k: steps.append("poll") or real_poll(*a, **k))
+
+    tasks.capture_changes(seconds=0.1)
+
+    assert steps[:2] == ["warm up", "poll"]
+
+
+def test_a_model_that_will_not_load_does_not_stop_change_capture(synced_graph, settings, monkeypatch):
+    from sync import embedding, tasks
+
+    settings.SYNC_KICK_DRAIN = False
+
+    def broken():
+        raise OSError("model weights missing")
+
+    monkeypatch.setattr(embedding, "warm_up", broken)
+    cypher(synced_graph, "CREATE (:ThreatActor {uid: 'apt34', name: 'APT34', description: 'OilRig'})")
+
+    assert tasks.capture_changes(seconds=0.1)["enqueued"] == 1
+
+
 def test_capture_polls_faster_while_high_priority_labels_change(synced_graph, settings):
     # The poll interval is most of a HIGH change's lag: after a poll finds HIGH work, polls come
     # every CAPTURE_FAST_INTERVAL until CAPTURE_FAST_SECONDS pass without one. (A long interval
