@@ -346,10 +346,9 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
     total = CaptureResult()
     pause = settings.CAPTURE_INTERVAL if interval is None else interval
     fast = min(pause, settings.CAPTURE_FAST_INTERVAL)
-    looked_at = time.monotonic()  # when HIGH work was last looked for (a poll, or a look ahead)
-
     fast_until = 0.0  # monotonic time until which polls come every `fast` seconds
     whole_window_at = 0.0  # monotonic time from which a poll re-reads the whole overlap window
+    looked_at = time.monotonic()  # when HIGH work was last looked for (a poll, or a look ahead)
 
     def between_pages(after) -> None:
         """A long poll (a bulk write to read) looks ahead for HIGH work every `fast` seconds and
@@ -369,6 +368,7 @@ def run(owner: str, *, seconds: float, interval: float | None = None,
             total.urgent += ahead.urgent
             fast_until = time.monotonic() + settings.CAPTURE_FAST_SECONDS
             _after(after_poll, ahead)
+
     deadline = time.monotonic() + seconds
     try:
         while not stop():
