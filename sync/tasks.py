@@ -166,24 +166,24 @@ def capture_changes(seconds: float = RUN_SECONDS, stop=lambda: False) -> dict:
     return {**asdict(result), "urgent": asdict(urgent)}
 
 
-def ready_for_urgent_work() -> float:
-    """Load the embedding model and open the vector store before polling; returns the seconds it
-    took. The poller applies HIGH priority work itself, and in a cold process its first KEV waited
+def ready_for_urgent_work() -> None:
+    """Load the embedding model and open the vector store before polling. The poller applies HIGH priority work itself, and in a cold process its first KEV waited
     for the weights: 8-10 s beside a busy drain worker (bench/lag.py, where it made HIGH lag p95
     10.7-13.9 s in the runs whose warm-up writes the drain worker happened to apply). Scheduled
     capture runs overlap, so the run before this one keeps polling meanwhile; in a process that
     is warm already this is one short encode. Neither failing stops capture: the applies retry,
     and changes must be queued whatever the model or the store does. On Kafka the consumers
     apply the HIGH work (each warms up before it joins the group): nothing to do here."""
-    started = time.monotonic()
     if settings.SYNC_TRANSPORT == "kafka":
-        return 0.0
+        return
+    started = time.monotonic()
     try:
         embedding.warm_up()
         vector_store().ping()
     except Exception as exc:  # noqa: BLE001 — capture goes on; HIGH work is retried like any other
         log.warning("change capture starts without a warm model or vector store: %s", exc)
-    return time.monotonic() - started
+        return
+    log.info("change capture: embedding model and vector store ready in %.1f s", time.monotonic() - started)
 
 
 def compact_vectors() -> dict:
